@@ -1,0 +1,449 @@
+//! The customer stage, keyed by CRM id: views, purchases, sessions and their
+//! checks, cooldowns, consent and erase. It sees customers only through
+//! `Resolved` events and never reads identity state.
+
+use sha2::{Digest, Sha256};
+
+use crate::event::{Millis, Promotion};
+use crate::state::keys::{pair_key, prefix_end, read_pair, str_key, timer_key};
+use crate::state::{Cf, StateError, Store};
+use crate::trigger::{round2, trigger_id, PromotionInfo, Trigger, TriggerKind};
+
+use super::identity::Resolved;
+use super::params::Params;
+use super::records::{
+    decode, encode, in_cooldown, insert_sorted, Customer, Interest, KindCode, Pending,
+};
+use super::stats::{EngineStats, Suppressed};
+use super::TriggerSink;
+
+/// How many viewers a promotion fan-out holds in memory at once.
+const FAN_OUT_CHUNK: usize = 256;
+/// At most this many cookies are named in a trigger.
+const TRIGGER_COOKIES: usize = 5;
+
+pub struct CustomerStage<'a> {
+    pub store: &'a mut Store,
+    pub params: &'a Params,
+    pub stats: &'a mut EngineStats,
+    pub sink: &'a mut dyn TriggerSink,
+    /// The highest applied event time: the reference for pruning.
+    pub max_ts: Millis,
+}
+
+impl CustomerStage<'_> {
+    pub fn handle(&mut self, msg: Resolved) -> Result<(), StateError> {
+        match msg {
+            Resolved::Linked { crm_id, cookie_id } => {
+                self.update_customer(&crm_id, |c| c.mark(&cookie_id).linked = true)
+            }
+            Resolved::Unlinked { crm_id, cookie_id } => {
+                self.update_customer(&crm_id, |c| c.mark(&cookie_id).linked = false)
+            }
+            Resolved::Seen {
+                crm_id,
+                cookie_id,
+                ts,
+            } => self.update_customer(&crm_id, |c| touch(c, &cookie_id, ts)),
+            Resolved::View {
+                crm_id,
+                cookie_id,
+                product_id,
+                kind,
+                ts,
+            } => {
+                self.touch_cookie(&crm_id, cookie_id.as_deref(), ts)?;
+                self.on_view(&crm_id, &product_id, kind.into(), ts)
+            }
+            Resolved::Purchase {
+                crm_id,
+                cookie_id,
+                product_ids,
+                ts,
+            } => {
+                self.touch_cookie(&crm_id, cookie_id.as_deref(), ts)?;
+                self.on_purchase(&crm_id, &product_ids, ts)
+            }
+        }
+    }
+
+    fn load_customer(&self, crm_id: &str) -> Result<Customer, StateError> {
+        Ok(match self.store.get(Cf::Customers, &str_key(crm_id))? {
+            Some(b) => decode(Cf::Customers.name(), &b)?,
+            None => Customer::default(),
+        })
+    }
+
+    fn update_customer(
+        &mut self,
+        crm_id: &str,
+        f: impl FnOnce(&mut Customer),
+    ) -> Result<(), StateError> {
+        let mut c = self.load_customer(crm_id)?;
+        f(&mut c);
+        self.store.put(Cf::Customers, str_key(crm_id), encode(&c));
+        Ok(())
+    }
+
+    fn touch_cookie(
+        &mut self,
+        crm_id: &str,
+        cookie_id: Option<&str>,
+        ts: Millis,
+    ) -> Result<(), StateError> {
+        match cookie_id {
+            Some(k) => self.update_customer(crm_id, |c| touch(c, k, ts)),
+            None => Ok(()),
+        }
+    }
+
+    fn load_interest(&self, crm_id: &str, product_id: &str) -> Result<Option<Interest>, StateError> {
+        self.store
+            .get(Cf::Interest, &pair_key(product_id, crm_id))?
+            .map(|b| decode(Cf::Interest.name(), &b))
+            .transpose()
+    }
+
+    /// Loads the interest record, registering a new one in the customer's
+    /// product index (which erase walks).
+    fn interest_or_new(&mut self, crm_id: &str, product_id: &str) -> Result<Interest, StateError> {
+        match self.load_interest(crm_id, product_id)? {
+            Some(i) => Ok(i),
+            None => {
+                self.store
+                    .put(Cf::CustomerProducts, pair_key(crm_id, product_id), Vec::new());
+                Ok(Interest::default())
+            }
+        }
+    }
+
+    fn save_interest(&mut self, crm_id: &str, product_id: &str, mut interest: Interest) {
+        let horizon = self.max_ts.saturating_sub(self.params.retention());
+        let view_horizon = interest
+            .pending
+            .map_or(horizon, |p| horizon.min(p.first_view));
+        let fired_horizon = self.max_ts.saturating_sub(self.params.cooldown_retention());
+        interest.prune(view_horizon, fired_horizon);
+        self.store
+            .put(Cf::Interest, pair_key(product_id, crm_id), encode(&interest));
+    }
+
+    /// A view joins the pending session or starts one (section 3 of the
+    /// contract); a view after the pending check first fires that check.
+    fn on_view(
+        &mut self,
+        crm_id: &str,
+        product_id: &str,
+        kind: KindCode,
+        t: Millis,
+    ) -> Result<(), StateError> {
+        let mut interest = self.interest_or_new(crm_id, product_id)?;
+        let delay = self.params.delay;
+        match interest.pending {
+            None => self.schedule(crm_id, product_id, &mut interest, t + delay, t),
+            Some(p) if t <= p.check_at => {
+                let check_at = p.check_at.max(t + delay);
+                self.store
+                    .delete(Cf::Timers, timer_key(p.check_at, crm_id, product_id));
+                self.store
+                    .put(Cf::Timers, timer_key(check_at, crm_id, product_id), Vec::new());
+                interest.pending = Some(Pending {
+                    check_at,
+                    first_view: p.first_view.min(t),
+                });
+            }
+            Some(p) => {
+                self.fire_check(crm_id, product_id, &mut interest, p)?;
+                self.schedule(crm_id, product_id, &mut interest, t + delay, t);
+            }
+        }
+        interest.add_view(t, kind);
+        self.save_interest(crm_id, product_id, interest);
+        Ok(())
+    }
+
+    fn schedule(
+        &mut self,
+        crm_id: &str,
+        product_id: &str,
+        interest: &mut Interest,
+        check_at: Millis,
+        first_view: Millis,
+    ) {
+        interest.pending = Some(Pending {
+            check_at,
+            first_view,
+        });
+        self.store
+            .put(Cf::Timers, timer_key(check_at, crm_id, product_id), Vec::new());
+        self.stats.pending_checks += 1;
+    }
+
+    fn on_purchase(&mut self, crm_id: &str, product_ids: &[String], t: Millis) -> Result<(), StateError> {
+        let mut seen: Vec<&str> = Vec::with_capacity(product_ids.len());
+        for p in product_ids {
+            if seen.contains(&p.as_str()) {
+                continue;
+            }
+            seen.push(p);
+            let mut interest = self.interest_or_new(crm_id, p)?;
+            insert_sorted(&mut interest.purchases, t);
+            self.save_interest(crm_id, p, interest);
+        }
+        Ok(())
+    }
+
+    /// Fires (or suppresses) the pending check `p` as of its check time and
+    /// clears it. The caller saves `interest`.
+    fn fire_check(
+        &mut self,
+        crm_id: &str,
+        product_id: &str,
+        interest: &mut Interest,
+        p: Pending,
+    ) -> Result<(), StateError> {
+        interest.pending = None;
+        self.store
+            .delete(Cf::Timers, timer_key(p.check_at, crm_id, product_id));
+        self.stats.pending_checks -= 1;
+        let t = p.check_at;
+        let score = self.score(interest, t);
+        let verdict = if interest.purchased_since(p.first_view) {
+            Some(Suppressed::Purchased)
+        } else if score < self.params.min_score {
+            Some(Suppressed::LowScore)
+        } else if in_cooldown(&interest.vnb_fired, t, self.params.vnb_cooldown) {
+            Some(Suppressed::Cooldown)
+        } else {
+            None
+        };
+        if let Some(reason) = verdict {
+            self.stats.suppressed[reason as usize] += 1;
+            return Ok(());
+        }
+        insert_sorted(&mut interest.vnb_fired, t);
+        let trigger = self.build(TriggerKind::ViewedNotBought, crm_id, product_id, interest, t, None)?;
+        self.emit(trigger);
+        Ok(())
+    }
+
+    /// Fires the pending check of (crm, product) due at `due`, found on the
+    /// timer index.
+    pub fn fire_due(&mut self, due: Millis, crm_id: &str, product_id: &str) -> Result<(), StateError> {
+        let mut interest = self.load_interest(crm_id, product_id)?.unwrap_or_default();
+        match interest.pending {
+            Some(p) if p.check_at == due => {
+                self.fire_check(crm_id, product_id, &mut interest, p)?;
+                self.save_interest(crm_id, product_id, interest);
+            }
+            // A timer without its session can only be left by a bug; drop it
+            // rather than loop on it forever.
+            _ => self
+                .store
+                .delete(Cf::Timers, timer_key(due, crm_id, product_id)),
+        }
+        Ok(())
+    }
+
+    /// The intent score of `interest` at `t` (contract section 3).
+    fn score(&self, interest: &Interest, t: Millis) -> f64 {
+        let from = t.saturating_sub(self.params.lookback);
+        let after = interest.latest_purchase_until(t);
+        let half_life = self.params.half_life as f64;
+        interest
+            .views_in(from, t)
+            .iter()
+            .filter(|v| after.is_none_or(|p| v.ts > p))
+            .map(|v| {
+                let w = match v.kind {
+                    KindCode::ProductView => self.params.weight_view,
+                    KindCode::AddToCart => self.params.weight_cart,
+                };
+                w * (-((t - v.ts) as f64) / half_life).exp2()
+            })
+            .sum()
+    }
+
+    fn build(
+        &self,
+        kind: TriggerKind,
+        crm_id: &str,
+        product_id: &str,
+        interest: &Interest,
+        t: Millis,
+        promotion: Option<PromotionInfo>,
+    ) -> Result<Trigger, StateError> {
+        let customer = self.load_customer(crm_id)?;
+        let window = interest.views_in(t.saturating_sub(self.params.lookback), t);
+        Ok(Trigger {
+            trigger_id: trigger_id(kind, crm_id, product_id, t),
+            kind,
+            crm_id: crm_id.to_string(),
+            product_id: product_id.to_string(),
+            category: self.category(product_id)?,
+            intent_score: round2(self.score(interest, t)),
+            view_count: window.len() as u32,
+            last_viewed_at: window.last().map(|v| v.ts),
+            fired_at: t,
+            cookie_ids: customer.top_cookies(TRIGGER_COOKIES),
+            channels: customer.consent.channels(),
+            promotion,
+        })
+    }
+
+    fn category(&self, product_id: &str) -> Result<Option<String>, StateError> {
+        self.store
+            .get(Cf::Products, &str_key(product_id))?
+            .map(|b| {
+                String::from_utf8(b).map_err(|e| StateError::Corrupt {
+                    cf: Cf::Products.name(),
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    fn emit(&mut self, trigger: Trigger) {
+        self.stats.triggers[trigger.kind.index()] += 1;
+        self.sink.emit(trigger);
+    }
+
+    /// Fans a promotion out to the product's viewers, streaming over the
+    /// product's key prefix a chunk at a time (never all viewers in memory).
+    pub fn on_promotion(&mut self, promo: &Promotion, t: Millis) -> Result<(), StateError> {
+        let prefix = str_key(&promo.product_id);
+        let end = prefix_end(&prefix);
+        let mut cursor = prefix.clone();
+        loop {
+            let chunk = self.store.scan(Cf::Interest, &cursor, end.as_deref(), FAN_OUT_CHUNK)?;
+            let Some((last, _)) = chunk.last() else { break };
+            cursor = last.clone();
+            cursor.push(0); // the next key after `last`
+            let full = chunk.len() == FAN_OUT_CHUNK;
+            for (key, bytes) in chunk {
+                let Some((_, crm_id)) = read_pair(&key) else { continue };
+                let interest: Interest = decode(Cf::Interest.name(), &bytes)?;
+                self.offer_promotion(&crm_id, promo, interest, t)?;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn offer_promotion(
+        &mut self,
+        crm_id: &str,
+        promo: &Promotion,
+        mut interest: Interest,
+        t: Millis,
+    ) -> Result<(), StateError> {
+        let window = interest.views_in(t.saturating_sub(self.params.lookback), t);
+        let Some(latest) = window.last().map(|v| v.ts) else {
+            return Ok(());
+        };
+        if interest.purchased_since(latest)
+            || in_cooldown(&interest.promo_fired, t, self.params.promo_cooldown)
+        {
+            return Ok(());
+        }
+        insert_sorted(&mut interest.promo_fired, t);
+        let info = PromotionInfo {
+            discount_pct: promo.discount_pct.clone(),
+            promo_price: promo.promo_price.clone(),
+            valid_until: promo.valid_until,
+        };
+        let trigger = self.build(
+            TriggerKind::PromoOnViewedItem,
+            crm_id,
+            &promo.product_id,
+            &interest,
+            t,
+            Some(info),
+        )?;
+        self.emit(trigger);
+        self.save_interest(crm_id, &promo.product_id, interest);
+        Ok(())
+    }
+
+    pub fn on_consent(&mut self, c: &crate::event::Consent) -> Result<(), StateError> {
+        self.update_customer(&c.crm_id, |cust| {
+            let consent = &mut cust.consent;
+            consent.ads = c.ads.unwrap_or(consent.ads);
+            consent.email = c.email.unwrap_or(consent.email);
+            consent.sms = c.sms.unwrap_or(consent.sms);
+        })
+    }
+
+    /// Removes everything kept about a customer and leaves a tombstone.
+    /// Returns the cookies linked to the customer, for the identity stage
+    /// to forget.
+    pub fn on_erase(&mut self, crm_id: &str, t: Millis) -> Result<Vec<String>, StateError> {
+        let prefix = str_key(crm_id);
+        let end = prefix_end(&prefix);
+        loop {
+            let chunk = self
+                .store
+                .scan(Cf::CustomerProducts, &prefix, end.as_deref(), FAN_OUT_CHUNK)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (key, _) in chunk {
+                let Some((_, product_id)) = read_pair(&key) else { continue };
+                self.forget_interest(crm_id, &product_id)?;
+                self.store.delete(Cf::CustomerProducts, key);
+            }
+        }
+        let customer = self.load_customer(crm_id)?;
+        self.store.delete(Cf::Customers, str_key(crm_id));
+        let key = tombstone_key(crm_id);
+        let since = self.erased_at(crm_id)?.map_or(t, |e| e.max(t));
+        self.store.put(Cf::Tombstones, key, since.to_be_bytes().to_vec());
+        Ok(customer
+            .cookies
+            .into_iter()
+            .filter(|c| c.linked)
+            .map(|c| c.cookie_id)
+            .collect())
+    }
+
+    fn forget_interest(&mut self, crm_id: &str, product_id: &str) -> Result<(), StateError> {
+        if let Some(interest) = self.load_interest(crm_id, product_id)? {
+            if let Some(p) = interest.pending {
+                self.store
+                    .delete(Cf::Timers, timer_key(p.check_at, crm_id, product_id));
+                self.stats.pending_checks -= 1;
+            }
+        }
+        self.store.delete(Cf::Interest, pair_key(product_id, crm_id));
+        Ok(())
+    }
+
+    /// The time of the customer's latest erase, if any.
+    pub fn erased_at(&self, crm_id: &str) -> Result<Option<Millis>, StateError> {
+        erased_at(self.store, crm_id)
+    }
+}
+
+/// The time of the customer's latest erase, if any.
+pub fn erased_at(store: &Store, crm_id: &str) -> Result<Option<Millis>, StateError> {
+    let Some(b) = store.get(Cf::Tombstones, &tombstone_key(crm_id))? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = b.as_slice().try_into().map_err(|_| StateError::Corrupt {
+        cf: Cf::Tombstones.name(),
+        detail: format!("{} bytes, expected 8", b.len()),
+    })?;
+    Ok(Some(i64::from_be_bytes(bytes)))
+}
+
+/// A one-way hash of the CRM id: the tombstone must not name the customer.
+fn tombstone_key(crm_id: &str) -> Vec<u8> {
+    Sha256::digest(crm_id.as_bytes()).to_vec()
+}
+
+fn touch(c: &mut Customer, cookie_id: &str, ts: Millis) {
+    let m = c.mark(cookie_id);
+    m.last_ts = m.last_ts.max(ts);
+}

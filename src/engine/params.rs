@@ -1,0 +1,56 @@
+//! The semantic settings the engine decides with, in milliseconds.
+
+use crate::config::Config;
+use crate::event::{Millis, ViewKind};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    pub allowed_lateness: Millis,
+    pub dedup_window: Millis,
+    pub anonymous_buffer: usize,
+    pub half_life: Millis,
+    pub lookback: Millis,
+    pub weight_view: f64,
+    pub weight_cart: f64,
+    pub delay: Millis,
+    pub min_score: f64,
+    pub vnb_cooldown: Millis,
+    pub promo_cooldown: Millis,
+}
+
+impl Params {
+    pub fn from_config(c: &Config) -> Params {
+        Params {
+            allowed_lateness: c.watermark.allowed_lateness.millis(),
+            dedup_window: c.input.dedup_window.millis(),
+            anonymous_buffer: c.identity.anonymous_buffer,
+            half_life: c.scoring.half_life.millis(),
+            lookback: c.scoring.lookback.millis(),
+            weight_view: c.scoring.weights.product_view,
+            weight_cart: c.scoring.weights.add_to_cart,
+            delay: c.triggers.viewed_not_bought.delay.millis(),
+            min_score: c.triggers.viewed_not_bought.min_score,
+            vnb_cooldown: c.triggers.viewed_not_bought.cooldown.millis(),
+            promo_cooldown: c.triggers.promo_on_viewed_item.cooldown.millis(),
+        }
+    }
+
+    pub fn weight(&self, kind: ViewKind) -> f64 {
+        match kind {
+            ViewKind::ProductView => self.weight_view,
+            ViewKind::AddToCart => self.weight_cart,
+        }
+    }
+
+    /// How far behind the highest event time views and purchases are kept.
+    /// Any event within the allowed lateness still sees every view its
+    /// check's lookback window covers; only later events may see fewer.
+    pub fn retention(&self) -> Millis {
+        self.lookback + self.delay + self.allowed_lateness
+    }
+
+    /// How far behind the highest event time firing times are kept.
+    pub fn cooldown_retention(&self) -> Millis {
+        self.retention() + self.vnb_cooldown.max(self.promo_cooldown)
+    }
+}

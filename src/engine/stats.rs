@@ -1,0 +1,66 @@
+//! Counters the engine keeps as it decides; the live edge exports them.
+
+use crate::event::EVENT_TYPES;
+use crate::trigger::TriggerKind;
+
+/// Why a due `viewed_not_bought` check did not fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suppressed {
+    Purchased = 0,
+    LowScore = 1,
+    Cooldown = 2,
+}
+
+impl Suppressed {
+    pub const ALL: [Suppressed; 3] = [Suppressed::Purchased, Suppressed::LowScore, Suppressed::Cooldown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Suppressed::Purchased => "purchased",
+            Suppressed::LowScore => "low_score",
+            Suppressed::Cooldown => "cooldown",
+        }
+    }
+}
+
+/// Cumulative counts since the engine was opened, except `pending_checks`,
+/// which is the number of checks pending in the state now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Applied events, indexed like `EVENT_TYPES`.
+    pub events: [u64; EVENT_TYPES.len()],
+    pub duplicates: u64,
+    pub ignored_erased: u64,
+    /// Triggers, indexed by `TriggerKind::index`.
+    pub triggers: [u64; TriggerKind::ALL.len()],
+    /// Suppressed checks, indexed by `Suppressed as usize`.
+    pub suppressed: [u64; Suppressed::ALL.len()],
+    pub pending_checks: i64,
+}
+
+impl EngineStats {
+    pub fn count_event(&mut self, type_name: &str) {
+        if let Some(i) = EVENT_TYPES.iter().position(|t| *t == type_name) {
+            self.events[i] += 1;
+        }
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.events.iter().sum()
+    }
+
+    pub fn events_of(&self, type_name: &str) -> u64 {
+        EVENT_TYPES
+            .iter()
+            .position(|t| *t == type_name)
+            .map_or(0, |i| self.events[i])
+    }
+
+    pub fn triggers_of(&self, kind: TriggerKind) -> u64 {
+        self.triggers[kind.index()]
+    }
+
+    pub fn suppressed_of(&self, reason: Suppressed) -> u64 {
+        self.suppressed[reason as usize]
+    }
+}

@@ -1,0 +1,10 @@
+//! Engine state on disk: RocksDB, one column family per kind of record.
+//!
+//! `keys` encodes composite keys so that byte order is the order the engine
+//! scans in (due timers by time, viewers by product); `store` is the RocksDB
+//! handle with a write-back overlay, so a batch of events is one write batch.
+
+pub mod keys;
+pub mod store;
+
+pub use store::{Cf, StateError, StateSize, Store};

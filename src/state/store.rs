@@ -1,0 +1,374 @@
+//! RocksDB with a write-back overlay.
+//!
+//! Reads go to the overlay first, then to RocksDB; writes stay in the overlay
+//! until `commit`, which writes them all in one atomic write batch. That gives
+//! the engine the two things it needs: a batch of events (and, in live mode,
+//! the input offsets that go with it) lands all or nothing, and hot keys read
+//! and written many times in a batch cost one RocksDB write.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
+
+/// The kinds of state, one column family each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    /// Watermark, counters, input offsets, configuration fingerprint.
+    Meta,
+    /// Applied event ids (hashed) → their event times.
+    Dedup,
+    /// (event time, id hash) → (): the expiry index of `Dedup`.
+    DedupByTime,
+    /// cookie → its CRM link.
+    Links,
+    /// cookie → events kept while it has no link.
+    Anon,
+    /// crm → consent and cookies.
+    Customers,
+    /// (crm, product) → (): the products a customer touched, for erase.
+    CustomerProducts,
+    /// (product, crm) → views, purchases, pending check, cooldowns.
+    Interest,
+    /// (due time, crm, product) → (): pending checks by due time.
+    Timers,
+    /// product → category of its latest view that named one.
+    Products,
+    /// sha-256(crm) → erase time.
+    Tombstones,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 11] = [
+        Cf::Meta,
+        Cf::Dedup,
+        Cf::DedupByTime,
+        Cf::Links,
+        Cf::Anon,
+        Cf::Customers,
+        Cf::CustomerProducts,
+        Cf::Interest,
+        Cf::Timers,
+        Cf::Products,
+        Cf::Tombstones,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Dedup => "dedup",
+            Cf::DedupByTime => "dedup_by_time",
+            Cf::Links => "links",
+            Cf::Anon => "anon",
+            Cf::Customers => "customers",
+            Cf::CustomerProducts => "customer_products",
+            Cf::Interest => "interest",
+            Cf::Timers => "timers",
+            Cf::Products => "products",
+            Cf::Tombstones => "tombstones",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open state at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
+    #[error("state read failed in {cf}: {source}")]
+    Read {
+        cf: &'static str,
+        source: rocksdb::Error,
+    },
+    #[error("state write failed: {0}")]
+    Write(rocksdb::Error),
+    #[error("corrupt state record in {cf}: {detail}")]
+    Corrupt { cf: &'static str, detail: String },
+}
+
+/// The approximate size of the state, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSize {
+    pub bytes: u64,
+    pub keys: u64,
+}
+
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+pub struct Store {
+    db: DB,
+    overlays: Vec<Overlay>,
+    overlay_bytes: usize,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating when absent) the state at `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        let open_err = |source| StateError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(open_err)?;
+        Ok(Store {
+            db,
+            overlays: vec![Overlay::new(); Cf::ALL.len()],
+            overlay_bytes: 0,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        // Every `Cf` is created at open, so the handle always exists.
+        match self.db.cf_handle(cf.name()) {
+            Some(h) => h,
+            None => unreachable!("column family {} is created at open", cf.name()),
+        }
+    }
+
+    /// The value at `key`, as of every write so far (committed or not).
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(v) = self.overlays[cf.index()].get(key) {
+            return Ok(v.clone());
+        }
+        self.db
+            .get_cf(self.handle(cf), key)
+            .map_err(|source| StateError::Read {
+                cf: cf.name(),
+                source,
+            })
+    }
+
+    pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay_bytes += key.len() + value.len();
+        self.overlays[cf.index()].insert(key, Some(value));
+    }
+
+    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.overlay_bytes += key.len();
+        self.overlays[cf.index()].insert(key, None);
+    }
+
+    /// Up to `limit` live entries with `lower <= key < upper` (no upper bound
+    /// when `None`), in key order, merging uncommitted writes over RocksDB.
+    pub fn scan(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let mut opts = ReadOptions::default();
+        if let Some(u) = upper {
+            opts.set_iterate_upper_bound(u.to_vec());
+        }
+        let disk = self.db.iterator_cf_opt(
+            self.handle(cf),
+            opts,
+            IteratorMode::From(lower, Direction::Forward),
+        );
+        let overlay = self.overlays[cf.index()]
+            .range::<[u8], _>((
+                std::ops::Bound::Included(lower),
+                match upper {
+                    Some(u) => std::ops::Bound::Excluded(u),
+                    None => std::ops::Bound::Unbounded,
+                },
+            ))
+            .map(|(k, v)| (k.as_slice(), v.as_deref()));
+        merge(cf, disk, overlay, limit)
+    }
+
+    /// Bytes of uncommitted writes, so callers can bound a batch.
+    pub fn uncommitted_bytes(&self) -> usize {
+        self.overlay_bytes
+    }
+
+    /// Writes every uncommitted change in one atomic write batch.
+    pub fn commit(&mut self) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        for cf in Cf::ALL {
+            let handle = self.handle(cf);
+            for (k, v) in std::mem::take(&mut self.overlays[cf.index()]) {
+                match v {
+                    Some(v) => batch.put_cf(handle, k, v),
+                    None => batch.delete_cf(handle, k),
+                }
+            }
+        }
+        self.overlay_bytes = 0;
+        let mut wo = WriteOptions::default();
+        // The WAL stays on: a killed process must find state and offsets
+        // from the same batch. Syncing each batch is left to the OS.
+        wo.set_sync(false);
+        self.db.write_opt(batch, &wo).map_err(StateError::Write)
+    }
+
+    /// Size and key count estimates from RocksDB (committed data only).
+    pub fn size(&self) -> StateSize {
+        let mut size = StateSize::default();
+        for cf in Cf::ALL {
+            let h = self.handle(cf);
+            let prop = |name: &str| {
+                self.db
+                    .property_int_value_cf(h, name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            size.bytes += prop("rocksdb.total-sst-files-size") + prop("rocksdb.size-all-mem-tables");
+            size.keys += prop("rocksdb.estimate-num-keys");
+        }
+        size
+    }
+
+    /// Every committed key of a column family, for tests and audits.
+    pub fn committed_keys(&self, cf: Cf) -> Result<Vec<Vec<u8>>, StateError> {
+        self.db
+            .iterator_cf(self.handle(cf), IteratorMode::Start)
+            .map(|r| {
+                r.map(|(k, _)| k.to_vec()).map_err(|source| StateError::Read {
+                    cf: cf.name(),
+                    source,
+                })
+            })
+            .collect()
+    }
+}
+
+fn cf_options() -> Options {
+    let mut opts = Options::default();
+    let mut table = BlockBasedOptions::default();
+    // Point lookups of absent keys (new cookies, unseen event ids, customers
+    // without a tombstone) dominate; a bloom filter answers them from memory.
+    table.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts
+}
+
+/// Merges a RocksDB iterator with the overlay's range: the overlay wins on
+/// equal keys and its deletions hide the disk entry.
+fn merge<'a, D, O>(
+    cf: Cf,
+    mut disk: D,
+    mut overlay: O,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError>
+where
+    D: Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    O: Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+{
+    let mut next_disk = || {
+        disk.next().transpose().map_err(|source| StateError::Read {
+            cf: cf.name(),
+            source,
+        })
+    };
+    let mut d = next_disk()?;
+    let mut o = overlay.next();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let order = match (&d, &o) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((dk, _)), Some((ok, _))) => (**dk).cmp(*ok),
+        };
+        if order == std::cmp::Ordering::Less {
+            if let Some((k, v)) = d.take() {
+                out.push((k.into_vec(), v.into_vec()));
+            }
+            d = next_disk()?;
+            continue;
+        }
+        if order == std::cmp::Ordering::Equal {
+            d = next_disk()?;
+        }
+        if let Some((k, Some(v))) = o {
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        o = overlay.next();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    fn keys(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<&[u8]> {
+        entries.iter().map(|(k, _)| k.as_slice()).collect()
+    }
+
+    #[test]
+    fn reads_see_uncommitted_writes_and_deletes() {
+        let (_d, mut s) = store();
+        s.put(Cf::Links, b"a".to_vec(), b"1".to_vec());
+        s.commit().unwrap();
+        s.put(Cf::Links, b"b".to_vec(), b"2".to_vec());
+        s.delete(Cf::Links, b"a".to_vec());
+        assert_eq!(s.get(Cf::Links, b"a").unwrap(), None);
+        assert_eq!(s.get(Cf::Links, b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(s.get(Cf::Anon, b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn scans_merge_overlay_over_disk_in_key_order() {
+        let (_d, mut s) = store();
+        for k in [b"a", b"c", b"e", b"g"] {
+            s.put(Cf::Timers, k.to_vec(), vec![]);
+        }
+        s.commit().unwrap();
+        s.put(Cf::Timers, b"b".to_vec(), vec![]);
+        s.delete(Cf::Timers, b"c".to_vec());
+        s.put(Cf::Timers, b"e".to_vec(), b"new".to_vec());
+        s.put(Cf::Timers, b"h".to_vec(), vec![]);
+        let all = s.scan(Cf::Timers, b"", None, 100).unwrap();
+        assert_eq!(keys(&all), vec![&b"a"[..], b"b", b"e", b"g", b"h"]);
+        assert_eq!(all[2].1, b"new".to_vec());
+        let bounded = s.scan(Cf::Timers, b"b", Some(b"g"), 100).unwrap();
+        assert_eq!(keys(&bounded), vec![&b"b"[..], b"e"]);
+        let limited = s.scan(Cf::Timers, b"", None, 2).unwrap();
+        assert_eq!(keys(&limited), vec![&b"a"[..], b"b"]);
+    }
+
+    #[test]
+    fn committed_state_survives_reopen_and_uncommitted_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            s.put(Cf::Meta, b"k".to_vec(), b"v".to_vec());
+            s.commit().unwrap();
+            s.put(Cf::Meta, b"lost".to_vec(), b"v".to_vec());
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.get(Cf::Meta, b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(s.get(Cf::Meta, b"lost").unwrap(), None);
+    }
+}
