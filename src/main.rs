@@ -1,1 +1,157 @@
-fn main() {}
+//! The `pretext` binary: parses the command line and the configuration,
+//! sets up logging, and hands over to the library. Exit status: 0 on
+//! success, 2 on a bad configuration or arguments, 1 on any other failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use pretext::config::{Config, LogFormat};
+use pretext::replay::{replay, ReplayOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "pretext", version, about = "Real-time trigger engine for retail CRM marketing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Live mode: consume the input topics, produce triggers, serve HTTP.
+    Run {
+        /// TOML configuration; keys not set keep their defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Replay JSON Lines files (plain or .gz) in order and write the
+    /// triggers as JSON Lines. Without --input, replays the bundled sample.
+    Replay {
+        /// Input files, read in the order given.
+        #[arg(long, value_name = "FILE", num_args = 1.., action = ArgAction::Append)]
+        input: Vec<PathBuf>,
+        /// Trigger output file, or - for stdout (the default).
+        #[arg(long, value_name = "FILE|-")]
+        output: Option<PathBuf>,
+        /// Where rejected lines go, as dead-letter JSON Lines.
+        #[arg(long, value_name = "FILE")]
+        dead_letter: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Keep the state here (else a temporary directory, removed at exit).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// At the end, fire every pending check as of its own check time.
+        #[arg(long)]
+        flush: bool,
+    },
+    /// Generate realistic contract events (seeded, deterministic).
+    Gen(pretext::gen::GenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // a bad flag exits 2 with clap's message
+    match cli.command {
+        Command::Run { config } => {
+            let config = match load_config(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&config);
+            run_live(config)
+        }
+        Command::Replay {
+            input,
+            output,
+            dead_letter,
+            config,
+            state_dir,
+            flush,
+        } => {
+            let config = match load_config(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&config);
+            let opts = ReplayOptions {
+                inputs: input,
+                output,
+                dead_letter,
+                state_dir,
+                flush,
+            };
+            match replay(&config, &opts) {
+                Ok(summary) => {
+                    eprint!("{}", summary.render());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Gen(args) => match pretext::gen::run(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(path.as_deref(), std::env::vars()).map_err(|e| {
+        eprintln!("pretext: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("pretext: {e}");
+    ExitCode::from(1)
+}
+
+/// Logs go to stderr (stdout may carry triggers), JSON unless `log.format`
+/// says text.
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run_live(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(pretext::live::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,325 @@
+//! Replay: JSON Lines files (plain or gzip) through the engine, triggers out
+//! as JSON Lines. The same engine as live mode, so a backfill gives the same
+//! triggers, byte for byte.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+
+use crate::config::Config;
+use crate::deadletter::DeadLetter;
+use crate::decode::{decode, Reason};
+use crate::engine::{Engine, EngineError, EngineStats, TriggerSink};
+use crate::trigger::{Trigger, TriggerKind};
+
+/// The bundled sample, replayed when no `--input` is given.
+pub const SAMPLE_NAME: &str = "examples/sample.jsonl";
+pub const SAMPLE: &[u8] = include_bytes!("../examples/sample.jsonl");
+
+/// Commit the state this often, so a long replay holds a bounded overlay.
+const COMMIT_EVERY_BYTES: usize = 64 << 20;
+/// Rejections described one by one on stderr when no dead-letter file is given.
+const REJECTIONS_SHOWN: u64 = 20;
+
+/// Where a replay reads from and writes to.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Input files, in order; empty means the bundled sample.
+    pub inputs: Vec<PathBuf>,
+    /// Trigger output file; `None` or `-` means stdout.
+    pub output: Option<PathBuf>,
+    pub dead_letter: Option<PathBuf>,
+    /// Persistent state; `None` means a temporary one removed at the end.
+    pub state_dir: Option<PathBuf>,
+    pub flush: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot read {path}: {source}")]
+    Input { path: String, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Output { path: String, source: io::Error },
+    #[error("cannot create a temporary state directory: {0}")]
+    TempState(io::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What a replay did, for the summary on stderr.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Messages read (lines, blank ones included).
+    pub messages: u64,
+    pub rejected: [u64; 8],
+    pub engine: EngineStats,
+}
+
+impl Summary {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    pub fn rejected_of(&self, reason: Reason) -> u64 {
+        self.rejected[reason_index(reason)]
+    }
+
+    /// A few human lines: events, outcomes, triggers by type, rejections.
+    pub fn render(&self) -> String {
+        let e = &self.engine;
+        let mut s = format!(
+            "replayed {} messages: {} applied, {} duplicate, {} ignored (erased customer), {} rejected\n",
+            self.messages,
+            e.applied(),
+            e.duplicates,
+            e.ignored_erased,
+            self.rejected_total()
+        );
+        let triggers: Vec<String> = TriggerKind::ALL
+            .iter()
+            .map(|k| format!("{} {}", k.as_str(), e.triggers_of(*k)))
+            .collect();
+        s.push_str(&format!("triggers: {}\n", triggers.join(", ")));
+        let rejected: Vec<String> = Reason::ALL
+            .iter()
+            .filter(|r| self.rejected_of(**r) > 0)
+            .map(|r| format!("{} {}", r.as_str(), self.rejected_of(*r)))
+            .collect();
+        if !rejected.is_empty() {
+            s.push_str(&format!("rejected: {}\n", rejected.join(", ")));
+        }
+        s
+    }
+}
+
+fn reason_index(reason: Reason) -> usize {
+    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+/// Writes triggers as JSON Lines, holding the first I/O error for the
+/// driver to report (the engine's sink cannot fail).
+struct LineSink<W: Write> {
+    out: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> TriggerSink for LineSink<W> {
+    fn emit(&mut self, trigger: Trigger) {
+        if self.error.is_some() {
+            return;
+        }
+        let mut line = trigger.to_json();
+        line.push('\n');
+        if let Err(e) = self.out.write_all(line.as_bytes()) {
+            self.error = Some(e);
+        }
+    }
+}
+
+impl<W: Write> LineSink<W> {
+    fn check(&mut self, path: &str) -> Result<(), ReplayError> {
+        match self.error.take() {
+            Some(source) => Err(ReplayError::Output {
+                path: path.to_string(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Replays the inputs through a fresh or persistent engine.
+pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayError> {
+    let temp;
+    let state_dir: &Path = match &opts.state_dir {
+        Some(d) => d,
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("pretext-replay-")
+                .tempdir()
+                .map_err(ReplayError::TempState)?;
+            temp.path()
+        }
+    };
+    let mut engine = Engine::open(state_dir, config)?;
+    let out_name = display_output(&opts.output);
+    let mut sink = LineSink {
+        out: open_output(&opts.output)?,
+        error: None,
+    };
+    let mut dead = DeadLetters::open(opts.dead_letter.as_deref())?;
+    let mut summary = Summary::default();
+    let max_bytes = config.input.max_message_bytes;
+    let mut apply_line = |topic: &str, line_no: i64, line: &[u8]| -> Result<(), ReplayError> {
+        summary.messages += 1;
+        match decode(line, max_bytes) {
+            Ok(event) => {
+                engine.apply(&event, &mut sink)?;
+                sink.check(&out_name)?;
+                if engine.uncommitted_bytes() > COMMIT_EVERY_BYTES {
+                    engine.commit(&[])?;
+                }
+            }
+            Err(rejection) => {
+                summary.rejected[reason_index(rejection.reason)] += 1;
+                let letter = DeadLetter {
+                    error: &rejection.error,
+                    reason: rejection.reason,
+                    topic,
+                    partition: 0,
+                    offset: line_no,
+                    payload: line,
+                };
+                dead.write(&letter)?;
+            }
+        }
+        Ok(())
+    };
+    if opts.inputs.is_empty() {
+        for_each_line(SAMPLE_NAME, SAMPLE, &mut apply_line)?;
+    }
+    for path in &opts.inputs {
+        let name = path.display().to_string();
+        let reader = open_input(path)?;
+        for_each_line(&name, reader, &mut apply_line)?;
+    }
+    engine.end_of_input(&mut sink)?;
+    if opts.flush {
+        engine.flush(&mut sink)?;
+    }
+    sink.check(&out_name)?;
+    engine.commit(&[])?;
+    sink.out.flush().map_err(|source| ReplayError::Output {
+        path: out_name.clone(),
+        source,
+    })?;
+    dead.finish()?;
+    summary.engine = engine.stats().clone();
+    Ok(summary)
+}
+
+/// Calls `f(name, line_number, line)` for each line: 1-based numbers, the
+/// newline stripped, a blank line is a message, a final newline is not.
+fn for_each_line<R: Read>(
+    name: &str,
+    reader: R,
+    f: &mut impl FnMut(&str, i64, &[u8]) -> Result<(), ReplayError>,
+) -> Result<(), ReplayError> {
+    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    let mut line = Vec::with_capacity(4096);
+    let mut line_no = 0i64;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|source| ReplayError::Input {
+                path: name.to_string(),
+                source,
+            })?;
+        if n == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        f(name, line_no, &line)?;
+    }
+}
+
+fn open_input(path: &Path) -> Result<Box<dyn Read>, ReplayError> {
+    let file = File::open(path).map_err(|source| ReplayError::Input {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    Ok(if gz {
+        Box::new(MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    })
+}
+
+fn is_stdout(output: &Option<PathBuf>) -> bool {
+    output.as_ref().is_none_or(|p| p.as_os_str() == "-")
+}
+
+fn display_output(output: &Option<PathBuf>) -> String {
+    match output {
+        Some(p) if !is_stdout(output) => p.display().to_string(),
+        _ => "stdout".to_string(),
+    }
+}
+
+fn open_output(output: &Option<PathBuf>) -> Result<Box<dyn Write>, ReplayError> {
+    if is_stdout(output) {
+        return Ok(Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock())));
+    }
+    let path = output.as_ref().map(|p| p.as_path()).unwrap_or(Path::new("-"));
+    let file = File::create(path).map_err(|source| ReplayError::Output {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Box::new(BufWriter::with_capacity(1 << 20, file)))
+}
+
+/// Rejected lines: to the `--dead-letter` file when given, else described
+/// on stderr (the first few) — counted either way, never dropped silently.
+struct DeadLetters {
+    file: Option<(String, BufWriter<File>)>,
+    shown: u64,
+}
+
+impl DeadLetters {
+    fn open(path: Option<&Path>) -> Result<DeadLetters, ReplayError> {
+        let file = match path {
+            Some(p) => {
+                let f = File::create(p).map_err(|source| ReplayError::Output {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                Some((p.display().to_string(), BufWriter::new(f)))
+            }
+            None => None,
+        };
+        Ok(DeadLetters { file, shown: 0 })
+    }
+
+    fn write(&mut self, letter: &DeadLetter<'_>) -> Result<(), ReplayError> {
+        if let Some((path, out)) = &mut self.file {
+            let mut line = letter.to_json();
+            line.push('\n');
+            return out
+                .write_all(line.as_bytes())
+                .map_err(|source| ReplayError::Output {
+                    path: path.clone(),
+                    source,
+                });
+        }
+        self.shown += 1;
+        if self.shown <= REJECTIONS_SHOWN {
+            eprintln!(
+                "rejected {}:{}: {} ({})",
+                letter.topic,
+                letter.offset,
+                letter.error,
+                letter.reason.as_str()
+            );
+        } else if self.shown == REJECTIONS_SHOWN + 1 {
+            eprintln!("more rejections not shown: pass --dead-letter FILE to keep them all");
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), ReplayError> {
+        if let Some((path, out)) = &mut self.file {
+            out.flush().map_err(|source| ReplayError::Output {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! The command line as users run it: the built `pretext` binary, real files.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+fn pretext() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pretext"));
+    // Keep the developer's environment from leaking config into the tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PRETEXT__") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the pretext binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn lines(text: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::File::create(path).unwrap().write_all(bytes).unwrap();
+}
+
+const VIEW: &str = r#"{"type":"product_view","event_id":"v1","ts":"2026-11-22T10:00:00Z","cookie_id":"ck1","crm_id":"C1","product_id":"P1"}"#;
+const VIEW2: &str = r#"{"type":"product_view","event_id":"v2","ts":"2026-11-22T10:00:00Z","cookie_id":"ck2","crm_id":"C2","product_id":"P1"}"#;
+
+#[test]
+fn replay_without_input_replays_the_bundled_sample() {
+    let o = run(pretext().args(["replay", "--flush"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let triggers = lines(&o.stdout);
+    assert!(triggers.len() > 10, "the sample yields triggers");
+    let err = stderr(&o);
+    assert!(err.contains("triggers: viewed_not_bought"), "{err}");
+    assert!(err.contains("applied"), "{err}");
+}
+
+#[test]
+fn every_rejection_reason_is_dead_lettered_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.jsonl");
+    let big = format!(
+        r#"{{"type":"product_view","event_id":"big","ts":0,"cookie_id":"c","product_id":"{}"}}"#,
+        "x".repeat(300)
+    );
+    let cases: Vec<(&[u8], &str)> = vec![
+        (VIEW.as_bytes(), ""),
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"{\"type\":\"identify\",\"event_id\":\"\xff\xfe\"}", "invalid_utf8"),
+        (big.as_bytes(), "too_large"),
+        (br#"{"type":"product_view","event_id":"a","ts":0,"cookie_id":"c"}"#, "missing_field"),
+        (br#"{"type":"product_view","event_id":"a","ts":0,"cookie_id":"c","product_id":"p","price":"9"}"#, "wrong_type"),
+        (br#"{"type":"page_view","event_id":"a","ts":0}"#, "unknown_type"),
+        (br#"{"type":"erase","event_id":"a","ts":"2026-11-22T10:00:00","crm_id":"C"}"#, "bad_ts"),
+        (br#"{"type":"purchase","event_id":"a","ts":0,"order_id":"o","channel":"phone","crm_id":"C","items":[{"product_id":"p"}]}"#, "invalid_value"),
+        (VIEW2.as_bytes(), ""),
+    ];
+    let mut bytes = Vec::new();
+    for (line, _) in &cases {
+        bytes.extend_from_slice(line);
+        bytes.push(b'\n');
+    }
+    write(&input, &bytes);
+    let dead = dir.path().join("dead.jsonl");
+    let o = run(pretext()
+        .env("PRETEXT__INPUT__MAX_MESSAGE_BYTES", "256")
+        .args(["replay", "--flush", "--input"])
+        .arg(&input)
+        .arg("--dead-letter")
+        .arg(&dead));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let letters = lines(&std::fs::read(&dead).unwrap());
+    let expected: Vec<(usize, &str)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, r))| !r.is_empty())
+        .map(|(i, (_, r))| (i + 1, *r))
+        .collect();
+    assert_eq!(letters.len(), expected.len(), "one dead letter per bad line, none for the final newline");
+    for (letter, (line_no, reason)) in letters.iter().zip(&expected) {
+        assert_eq!(letter["reason"], *reason, "{letter}");
+        assert_eq!(letter["topic"], input.display().to_string());
+        assert_eq!(letter["partition"], 0);
+        assert_eq!(letter["offset"], *line_no as i64);
+        assert!(!letter["error"].as_str().unwrap().is_empty());
+        let original = cases[line_no - 1].0;
+        match std::str::from_utf8(original) {
+            Ok(text) => assert_eq!(letter["payload"], text),
+            Err(_) => {
+                assert!(letter.get("payload").is_none_or(|p| p.is_null()));
+                assert!(letter["payload_b64"].is_string());
+            }
+        }
+    }
+    // The good lines around the bad ones were applied.
+    let triggers = lines(&o.stdout);
+    let crms: Vec<&Value> = triggers.iter().map(|t| &t["crm_id"]).collect();
+    assert_eq!(crms, vec![&json!("C1"), &json!("C2")]);
+    assert!(stderr(&o).contains("9 rejected"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_last_line_without_newline_is_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write(&input, format!("{VIEW}\n{VIEW2}").as_bytes());
+    let o = run(pretext().args(["replay", "--flush", "--input"]).arg(&input));
+    assert!(o.status.success());
+    assert_eq!(lines(&o.stdout).len(), 2);
+}
+
+#[test]
+fn gzip_and_plain_inputs_replay_alike_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("a.jsonl");
+    write(&plain, format!("{VIEW}\n").as_bytes());
+    let gz = dir.path().join("b.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(format!("{VIEW2}\n").as_bytes()).unwrap();
+    write(&gz, &enc.finish().unwrap());
+    let out = dir.path().join("out.jsonl");
+    let o = run(pretext()
+        .args(["replay", "--flush", "--input"])
+        .arg(&plain)
+        .arg(&gz)
+        .arg("--output")
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "--output FILE keeps stdout clean");
+    let triggers = lines(&std::fs::read(&out).unwrap());
+    assert_eq!(triggers.len(), 2);
+}
+
+#[test]
+fn a_state_dir_persists_between_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write(&input, format!("{VIEW}\n").as_bytes());
+    let state = dir.path().join("state");
+    let first = run(pretext().args(["replay", "--input"]).arg(&input).arg("--state-dir").arg(&state));
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = run(pretext().args(["replay", "--flush", "--input"]).arg(&input).arg("--state-dir").arg(&state));
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(stderr(&second).contains("1 duplicate"), "{}", stderr(&second));
+    // The first replay's pending check survived and fires on flush.
+    assert_eq!(lines(&second.stdout).len(), 1);
+}
+
+#[test]
+fn an_unknown_config_key_exits_2_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    write(&cfg, b"[scoring]\nhalf_lief = \"1h\"\n");
+    let o = run(pretext().args(["replay", "--config"]).arg(&cfg));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("scoring.half_lief"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_bad_config_value_exits_2_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    write(&cfg, b"[triggers.viewed_not_bought]\ndelay = \"soon\"\n");
+    let o = run(pretext().args(["replay", "--config"]).arg(&cfg));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("triggers.viewed_not_bought.delay"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_bad_environment_override_exits_2_and_names_the_key() {
+    let o = run(pretext().env("PRETEXT__SCORING__HALF_LIFE", "3x").args(["replay"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("scoring.half_life"), "{}", stderr(&o));
+}
+
+#[test]
+fn an_unknown_flag_exits_2_and_names_it() {
+    let o = run(pretext().args(["replay", "--flsuh"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--flsuh"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_missing_input_file_exits_1_and_names_it() {
+    let o = run(pretext().args(["replay", "--input", "/nonexistent/events.jsonl"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent/events.jsonl"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_same_log_replayed_twice_by_the_binary_is_byte_identical() {
+    let a = run(pretext().args(["replay", "--flush"]));
+    let b = run(pretext().args(["replay", "--flush"]));
+    assert!(a.status.success() && b.status.success());
+    assert!(!a.stdout.is_empty());
+    assert_eq!(a.stdout, b.stdout);
+}
