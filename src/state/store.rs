@@ -206,9 +206,10 @@ impl Store {
     /// Writes every uncommitted change in one atomic write batch.
     pub fn commit(&mut self) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
-        for cf in Cf::ALL {
+        let overlays = std::mem::replace(&mut self.overlays, vec![Overlay::new(); Cf::ALL.len()]);
+        for (cf, overlay) in Cf::ALL.into_iter().zip(overlays) {
             let handle = self.handle(cf);
-            for (k, v) in std::mem::take(&mut self.overlays[cf.index()]) {
+            for (k, v) in overlay {
                 match v {
                     Some(v) => batch.put_cf(handle, k, v),
                     None => batch.delete_cf(handle, k),
