@@ -473,15 +473,16 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     })
 }
 
-/// serde reports an unknown field at the path of its parent; name the
-/// unknown key itself instead.
-fn unknown_key_error(parent: &str, message: &str) -> Option<ConfigError> {
+/// An unknown field is reported as "unknown key", at its full path.
+fn unknown_key_error(path: &str, message: &str) -> Option<ConfigError> {
     let rest = message.strip_prefix("unknown field `")?;
     let field = &rest[..rest.find('`')?];
-    let key = if parent.is_empty() || parent == "." {
+    let key = if path.is_empty() || path == "." {
         field.to_string()
+    } else if path == field || path.ends_with(&format!(".{field}")) {
+        path.to_string()
     } else {
-        format!("{parent}.{field}")
+        format!("{path}.{field}")
     };
     Some(invalid(&key, "unknown key"))
 }

@@ -142,13 +142,29 @@ fn a_single_view_fires_viewed_not_bought_after_the_delay() {
 
 #[test]
 fn a_check_waits_for_the_watermark_and_flush_fires_it() {
-    let events = [view("e1", at(0), "ck1", Some("C1"), "P1"), tick("e2", at(HOUR + 4 * MIN))];
+    // The replay ends with W = 10:58, the highest ts: the 11:00 check waits.
+    let events = [view("e1", at(0), "ck1", Some("C1"), "P1"), tick("e2", at(HOUR - 2 * MIN))];
     let r = run(&events, false);
-    assert!(of_type(&r, "viewed_not_bought").is_empty(), "W = 10:59 < 11:00: {}", r.raw);
+    assert!(of_type(&r, "viewed_not_bought").is_empty(), "{}", r.raw);
     let r = run(&events, true);
     let vnb = of_type(&r, "viewed_not_bought");
     assert_eq!(vnb.len(), 1);
     assert_eq!(vnb[0]["fired_at"], iso(at(HOUR)), "fired as of its own check time");
+}
+
+#[test]
+fn during_the_stream_the_watermark_lags_by_the_allowed_lateness() {
+    // At 11:04 W is 10:59: C1's 11:00 check is not due yet, so the late
+    // purchase at 10:30 that arrives next still suppresses it.
+    let r = run(
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            tick("e2", at(HOUR + 4 * MIN)),
+            purchase("e3", at(30 * MIN), "store", Some("C1"), None, &["P1"]),
+        ],
+        false,
+    );
+    assert!(of_type(&r, "viewed_not_bought").is_empty(), "{}", r.raw);
 }
 
 #[test]
