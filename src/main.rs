@@ -126,10 +126,10 @@ fn run_live(config: Config) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    // TEMPORARY until src/live lands: live mode is not built yet.
-    let _ = (runtime, config, shutdown_signal);
-    eprintln!("pretext: live mode is not built yet");
-    ExitCode::from(1)
+    match runtime.block_on(pretext::live::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

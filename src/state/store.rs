@@ -244,13 +244,19 @@ impl Store {
 
     /// Every committed key of a column family, for tests and audits.
     pub fn committed_keys(&self, cf: Cf) -> Result<Vec<Vec<u8>>, StateError> {
+        Ok(self.committed(cf)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Every committed entry of a column family, for tests and audits.
+    pub fn committed(&self, cf: Cf) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
         self.db
             .iterator_cf(self.handle(cf), IteratorMode::Start)
             .map(|r| {
-                r.map(|(k, _)| k.to_vec()).map_err(|source| StateError::Read {
-                    cf: cf.name(),
-                    source,
-                })
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|source| StateError::Read {
+                        cf: cf.name(),
+                        source,
+                    })
             })
             .collect()
     }

@@ -1,0 +1,195 @@
+//! The Kafka side of input: a consumer in the group, seeking to the offsets
+//! stored with the state, handing out owned messages in bounded batches.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::engine::SourceOffset;
+use crate::metrics::Metrics;
+
+use super::LiveError;
+
+/// The next offset to read per (topic, partition): what the state holds.
+pub type Positions = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
+/// One input message, owned: library types stay at the edge.
+#[derive(Debug, Clone)]
+pub struct InputMessage {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Rebalance and statistics callbacks. They run inside `poll`, on the
+/// pipeline's own thread, so they are short and only touch shared flags.
+pub struct SourceContext {
+    positions: Positions,
+    assigned: Arc<AtomicBool>,
+    /// Set on revoke: the pipeline ends the batch it is collecting at once.
+    revoked: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                // librdkafka reports an internal partition -1 and -1 for unknown lag.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    /// Assigns at the offsets stored with the state (so input is applied
+    /// exactly once across restarts, whatever Kafka's committed offsets say),
+    /// or at the beginning of a partition the state has never read.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.start_at_stored_offsets(tpl);
+                if let Err(e) = consumer.assign(tpl) {
+                    warn!(error = %e, "failed to assign partitions");
+                    return;
+                }
+                info!(partitions = tpl.count(), "partitions assigned");
+                self.assigned.store(tpl.count() > 0, Ordering::Release);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                info!(partitions = tpl.count(), "partitions revoked");
+                self.revoked.store(true, Ordering::Release);
+                self.assigned.store(false, Ordering::Release);
+                if let Err(e) = consumer.unassign() {
+                    warn!(error = %e, "failed to unassign partitions");
+                }
+            }
+            other => warn!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+impl SourceContext {
+    fn start_at_stored_offsets(&self, tpl: &mut TopicPartitionList) {
+        let Ok(positions) = self.positions.lock() else { return };
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for (topic, partition) in parts {
+            let offset = match positions.get(&(topic.clone(), partition)) {
+                Some(&next) => Offset::Offset(next),
+                None => Offset::Beginning,
+            };
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
+                warn!(error = %e, partition, "cannot set the start offset");
+            }
+        }
+    }
+}
+
+pub struct Source {
+    consumer: BaseConsumer<SourceContext>,
+}
+
+impl Source {
+    pub fn new(config: &Config, positions: Positions, assigned: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Result<Source, LiveError> {
+        let mut cc = ClientConfig::new();
+        // Pass-through settings first: the ones below keep us safe and win.
+        for (k, v) in &config.kafka.client {
+            cc.set(k, v);
+        }
+        cc.set("bootstrap.servers", &config.kafka.brokers)
+            .set("group.id", &config.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        if !config.kafka.client.contains_key("statistics.interval.ms") {
+            cc.set("statistics.interval.ms", "5000");
+        }
+        let context = SourceContext {
+            positions,
+            assigned,
+            revoked: AtomicBool::new(false),
+            metrics,
+        };
+        let consumer: BaseConsumer<SourceContext> = cc
+            .create_with_context(context)
+            .map_err(|source| LiveError::Kafka { what: "create the consumer", source })?;
+        let topics: Vec<&str> = config.topics.inputs.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|source| LiveError::Kafka { what: "subscribe to the input topics", source })?;
+        Ok(Source { consumer })
+    }
+
+    /// Up to `max` messages, waiting at most `max_wait` once the first has
+    /// arrived (or in all, when none does). Ends early on a revoke or stop.
+    pub fn next_batch(&self, max: usize, max_wait: Duration, stop: &AtomicBool) -> Vec<InputMessage> {
+        let deadline = Instant::now() + max_wait;
+        let mut batch = Vec::new();
+        while batch.len() < max && !stop.load(Ordering::Acquire) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.consumer.poll(left.min(Duration::from_millis(100))) {
+                Some(Ok(m)) => batch.push(InputMessage {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                }),
+                Some(Err(e)) => warn!(error = %e, "consumer error"),
+                None => {}
+            }
+            if self.consumer.context().revoked.swap(false, Ordering::AcqRel) {
+                break;
+            }
+        }
+        batch
+    }
+
+    /// Commits the offsets to Kafka too, asynchronously: for lag monitoring
+    /// only; the offsets that count are stored with the state.
+    pub fn commit_to_kafka(&self, offsets: &[SourceOffset]) {
+        // An empty list must not reach librdkafka (rust-rdkafka #681).
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for o in offsets {
+            if let Err(e) = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next_offset)) {
+                warn!(error = %e, "cannot build the offset commit");
+                return;
+            }
+        }
+        match self.consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => warn!(error = %e, "failed to commit offsets to kafka"),
+        }
+    }
+}

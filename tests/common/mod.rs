@@ -1,0 +1,291 @@
+//! Test support for end-to-end tests: a real tansu broker process, random
+//! topic and group names, produce/consume helpers, and `pretext run` as a
+//! child process with its own config.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// A unique name per call, so tests never share topics or groups.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A tansu broker on a free loopback port with sqlite storage in a temp
+/// dir, or the broker named by `PRETEXT_TEST_BROKER`. Killed on drop.
+pub struct Broker {
+    pub addr: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        if let Ok(addr) = std::env::var("PRETEXT_TEST_BROKER") {
+            return Broker { addr, child: None, _dir: dir };
+        }
+        let bin = tansu_bin();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .arg("--storage-engine")
+            .arg(format!("sqlite://{}", dir.path().join("broker.db").display()))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let addr = format!("127.0.0.1:{port}");
+        wait_for("the broker to listen", Duration::from_secs(30), || TcpStream::connect(&addr).ok());
+        Broker { addr, child: Some(child), _dir: dir }
+    }
+
+    pub fn create_topics(&self, names: &[&str], partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
+        let topics: Vec<NewTopic> = names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let results = rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap();
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+        }
+    }
+
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.addr);
+        c
+    }
+
+    /// Produces (key, payload) pairs to partition 0, in order, and waits for them.
+    pub fn produce(&self, topic: &str, messages: &[(Option<&str>, &[u8])]) {
+        let producer: BaseProducer = self.client().create().unwrap();
+        for (key, payload) in messages {
+            let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(*payload).partition(0);
+            if let Some(k) = key {
+                rec = rec.key(*k);
+            }
+            producer.send(rec).map_err(|(e, _)| e).unwrap();
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// Every message of partition 0 of `topic` read within `timeout` once at
+    /// least `min` have arrived: (key, payload) pairs.
+    pub fn consume(&self, topic: &str, min: usize, timeout: Duration) -> Vec<(Option<String>, String)> {
+        let consumer: BaseConsumer = self.client().set("group.id", unique("reader")).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let start = Instant::now();
+        let mut quiet_since = Instant::now();
+        while start.elapsed() < timeout {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    out.push((
+                        m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    ));
+                    quiet_since = Instant::now();
+                }
+                Some(Err(e)) => panic!("consume {topic}: {e}"),
+                None if out.len() >= min && quiet_since.elapsed() > Duration::from_secs(2) => break,
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let cargo_bin = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
+    for candidate in [PathBuf::from("tansu"), cargo_bin] {
+        if Command::new(&candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return candidate;
+        }
+    }
+    panic!("tansu is not installed: run scripts/install-tansu.sh (or set TANSU_BIN or PRETEXT_TEST_BROKER)");
+}
+
+/// Topic names of one test.
+pub struct Topics {
+    pub input: String,
+    pub triggers: String,
+    pub dead_letter: String,
+}
+
+impl Topics {
+    pub fn create(broker: &Broker) -> Topics {
+        let t = Topics {
+            input: unique("in"),
+            triggers: unique("triggers"),
+            dead_letter: unique("dead"),
+        };
+        broker.create_topics(&[&t.input, &t.triggers, &t.dead_letter], 1);
+        t
+    }
+}
+
+/// `pretext run` as a child process, with a config written for the test.
+pub struct Pretext {
+    pub child: Child,
+    pub http: String,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+pub fn write_config(dir: &Path, broker: &Broker, topics: &Topics, group: &str) -> (PathBuf, PathBuf) {
+    let state_dir = dir.join("state");
+    let config = dir.join("pretext.toml");
+    let text = format!(
+        r#"
+[watermark]
+idle_timeout = "2s"
+[kafka]
+brokers = "{broker}"
+group_id = "{group}"
+batch_max_messages = 200
+[kafka.client]
+"session.timeout.ms" = "6000"
+"statistics.interval.ms" = "1000"
+[topics]
+inputs = ["{input}"]
+triggers = "{triggers}"
+dead_letter = "{dead}"
+[state]
+dir = "{state}"
+[log]
+format = "text"
+level = "info"
+"#,
+        broker = broker.addr,
+        input = topics.input,
+        triggers = topics.triggers,
+        dead = topics.dead_letter,
+        state = state_dir.display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, state_dir)
+}
+
+impl Pretext {
+    pub fn start(config: &Path, state_dir: &Path, log: &Path) -> Pretext {
+        let port = free_port();
+        let http = format!("127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pretext"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("PRETEXT__HTTP__LISTEN", &http)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        Pretext { child, http, config: config.to_path_buf(), state_dir: state_dir.to_path_buf() }
+    }
+
+    pub fn wait_ready(&self) {
+        wait_for("pretext /readyz 200", Duration::from_secs(60), || (http_get(&self.http, "/readyz")?.0 == 200).then_some(()));
+    }
+
+    pub fn metrics(&self) -> Option<String> {
+        http_get(&self.http, "/metrics").map(|(_, body)| body)
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        wait_for("pretext to exit", Duration::from_secs(30), || self.child.try_wait().unwrap())
+    }
+
+    pub fn kill9(mut self) {
+        let _ = Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Pretext {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// The sum of a metric's samples in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Replays `lines` with `pretext replay --flush`; the trigger lines.
+pub fn replay(lines: &[String], dir: &Path, state_dir: Option<&Path>) -> Vec<String> {
+    let input = dir.join("replay-input.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pretext"));
+    cmd.args(["replay", "--flush", "--input"]).arg(&input);
+    if let Some(s) = state_dir {
+        cmd.arg("--state-dir").arg(s);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect()
+}
