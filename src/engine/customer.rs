@@ -29,6 +29,12 @@ pub struct CustomerStage<'a> {
     pub sink: &'a mut dyn TriggerSink,
     /// The highest applied event time: the reference for pruning.
     pub max_ts: Millis,
+    /// No pending check at or above `swept_to` is due before this; lowered
+    /// by every new check there.
+    pub earliest_due: &'a mut Millis,
+    /// Checks below this were all handled: a new one goes to `overdue`.
+    pub swept_to: Millis,
+    pub overdue: &'a mut Vec<(Millis, String, String)>,
 }
 
 impl CustomerStage<'_> {
@@ -142,13 +148,12 @@ impl CustomerStage<'_> {
         match interest.pending {
             None => self.schedule(crm_id, product_id, &mut interest, t + delay, t),
             Some(p) if t <= p.check_at => {
-                let check_at = p.check_at.max(t + delay);
-                self.store
-                    .delete(Cf::Timers, timer_key(p.check_at, crm_id, product_id));
-                self.store
-                    .put(Cf::Timers, timer_key(check_at, crm_id, product_id), Vec::new());
+                // The timer stays where it is; when it comes due it is
+                // re-filed at the moved check time (see `fire_due`). Moving
+                // it here would leave a deletion for every join, which
+                // timer scans would have to step over.
                 interest.pending = Some(Pending {
-                    check_at,
+                    check_at: p.check_at.max(t + delay),
                     first_view: p.first_view.min(t),
                 });
             }
@@ -177,6 +182,12 @@ impl CustomerStage<'_> {
         self.store
             .put(Cf::Timers, timer_key(check_at, crm_id, product_id), Vec::new());
         self.stats.pending_checks += 1;
+        if check_at < self.swept_to {
+            self.overdue
+                .push((check_at, crm_id.to_string(), product_id.to_string()));
+        } else {
+            *self.earliest_due = (*self.earliest_due).min(check_at);
+        }
     }
 
     fn on_purchase(&mut self, crm_id: &str, product_ids: &[String], t: Millis) -> Result<(), StateError> {
@@ -227,22 +238,30 @@ impl CustomerStage<'_> {
         Ok(())
     }
 
-    /// Fires the pending check of (crm, product) due at `due`, found on the
-    /// timer index.
-    pub fn fire_due(&mut self, due: Millis, crm_id: &str, product_id: &str) -> Result<(), StateError> {
+    /// Handles the timer (due, crm, product) found due on the timer index:
+    /// fires the session's check when it is due at `due`, or re-files the
+    /// timer at the session's moved check time. Returns the time it was
+    /// re-filed at, if any.
+    pub fn fire_due(&mut self, due: Millis, crm_id: &str, product_id: &str) -> Result<Option<Millis>, StateError> {
         let mut interest = self.load_interest(crm_id, product_id)?.unwrap_or_default();
         match interest.pending {
             Some(p) if p.check_at == due => {
                 self.fire_check(crm_id, product_id, &mut interest, p)?;
                 self.save_interest(crm_id, product_id, interest);
+                Ok(None)
             }
-            // A timer without its session can only be left by a bug; drop it
-            // rather than loop on it forever.
-            _ => self
-                .store
-                .delete(Cf::Timers, timer_key(due, crm_id, product_id)),
+            Some(p) if p.check_at > due => {
+                self.store.delete(Cf::Timers, timer_key(due, crm_id, product_id));
+                self.store
+                    .put(Cf::Timers, timer_key(p.check_at, crm_id, product_id), Vec::new());
+                Ok(Some(p.check_at))
+            }
+            // The session fired early or was erased: the timer is stale.
+            _ => {
+                self.store.delete(Cf::Timers, timer_key(due, crm_id, product_id));
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     /// The intent score of `interest` at `t` (contract section 3).

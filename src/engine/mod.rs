@@ -91,6 +91,17 @@ pub struct Engine {
     /// The watermark as advanced by the wall clock in quiet hours.
     idle_watermark: Option<Millis>,
     gc_hour: Millis,
+    /// A lower bound of the pending checks' due times. Timer scans start
+    /// here: below it lie only deleted timers, which a scan from the start
+    /// would step over again and again (quadratic in fired checks).
+    earliest_due: Millis,
+    /// Every check due before this has been handled: timer scans never
+    /// start below it. A check scheduled below it (a late or stitched view)
+    /// goes to `overdue` instead, and fires first, in order.
+    swept_to: Millis,
+    overdue: Vec<(Millis, String, String)>,
+    /// Event ids older than this were collected already.
+    gc_from: Millis,
 }
 
 impl Engine {
@@ -118,6 +129,7 @@ impl Engine {
             pending_checks: read(META_PENDING)?.unwrap_or(0),
             ..EngineStats::default()
         };
+        let earliest_due = first_timer_at_or_after(&store, Millis::MIN)?;
         Ok(Engine {
             max_ts: read(META_MAX_TS)?,
             idle_watermark: read(META_IDLE_WM)?,
@@ -125,6 +137,10 @@ impl Engine {
             params: Params::from_config(config),
             stats,
             store,
+            earliest_due,
+            swept_to: Millis::MIN,
+            overdue: Vec::new(),
+            gc_from: Millis::MIN,
         })
     }
 
@@ -254,6 +270,9 @@ impl Engine {
             stats: &mut self.stats,
             sink,
             max_ts: self.max_ts.unwrap_or(Millis::MIN),
+            earliest_due: &mut self.earliest_due,
+            swept_to: self.swept_to,
+            overdue: &mut self.overdue,
         }
     }
 
@@ -351,25 +370,52 @@ impl Engine {
     /// (check time, crm_id, product_id): the timer index's key order.
     fn fire_due(&mut self, watermark: Option<Millis>, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
         let Some(w) = watermark else { return Ok(()) };
-        let upper = w.checked_add(1).map(|next| {
-            let mut k = Vec::with_capacity(8);
-            push_ts(&mut k, next);
-            k
-        });
+        self.fire_overdue(sink)?;
+        if w < self.earliest_due {
+            return Ok(());
+        }
+        let upper = w.checked_add(1).map(ts_key);
         loop {
-            let due = self.store.scan(Cf::Timers, &[], upper.as_deref(), SCAN_CHUNK)?;
-            if due.is_empty() {
-                return Ok(());
-            }
+            let lower = ts_key(self.earliest_due);
+            let due = self.store.scan(Cf::Timers, &lower, upper.as_deref(), SCAN_CHUNK)?;
+            let Some((last, _)) = due.last() else { break };
+            let mut resume_at = timer_time(last)?;
             let mut stage = self.customers(sink);
-            for (key, _) in due {
-                let (at, crm_id, product_id) = read_timer(&key).ok_or_else(|| StateError::Corrupt {
-                    cf: Cf::Timers.name(),
-                    detail: "undecodable timer key".into(),
-                })?;
-                stage.fire_due(at, &crm_id, &product_id)?;
+            for (key, _) in &due {
+                let (at, crm_id, product_id) = read_timer(key).ok_or_else(corrupt_timer)?;
+                // A timer re-filed before the rest of this chunk must fire
+                // in its place in the order: scan again from here.
+                if let Some(refiled) = stage.fire_due(at, &crm_id, &product_id)? {
+                    if refiled <= resume_at {
+                        resume_at = at;
+                        break;
+                    }
+                }
+            }
+            // Firing never files a timer before the one being handled, so
+            // nothing lands before `resume_at`.
+            self.earliest_due = resume_at;
+        }
+        self.swept_to = w.saturating_add(1);
+        self.earliest_due = first_timer_at_or_after(&self.store, self.swept_to)?;
+        Ok(())
+    }
+
+    /// Fires the checks scheduled below the swept region, in the contract's
+    /// order; they all come before anything the timer scan finds.
+    fn fire_overdue(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
+        while !self.overdue.is_empty() {
+            self.overdue.sort_unstable_by(|a, b| b.cmp(a)); // smallest last
+            let Some((at, crm_id, product_id)) = self.overdue.pop() else { break };
+            let swept_to = self.swept_to;
+            let mut stage = self.customers(sink);
+            match stage.fire_due(at, &crm_id, &product_id)? {
+                Some(refiled) if refiled < swept_to => self.overdue.push((refiled, crm_id, product_id)),
+                Some(refiled) => self.earliest_due = self.earliest_due.min(refiled),
+                None => {}
             }
         }
+        Ok(())
     }
 
     fn dedup_times(&self, key: &[u8]) -> Result<Vec<Millis>, StateError> {
@@ -401,10 +447,13 @@ impl Engine {
         let horizon = max_ts
             .saturating_sub(self.params.allowed_lateness)
             .saturating_sub(self.params.dedup_window);
-        let mut upper = Vec::with_capacity(8);
-        push_ts(&mut upper, horizon);
+        let upper = ts_key(horizon);
+        // Ids older than the last horizon were collected already; starting
+        // there keeps the scan off their deletions.
+        let lower = ts_key(self.gc_from);
+        self.gc_from = horizon;
         loop {
-            let old = self.store.scan(Cf::DedupByTime, &[], Some(&upper), SCAN_CHUNK)?;
+            let old = self.store.scan(Cf::DedupByTime, &lower, Some(&upper), SCAN_CHUNK)?;
             if old.is_empty() {
                 return Ok(());
             }
@@ -455,6 +504,32 @@ fn parse_offset(key: &[u8], value: &[u8]) -> Result<SourceOffset, StateError> {
         partition,
         next_offset,
     })
+}
+
+fn ts_key(ts: Millis) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8);
+    push_ts(&mut k, ts);
+    k
+}
+
+fn corrupt_timer() -> StateError {
+    StateError::Corrupt {
+        cf: Cf::Timers.name(),
+        detail: "undecodable timer key".into(),
+    }
+}
+
+fn timer_time(key: &[u8]) -> Result<Millis, StateError> {
+    read_timer(key).map(|(at, _, _)| at).ok_or_else(corrupt_timer)
+}
+
+/// The due time of the first pending check at or after `from`, or
+/// `Millis::MAX` when there is none.
+fn first_timer_at_or_after(store: &Store, from: Millis) -> Result<Millis, StateError> {
+    match store.scan(Cf::Timers, &ts_key(from), None, 1)?.first() {
+        Some((key, _)) => timer_time(key),
+        None => Ok(Millis::MAX),
+    }
 }
 
 fn meta_i64(store: &Store, key: &[u8]) -> Result<Option<Millis>, StateError> {
