@@ -18,7 +18,11 @@ fn event(line: &str) -> Event {
 }
 
 fn view_line(i: u64, crm: bool) -> String {
-    let crm = if crm { format!(r#","crm_id":"C{}""#, i % 50_000) } else { String::new() };
+    let crm = if crm {
+        format!(r#","crm_id":"C{}""#, i % 50_000)
+    } else {
+        String::new()
+    };
     format!(
         r#"{{"type":"product_view","event_id":"v{i}","ts":{},"cookie_id":"ck{}","product_id":"P{}","category":"coats","price":79.9{crm}}}"#,
         T0 + i as i64 * 10,
@@ -32,7 +36,7 @@ fn bench_decode(c: &mut Criterion) {
         ("product_view", view_line(1, true)),
         (
             "purchase",
-            format!(r#"{{"type":"purchase","event_id":"o1","ts":"2026-11-22T10:15:00Z","order_id":"o1","channel":"store","crm_id":"C1","items":[{{"product_id":"P1","quantity":1,"price":10.5}},{{"product_id":"P2"}}],"total":10.5}}"#),
+            r#"{"type":"purchase","event_id":"o1","ts":"2026-11-22T10:15:00Z","order_id":"o1","channel":"store","crm_id":"C1","items":[{"product_id":"P1","quantity":1,"price":10.5},{"product_id":"P2"}],"total":10.5}"#.to_string(),
         ),
         (
             "promotion",
@@ -42,7 +46,9 @@ fn bench_decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(1));
     for (name, line) in &lines {
-        g.bench_function(*name, |b| b.iter(|| decode(std::hint::black_box(line.as_bytes()), 1 << 20)));
+        g.bench_function(*name, |b| {
+            b.iter(|| decode(std::hint::black_box(line.as_bytes()), 1 << 20))
+        });
     }
     g.finish();
 }
@@ -53,7 +59,9 @@ fn bench_apply(c: &mut Criterion) {
     let mut sink: Vec<Trigger> = Vec::new();
     // Warm state: 50k customers with some history.
     for i in 0..200_000 {
-        engine.apply(&event(&view_line(i, i % 3 == 0)), &mut sink).expect("apply");
+        engine
+            .apply(&event(&view_line(i, i % 3 == 0)), &mut sink)
+            .expect("apply");
         if i % 20_000 == 0 {
             engine.commit(&[]).expect("commit");
         }
@@ -133,7 +141,10 @@ fn bench_apply(c: &mut Criterion) {
 fn bench_fan_out(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     // No promotion cooldown, so every iteration fires for every viewer.
-    let env = [("PRETEXT__TRIGGERS__PROMO_ON_VIEWED_ITEM__COOLDOWN".to_string(), "0s".to_string())];
+    let env = [(
+        "PRETEXT__TRIGGERS__PROMO_ON_VIEWED_ITEM__COOLDOWN".to_string(),
+        "0s".to_string(),
+    )];
     let config = Config::load(None, env).expect("config");
     let mut engine = Engine::open(dir.path(), &config).expect("engine");
     let mut sink: Vec<Trigger> = Vec::new();
@@ -177,12 +188,20 @@ fn bench_records(c: &mut Criterion) {
     });
     let bytes = encode(&interest);
     let mut g = c.benchmark_group("records");
-    g.bench_function("interest_encode", |b| b.iter(|| encode(std::hint::black_box(&interest))));
+    g.bench_function("interest_encode", |b| {
+        b.iter(|| encode(std::hint::black_box(&interest)))
+    });
     g.bench_function("interest_decode", |b| {
         b.iter(|| decode_record::<Interest>("interest", std::hint::black_box(&bytes)))
     });
     g.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_apply, bench_fan_out, bench_records);
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_apply,
+    bench_fan_out,
+    bench_records
+);
 criterion_main!(benches);

@@ -21,7 +21,10 @@ struct Gen {
 
 fn main() {
     let mut argv = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
-    let events: u64 = argv.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let events: u64 = argv
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let customers: u64 = argv.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("events.jsonl");
@@ -41,7 +44,10 @@ fn main() {
     ]);
     pretext::gen::run(&gen.args).expect("generate events");
     let bytes = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
-    eprintln!("input: {events} events, {customers} customers, {} MiB", bytes >> 20);
+    eprintln!(
+        "input: {events} events, {customers} customers, {} MiB",
+        bytes >> 20
+    );
 
     let (lines, baseline) = parse_only(&input);
     let opts = ReplayOptions {
@@ -57,9 +63,20 @@ fn main() {
     let rate = lines as f64 / elapsed;
     let base_rate = lines as f64 / baseline;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "parse-only baseline: {base_rate:>12.0} events/s ({baseline:.2} s)");
-    let _ = writeln!(out, "pretext replay:      {rate:>12.0} events/s ({elapsed:.2} s)");
-    let _ = writeln!(out, "ratio replay/baseline: {:.3} (baseline is {:.2}x faster)", rate / base_rate, base_rate / rate);
+    let _ = writeln!(
+        out,
+        "parse-only baseline: {base_rate:>12.0} events/s ({baseline:.2} s)"
+    );
+    let _ = writeln!(
+        out,
+        "pretext replay:      {rate:>12.0} events/s ({elapsed:.2} s)"
+    );
+    let _ = writeln!(
+        out,
+        "ratio replay/baseline: {:.3} (baseline is {:.2}x faster)",
+        rate / base_rate,
+        base_rate / rate
+    );
     let _ = writeln!(out, "peak RSS: {} MiB", peak_rss_mib());
     let _ = write!(out, "{}", summary.render());
 }

@@ -389,8 +389,8 @@ impl Config {
                 apply_env(&mut table, &name, rest, &value)?;
             }
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 let message = e.inner().to_string();
                 unknown_key_error(&key, &message).unwrap_or_else(|| invalid(&key, message))
@@ -414,12 +414,24 @@ impl Config {
             if x.is_finite() && x >= 0.0 {
                 Ok(())
             } else {
-                Err(invalid(key, format!("must be a finite number >= 0, got {x}")))
+                Err(invalid(
+                    key,
+                    format!("must be a finite number >= 0, got {x}"),
+                ))
             }
         };
-        non_negative("scoring.weights.product_view", self.scoring.weights.product_view)?;
-        non_negative("scoring.weights.add_to_cart", self.scoring.weights.add_to_cart)?;
-        non_negative("triggers.viewed_not_bought.min_score", self.triggers.viewed_not_bought.min_score)?;
+        non_negative(
+            "scoring.weights.product_view",
+            self.scoring.weights.product_view,
+        )?;
+        non_negative(
+            "scoring.weights.add_to_cart",
+            self.scoring.weights.add_to_cart,
+        )?;
+        non_negative(
+            "triggers.viewed_not_bought.min_score",
+            self.triggers.viewed_not_bought.min_score,
+        )?;
         let at_least_one = |key: &str, n: usize| {
             if n >= 1 {
                 Ok(())
@@ -429,7 +441,10 @@ impl Config {
         };
         at_least_one("input.max_message_bytes", self.input.max_message_bytes)?;
         at_least_one("kafka.batch_max_messages", self.kafka.batch_max_messages)?;
-        at_least_one("kafka.producer_max_in_flight", self.kafka.producer_max_in_flight)?;
+        at_least_one(
+            "kafka.producer_max_in_flight",
+            self.kafka.producer_max_in_flight,
+        )?;
         if self.topics.inputs.is_empty() {
             return Err(invalid("topics.inputs", "must name at least one topic"));
         }
@@ -445,12 +460,18 @@ impl Config {
                 return Err(invalid(key, "must not be empty"));
             }
         }
-        self.http
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|e| invalid("http.listen", format!("{:?} is not a socket address: {e}", self.http.listen)))?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| invalid("log.level", format!("{:?} is not a log filter: {e}", self.log.level)))?;
+        self.http.listen.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "http.listen",
+                format!("{:?} is not a socket address: {e}", self.http.listen),
+            )
+        })?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!("{:?} is not a log filter: {e}", self.log.level),
+            )
+        })?;
         Ok(())
     }
 
@@ -458,7 +479,11 @@ impl Config {
     /// offsets are stored per topic for one consumer group, so a state
     /// directory must not be reused under other names.
     pub fn fingerprint(&self) -> String {
-        format!("group={};inputs={}", self.kafka.group_id, self.topics.inputs.join(","))
+        format!(
+            "group={};inputs={}",
+            self.kafka.group_id,
+            self.topics.inputs.join(",")
+        )
     }
 }
 
@@ -467,10 +492,11 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// An unknown field is reported as "unknown key", at its full path.
@@ -489,7 +515,12 @@ fn unknown_key_error(path: &str, message: &str) -> Option<ConfigError> {
 
 /// Sets the key a `PRETEXT__A__B__C` variable names. Under `kafka.client`
 /// the rest of the name is one librdkafka key, its parts joined with dots.
-fn apply_env(table: &mut toml::Table, var: &str, rest: &str, value: &str) -> Result<(), ConfigError> {
+fn apply_env(
+    table: &mut toml::Table,
+    var: &str,
+    rest: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
     let mut path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
     if path.len() > 2 && path[0] == "kafka" && path[1] == "client" {
         let key = path.split_off(2).join(".");
@@ -497,7 +528,10 @@ fn apply_env(table: &mut toml::Table, var: &str, rest: &str, value: &str) -> Res
     }
     let key = path.join(".");
     if path.iter().any(|p| p.is_empty()) {
-        return Err(invalid(&key, format!("environment variable {var} does not name a key")));
+        return Err(invalid(
+            &key,
+            format!("environment variable {var} does not name a key"),
+        ));
     }
     let mut node = table;
     for part in &path[..path.len() - 1] {
@@ -506,7 +540,12 @@ fn apply_env(table: &mut toml::Table, var: &str, rest: &str, value: &str) -> Res
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         node = match entry {
             toml::Value::Table(t) => t,
-            _ => return Err(invalid(&key, format!("environment variable {var}: `{part}` is not a section"))),
+            _ => {
+                return Err(invalid(
+                    &key,
+                    format!("environment variable {var}: `{part}` is not a section"),
+                ))
+            }
         };
     }
     node.insert(path[path.len() - 1].clone(), env_value(value));
@@ -528,7 +567,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn load_str(toml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -545,7 +587,10 @@ mod tests {
     #[test]
     fn default_toml_documents_exactly_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
-        assert_eq!(Config::load(Some(&path), env(&[])).unwrap(), Config::default());
+        assert_eq!(
+            Config::load(Some(&path), env(&[])).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -564,7 +609,16 @@ mod tests {
         assert_eq!(Dur::parse("1h"), Ok(Dur(3_600_000)));
         assert_eq!(Dur::parse("7d"), Ok(Dur(604_800_000)));
         assert_eq!(Dur::parse("0s"), Ok(Dur(0)));
-        for bad in ["", "5", "h", "1.5h", "-1h", "1w", "1 h", "99999999999999999d"] {
+        for bad in [
+            "",
+            "5",
+            "h",
+            "1.5h",
+            "-1h",
+            "1w",
+            "1 h",
+            "99999999999999999d",
+        ] {
             assert!(Dur::parse(bad).is_err(), "{bad}");
         }
     }
@@ -588,30 +642,75 @@ mod tests {
         assert_eq!(c.scoring.weights.add_to_cart, 2.5);
         assert_eq!(c.triggers.viewed_not_bought.delay, Dur(1_800_000));
         assert_eq!(c.topics.inputs, vec!["a", "b"]);
-        assert_eq!(c.kafka.client.get("sasl.mechanism").map(String::as_str), Some("PLAIN"));
+        assert_eq!(
+            c.kafka.client.get("sasl.mechanism").map(String::as_str),
+            Some("PLAIN")
+        );
         assert_eq!(c.input.max_message_bytes, 2048);
     }
 
     #[test]
     fn the_environment_wins_over_the_file() {
-        let c = load_str("[kafka]\ngroup_id = \"file\"\n", &[("PRETEXT__KAFKA__GROUP_ID", "env")]).unwrap();
+        let c = load_str(
+            "[kafka]\ngroup_id = \"file\"\n",
+            &[("PRETEXT__KAFKA__GROUP_ID", "env")],
+        )
+        .unwrap();
         assert_eq!(c.kafka.group_id, "env");
     }
 
     #[test]
     fn errors_name_the_key() {
-        assert_eq!(key_of(load_str("[scoring]\nhalf_lief = \"1h\"\n", &[])), "scoring.half_lief");
+        assert_eq!(
+            key_of(load_str("[scoring]\nhalf_lief = \"1h\"\n", &[])),
+            "scoring.half_lief"
+        );
         assert_eq!(key_of(load_str("surprise = 1\n", &[])), "surprise");
-        assert_eq!(key_of(load_str("[scoring]\nhalf_life = \"3x\"\n", &[])), "scoring.half_life");
-        assert_eq!(key_of(load_str("[scoring.weights]\nproduct_view = \"1\"\n", &[])), "scoring.weights.product_view");
-        assert_eq!(key_of(load_str("[scoring]\nhalf_life = \"0s\"\n", &[])), "scoring.half_life");
-        assert_eq!(key_of(load_str("[http]\nlisten = \"nowhere\"\n", &[])), "http.listen");
-        assert_eq!(key_of(load_str("[log]\nformat = \"xml\"\n", &[])), "log.format");
-        assert_eq!(key_of(load_str("[topics]\ninputs = []\n", &[])), "topics.inputs");
-        assert_eq!(key_of(load_str("[triggers.viewed_not_bought]\nmin_score = -1.0\n", &[])), "triggers.viewed_not_bought.min_score");
-        assert_eq!(key_of(Config::load(None, env(&[("PRETEXT__SCORING__HALF_LIFE", "3x")]))), "scoring.half_life");
-        assert_eq!(key_of(Config::load(None, env(&[("PRETEXT__SCORING__NOPE", "1")]))), "scoring.nope");
-        let e = load_str("[scoring]\nhalf_lief = \"1h\"\n", &[]).unwrap_err().to_string();
+        assert_eq!(
+            key_of(load_str("[scoring]\nhalf_life = \"3x\"\n", &[])),
+            "scoring.half_life"
+        );
+        assert_eq!(
+            key_of(load_str("[scoring.weights]\nproduct_view = \"1\"\n", &[])),
+            "scoring.weights.product_view"
+        );
+        assert_eq!(
+            key_of(load_str("[scoring]\nhalf_life = \"0s\"\n", &[])),
+            "scoring.half_life"
+        );
+        assert_eq!(
+            key_of(load_str("[http]\nlisten = \"nowhere\"\n", &[])),
+            "http.listen"
+        );
+        assert_eq!(
+            key_of(load_str("[log]\nformat = \"xml\"\n", &[])),
+            "log.format"
+        );
+        assert_eq!(
+            key_of(load_str("[topics]\ninputs = []\n", &[])),
+            "topics.inputs"
+        );
+        assert_eq!(
+            key_of(load_str(
+                "[triggers.viewed_not_bought]\nmin_score = -1.0\n",
+                &[]
+            )),
+            "triggers.viewed_not_bought.min_score"
+        );
+        assert_eq!(
+            key_of(Config::load(
+                None,
+                env(&[("PRETEXT__SCORING__HALF_LIFE", "3x")])
+            )),
+            "scoring.half_life"
+        );
+        assert_eq!(
+            key_of(Config::load(None, env(&[("PRETEXT__SCORING__NOPE", "1")]))),
+            "scoring.nope"
+        );
+        let e = load_str("[scoring]\nhalf_lief = \"1h\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`scoring.half_lief`"), "{e}");
     }
 
@@ -619,7 +718,10 @@ mod tests {
     fn unreadable_and_malformed_files_name_the_path() {
         let e = Config::load(Some(Path::new("/nonexistent/p.toml")), env(&[])).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/p.toml"));
-        assert!(matches!(load_str("[scoring\n", &[]), Err(ConfigError::Syntax { .. })));
+        assert!(matches!(
+            load_str("[scoring\n", &[]),
+            Err(ConfigError::Syntax { .. })
+        ));
     }
 
     #[test]
@@ -634,7 +736,10 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{c:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
         assert!(shown.contains("svc"));
         assert_eq!(c.kafka.client["sasl.password"], "hunter2");
     }

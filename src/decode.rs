@@ -71,11 +71,17 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
     if payload.len() > max_bytes {
         return Err(reject(
             Reason::TooLarge,
-            format!("message is {} bytes, over the limit of {max_bytes}", payload.len()),
+            format!(
+                "message is {} bytes, over the limit of {max_bytes}",
+                payload.len()
+            ),
         ));
     }
     let text = std::str::from_utf8(payload).map_err(|e| {
-        reject(Reason::InvalidUtf8, format!("invalid utf-8 at byte {}", e.valid_up_to()))
+        reject(
+            Reason::InvalidUtf8,
+            format!("invalid utf-8 at byte {}", e.valid_up_to()),
+        )
     })?;
     let value: Value = serde_json::from_str(text)
         .map_err(|e| reject(Reason::InvalidJson, format!("invalid json: {e}")))?;
@@ -141,14 +147,20 @@ fn purchase(f: &mut Fields<'_>) -> Result<Purchase, Rejection> {
         Some(Value::String(s)) if s == "web" => Channel::Web,
         Some(Value::String(s)) if s == "store" => Channel::Store,
         Some(Value::String(_)) => {
-            return Err(reject(Reason::InvalidValue, "field `channel` must be \"web\" or \"store\""))
+            return Err(reject(
+                Reason::InvalidValue,
+                "field `channel` must be \"web\" or \"store\"",
+            ))
         }
         Some(_) => return Err(wrong_type("channel", "a string")),
     };
     let items = match f.take("items") {
         None => return Err(missing("items")),
         Some(Value::Array(a)) if a.is_empty() => {
-            return Err(reject(Reason::InvalidValue, "field `items` must not be empty"))
+            return Err(reject(
+                Reason::InvalidValue,
+                "field `items` must not be empty",
+            ))
         }
         Some(Value::Array(a)) => a
             .into_iter()
@@ -160,7 +172,10 @@ fn purchase(f: &mut Fields<'_>) -> Result<Purchase, Rejection> {
     let crm_id = f.id("crm_id")?;
     let cookie_id = f.id("cookie_id")?;
     if crm_id.is_none() && cookie_id.is_none() {
-        return Err(reject(Reason::MissingField, "missing field `crm_id` or `cookie_id`"));
+        return Err(reject(
+            Reason::MissingField,
+            "missing field `crm_id` or `cookie_id`",
+        ));
     }
     Ok(Purchase {
         order_id,
@@ -179,7 +194,9 @@ fn item(index: usize, value: Value) -> Result<Item, Rejection> {
     };
     let mut f = Fields(&mut obj);
     Ok(Item {
-        product_id: f.id_named("product_id", &name("product_id"))?.ok_or_else(|| missing(&name("product_id")))?,
+        product_id: f
+            .id_named("product_id", &name("product_id"))?
+            .ok_or_else(|| missing(&name("product_id")))?,
         quantity: f.quantity("quantity", &name("quantity"))?,
         price: f.number_named("price", &name("price"))?,
     })
@@ -210,7 +227,10 @@ fn missing(field: &str) -> Rejection {
 }
 
 fn wrong_type(field: &str, expected: &str) -> Rejection {
-    reject(Reason::WrongType, format!("field `{field}` must be {expected}"))
+    reject(
+        Reason::WrongType,
+        format!("field `{field}` must be {expected}"),
+    )
 }
 
 fn truncate(s: &str, max_chars: usize) -> &str {
@@ -299,7 +319,10 @@ impl Fields<'_> {
             None => Ok(None),
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(q) => Ok(Some(q)),
-                None => Err(reject(Reason::InvalidValue, format!("field `{name}` must be an integer"))),
+                None => Err(reject(
+                    Reason::InvalidValue,
+                    format!("field `{name}` must be an integer"),
+                )),
             },
             Some(_) => Err(wrong_type(name, "an integer")),
         }
@@ -314,7 +337,9 @@ impl Fields<'_> {
         let bad = || {
             reject(
                 Reason::BadTs,
-                format!("field `{field}` is not an RFC 3339 time with offset or epoch milliseconds"),
+                format!(
+                    "field `{field}` is not an RFC 3339 time with offset or epoch milliseconds"
+                ),
             )
         };
         match self.take(field) {
@@ -352,33 +377,84 @@ mod tests {
 
     #[test]
     fn every_type_decodes_with_both_ts_forms() {
-        let e = ok(r#"{"type":"product_view","event_id":"e1","ts":"2026-11-22T11:15:00+01:00","cookie_id":"ck","product_id":"P","category":"coats","price":9.5,"crm_id":"C","extra":{"x":1}}"#);
+        let e = ok(
+            r#"{"type":"product_view","event_id":"e1","ts":"2026-11-22T11:15:00+01:00","cookie_id":"ck","product_id":"P","category":"coats","price":9.5,"crm_id":"C","extra":{"x":1}}"#,
+        );
         assert_eq!(e.ts, 1_795_342_500_000);
         let Body::View(v) = e.body else { panic!() };
-        assert_eq!((v.kind, v.crm_id.as_deref(), v.price), (ViewKind::ProductView, Some("C"), Some(9.5)));
-        let e = ok(r#"{"type":"add_to_cart","event_id":"e2","ts":1795342500000,"cookie_id":"ck","product_id":"P","quantity":2}"#);
-        assert!(matches!(e.body, Body::View(View { kind: ViewKind::AddToCart, quantity: Some(2), .. })));
-        let e = ok(r#"{"type":"identify","event_id":"e3","ts":0,"cookie_id":"ck","crm_id":"C","source":"login"}"#);
+        assert_eq!(
+            (v.kind, v.crm_id.as_deref(), v.price),
+            (ViewKind::ProductView, Some("C"), Some(9.5))
+        );
+        let e = ok(
+            r#"{"type":"add_to_cart","event_id":"e2","ts":1795342500000,"cookie_id":"ck","product_id":"P","quantity":2}"#,
+        );
+        assert!(matches!(
+            e.body,
+            Body::View(View {
+                kind: ViewKind::AddToCart,
+                quantity: Some(2),
+                ..
+            })
+        ));
+        let e = ok(
+            r#"{"type":"identify","event_id":"e3","ts":0,"cookie_id":"ck","crm_id":"C","source":"login"}"#,
+        );
         assert!(matches!(e.body, Body::Identify(_)));
-        let e = ok(r#"{"type":"purchase","event_id":"e4","ts":0,"order_id":"o","channel":"store","crm_id":"C","items":[{"product_id":"P","quantity":1,"price":3}],"total":3}"#);
+        let e = ok(
+            r#"{"type":"purchase","event_id":"e4","ts":0,"order_id":"o","channel":"store","crm_id":"C","items":[{"product_id":"P","quantity":1,"price":3}],"total":3}"#,
+        );
         let Body::Purchase(p) = e.body else { panic!() };
-        assert_eq!((p.channel, p.items.len(), p.cookie_id), (Channel::Store, 1, None));
-        let e = ok(r#"{"type":"purchase","event_id":"e5","ts":0,"order_id":"o","channel":"web","cookie_id":"ck","items":[{"product_id":"P"}]}"#);
-        assert!(matches!(e.body, Body::Purchase(Purchase { channel: Channel::Web, .. })));
-        let e = ok(r#"{"type":"promotion","event_id":"e6","ts":0,"product_id":"P","discount_pct":100,"promo_price":9.99,"valid_until":"2026-12-01T00:00:00Z"}"#);
+        assert_eq!(
+            (p.channel, p.items.len(), p.cookie_id),
+            (Channel::Store, 1, None)
+        );
+        let e = ok(
+            r#"{"type":"purchase","event_id":"e5","ts":0,"order_id":"o","channel":"web","cookie_id":"ck","items":[{"product_id":"P"}]}"#,
+        );
+        assert!(matches!(
+            e.body,
+            Body::Purchase(Purchase {
+                channel: Channel::Web,
+                ..
+            })
+        ));
+        let e = ok(
+            r#"{"type":"promotion","event_id":"e6","ts":0,"product_id":"P","discount_pct":100,"promo_price":9.99,"valid_until":"2026-12-01T00:00:00Z"}"#,
+        );
         let Body::Promotion(p) = e.body else { panic!() };
         assert_eq!(p.discount_pct, Some(Number::from(100)));
         assert_eq!(p.valid_until, Some(1_796_083_200_000));
-        let e = ok(r#"{"type":"consent","event_id":"e7","ts":0,"crm_id":"C","email":true,"ads":false}"#);
-        assert!(matches!(e.body, Body::Consent(Consent { email: Some(true), sms: None, ads: Some(false), .. })));
+        let e = ok(
+            r#"{"type":"consent","event_id":"e7","ts":0,"crm_id":"C","email":true,"ads":false}"#,
+        );
+        assert!(matches!(
+            e.body,
+            Body::Consent(Consent {
+                email: Some(true),
+                sms: None,
+                ads: Some(false),
+                ..
+            })
+        ));
         let e = ok(r#"{"type":"erase","event_id":"e8","ts":0,"crm_id":"C"}"#);
         assert!(matches!(e.body, Body::Erase(_)));
     }
 
     #[test]
     fn null_on_an_optional_field_means_absent() {
-        let e = ok(r#"{"type":"product_view","event_id":"e","ts":0,"cookie_id":"ck","product_id":"P","category":null,"price":null,"crm_id":null}"#);
-        assert!(matches!(e.body, Body::View(View { category: None, price: None, crm_id: None, .. })));
+        let e = ok(
+            r#"{"type":"product_view","event_id":"e","ts":0,"cookie_id":"ck","product_id":"P","category":null,"price":null,"crm_id":null}"#,
+        );
+        assert!(matches!(
+            e.body,
+            Body::View(View {
+                category: None,
+                price: None,
+                crm_id: None,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -393,38 +469,108 @@ mod tests {
 
     #[test]
     fn invalid_utf8_and_invalid_json() {
-        assert_eq!(reason(b"{\"type\":\"erase\",\"crm_id\":\"\xc3\x28\"}"), Reason::InvalidUtf8);
-        for bad in [&b""[..], b" ", b"{", b"{\"type\":", b"[1,2]", b"42", b"\"x\"", b"null", b"{} trailing", b"\xef\xbb\xbf{}"] {
-            assert_eq!(reason(bad), Reason::InvalidJson, "{}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            reason(b"{\"type\":\"erase\",\"crm_id\":\"\xc3\x28\"}"),
+            Reason::InvalidUtf8
+        );
+        for bad in [
+            &b""[..],
+            b" ",
+            b"{",
+            b"{\"type\":",
+            b"[1,2]",
+            b"42",
+            b"\"x\"",
+            b"null",
+            b"{} trailing",
+            b"\xef\xbb\xbf{}",
+        ] {
+            assert_eq!(
+                reason(bad),
+                Reason::InvalidJson,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn the_type_field() {
         assert_eq!(reason(br#"{"event_id":"e","ts":0}"#), Reason::MissingField);
-        assert_eq!(reason(br#"{"type":null,"event_id":"e","ts":0}"#), Reason::MissingField);
-        assert_eq!(reason(br#"{"type":7,"event_id":"e","ts":0}"#), Reason::WrongType);
+        assert_eq!(
+            reason(br#"{"type":null,"event_id":"e","ts":0}"#),
+            Reason::MissingField
+        );
+        assert_eq!(
+            reason(br#"{"type":7,"event_id":"e","ts":0}"#),
+            Reason::WrongType
+        );
         let r = err(r#"{"type":"page_view","event_id":"e","ts":0}"#);
-        assert_eq!((r.reason, r.error.as_str()), (Reason::UnknownType, "unknown type `page_view`"));
+        assert_eq!(
+            (r.reason, r.error.as_str()),
+            (Reason::UnknownType, "unknown type `page_view`")
+        );
     }
 
     #[test]
     fn each_required_field_missing_names_it() {
         let cases = [
-            (r#"{"type":"product_view","ts":0,"cookie_id":"c","product_id":"p"}"#, "event_id"),
-            (r#"{"type":"product_view","event_id":"e","cookie_id":"c","product_id":"p"}"#, "ts"),
-            (r#"{"type":"product_view","event_id":"e","ts":0,"product_id":"p"}"#, "cookie_id"),
-            (r#"{"type":"add_to_cart","event_id":"e","ts":0,"cookie_id":"c"}"#, "product_id"),
-            (r#"{"type":"identify","event_id":"e","ts":0,"cookie_id":"c"}"#, "crm_id"),
-            (r#"{"type":"identify","event_id":"e","ts":0,"crm_id":"c"}"#, "cookie_id"),
-            (r#"{"type":"purchase","event_id":"e","ts":0,"channel":"web","crm_id":"C","items":[{"product_id":"p"}]}"#, "order_id"),
-            (r#"{"type":"purchase","event_id":"e","ts":0,"order_id":"o","crm_id":"C","items":[{"product_id":"p"}]}"#, "channel"),
-            (r#"{"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":"C"}"#, "items"),
-            (r#"{"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":"C","items":[{"price":1}]}"#, "items[0].product_id"),
-            (r#"{"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","items":[{"product_id":"p"}]}"#, "crm_id` or `cookie_id"),
-            (r#"{"type":"promotion","event_id":"e","ts":0}"#, "product_id"),
-            (r#"{"type":"consent","event_id":"e","ts":0,"email":true}"#, "crm_id"),
-            (r#"{"type":"erase","event_id":"e","ts":0,"crm_id":null}"#, "crm_id"),
+            (
+                r#"{"type":"product_view","ts":0,"cookie_id":"c","product_id":"p"}"#,
+                "event_id",
+            ),
+            (
+                r#"{"type":"product_view","event_id":"e","cookie_id":"c","product_id":"p"}"#,
+                "ts",
+            ),
+            (
+                r#"{"type":"product_view","event_id":"e","ts":0,"product_id":"p"}"#,
+                "cookie_id",
+            ),
+            (
+                r#"{"type":"add_to_cart","event_id":"e","ts":0,"cookie_id":"c"}"#,
+                "product_id",
+            ),
+            (
+                r#"{"type":"identify","event_id":"e","ts":0,"cookie_id":"c"}"#,
+                "crm_id",
+            ),
+            (
+                r#"{"type":"identify","event_id":"e","ts":0,"crm_id":"c"}"#,
+                "cookie_id",
+            ),
+            (
+                r#"{"type":"purchase","event_id":"e","ts":0,"channel":"web","crm_id":"C","items":[{"product_id":"p"}]}"#,
+                "order_id",
+            ),
+            (
+                r#"{"type":"purchase","event_id":"e","ts":0,"order_id":"o","crm_id":"C","items":[{"product_id":"p"}]}"#,
+                "channel",
+            ),
+            (
+                r#"{"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":"C"}"#,
+                "items",
+            ),
+            (
+                r#"{"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":"C","items":[{"price":1}]}"#,
+                "items[0].product_id",
+            ),
+            (
+                r#"{"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","items":[{"product_id":"p"}]}"#,
+                "crm_id` or `cookie_id",
+            ),
+            (
+                r#"{"type":"promotion","event_id":"e","ts":0}"#,
+                "product_id",
+            ),
+            (
+                r#"{"type":"consent","event_id":"e","ts":0,"email":true}"#,
+                "crm_id",
+            ),
+            (
+                r#"{"type":"erase","event_id":"e","ts":0,"crm_id":null}"#,
+                "crm_id",
+            ),
         ];
         for (line, field) in cases {
             let r = err(line);
@@ -463,11 +609,19 @@ mod tests {
 
     #[test]
     fn unparseable_times_are_bad_ts() {
-        for ts in [r#""2026-11-22T10:15:00""#, r#""yesterday""#, "1.5e12", "1795342500000.0", "99999999999999999999", "9223372036854775807"] {
+        for ts in [
+            r#""2026-11-22T10:15:00""#,
+            r#""yesterday""#,
+            "1.5e12",
+            "1795342500000.0",
+            "99999999999999999999",
+            "9223372036854775807",
+        ] {
             let line = format!(r#"{{"type":"erase","event_id":"e","ts":{ts},"crm_id":"C"}}"#);
             assert_eq!(reason(line.as_bytes()), Reason::BadTs, "{ts}");
         }
-        let line = r#"{"type":"promotion","event_id":"e","ts":0,"product_id":"p","valid_until":"soon"}"#;
+        let line =
+            r#"{"type":"promotion","event_id":"e","ts":0,"product_id":"p","valid_until":"soon"}"#;
         assert_eq!(reason(line.as_bytes()), Reason::BadTs);
     }
 
@@ -475,7 +629,11 @@ mod tests {
     fn out_of_range_values_are_invalid_value() {
         let long = "x".repeat(129);
         let exactly = "é".repeat(128);
-        assert!(decode(format!(r#"{{"type":"erase","event_id":"e","ts":0,"crm_id":"{exactly}"}}"#).as_bytes(), MAX).is_ok());
+        assert!(decode(
+            format!(r#"{{"type":"erase","event_id":"e","ts":0,"crm_id":"{exactly}"}}"#).as_bytes(),
+            MAX
+        )
+        .is_ok());
         let cases = [
             r#"{"type":"erase","event_id":"","ts":0,"crm_id":"C"}"#.to_string(),
             format!(r#"{{"type":"erase","event_id":"{long}","ts":0,"crm_id":"C"}}"#),
@@ -498,7 +656,9 @@ mod tests {
 
     #[test]
     fn product_view_ignores_quantity_and_extra_fields() {
-        let e = ok(r#"{"type":"product_view","event_id":"e","ts":0,"cookie_id":"c","product_id":"p","quantity":"lots","session":{"a":[1]}}"#);
+        let e = ok(
+            r#"{"type":"product_view","event_id":"e","ts":0,"cookie_id":"c","product_id":"p","quantity":"lots","session":{"a":[1]}}"#,
+        );
         assert!(matches!(e.body, Body::View(View { quantity: None, .. })));
     }
 }

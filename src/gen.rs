@@ -16,7 +16,16 @@ use crate::event::Millis;
 use crate::time::{format_ts, parse_rfc3339};
 
 const CATEGORIES: [&str; 10] = [
-    "coats", "shoes", "knitwear", "jeans", "bags", "dresses", "shirts", "accessories", "sportswear", "lingerie",
+    "coats",
+    "shoes",
+    "knitwear",
+    "jeans",
+    "bags",
+    "dresses",
+    "shirts",
+    "accessories",
+    "sportswear",
+    "lingerie",
 ];
 const HOUR: Millis = 3_600_000;
 const MINUTE: Millis = 60_000;
@@ -79,7 +88,8 @@ pub fn run(args: &GenArgs) -> Result<GenStats, GenError> {
         out.flush().map_err(write_err)?;
         Ok(stats)
     } else {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&args.output).map_err(write_err)?);
+        let mut out =
+            BufWriter::with_capacity(1 << 20, File::create(&args.output).map_err(write_err)?);
         let stats = generate(args, &mut out).map_err(write_err)?;
         out.flush().map_err(write_err)?;
         Ok(stats)
@@ -87,12 +97,18 @@ pub fn run(args: &GenArgs) -> Result<GenStats, GenError> {
 }
 
 fn validate(args: &GenArgs) -> Result<(), GenError> {
-    for (name, v) in [("customers", args.customers), ("products", args.products), ("days", args.days)] {
+    for (name, v) in [
+        ("customers", args.customers),
+        ("products", args.products),
+        ("days", args.days),
+    ] {
         if v == 0 {
             return Err(GenError::Zero(name));
         }
     }
-    parse_rfc3339(&args.start).map(|_| ()).ok_or_else(|| GenError::Start(args.start.clone()))
+    parse_rfc3339(&args.start)
+        .map(|_| ())
+        .ok_or_else(|| GenError::Start(args.start.clone()))
 }
 
 /// Writes `cfg.events` lines to `out`.
@@ -259,8 +275,14 @@ impl<'a> World<'a> {
             0 => line[..line.len() / 2].to_string(),
             1 => line.replacen("\"event_id\"", "\"evt_id\"", 1),
             2 => line.replacen("\"type\":\"", "\"type\":\"x_", 1),
-            3 => line.replacen("{", "{\"ts\":\"yesterday\",", 1).replacen(",\"ts\":", ",\"ts_orig\":", 1),
-            4 => line.replacen("\"event_id\":\"", "\"event_id\":[\"", 1).replacen("\",\"ts\"", "\"],\"ts\"", 1),
+            3 => line.replacen("{", "{\"ts\":\"yesterday\",", 1).replacen(
+                ",\"ts\":",
+                ",\"ts_orig\":",
+                1,
+            ),
+            4 => line
+                .replacen("\"event_id\":\"", "\"event_id\":[\"", 1)
+                .replacen("\",\"ts\"", "\"],\"ts\"", 1),
             _ => line.replacen("\"event_id\":\"", "\"event_id\":\"\",\"x\":\"", 1),
         }
     }
@@ -300,14 +322,19 @@ impl<'a> World<'a> {
         let views = 1 + self.rng.below(5);
         let mut seen = Vec::new();
         // Some cookies log in during the session: ~30% of cookies overall.
-        let login_at = (!self.identified[slot] && self.rng.chance(0.3)).then(|| self.rng.below(views + 1));
+        let login_at =
+            (!self.identified[slot] && self.rng.chance(0.3)).then(|| self.rng.below(views + 1));
         for v in 0..views {
             if login_at == Some(v) {
                 self.identify(out, c, &cookie, slot)?;
             }
             let p = self.product();
             seen.push(p);
-            let kind = if self.rng.chance(0.2) { "add_to_cart" } else { "product_view" };
+            let kind = if self.rng.chance(0.2) {
+                "add_to_cart"
+            } else {
+                "product_view"
+            };
             self.view(out, c, &cookie, slot, p, kind)?;
         }
         if login_at == Some(views) {
@@ -321,7 +348,13 @@ impl<'a> World<'a> {
         Ok(())
     }
 
-    fn identify(&mut self, out: &mut dyn Write, c: u64, cookie: &str, slot: usize) -> io::Result<()> {
+    fn identify(
+        &mut self,
+        out: &mut dyn Write,
+        c: u64,
+        cookie: &str,
+        slot: usize,
+    ) -> io::Result<()> {
         self.identified[slot] = true;
         let source = ["login", "newsletter", "checkout"][self.rng.below(3) as usize];
         let (id, t) = (self.event_id(), self.tick());
@@ -333,7 +366,15 @@ impl<'a> World<'a> {
         self.emit(out, "identify", line)
     }
 
-    fn view(&mut self, out: &mut dyn Write, c: u64, cookie: &str, slot: usize, p: u64, kind: &'static str) -> io::Result<()> {
+    fn view(
+        &mut self,
+        out: &mut dyn Write,
+        c: u64,
+        cookie: &str,
+        slot: usize,
+        p: u64,
+        kind: &'static str,
+    ) -> io::Result<()> {
         let (id, t) = (self.event_id(), self.tick());
         let ts = self.ts(t);
         let category = CATEGORIES[(p * 7 % CATEGORIES.len() as u64) as usize];
@@ -354,14 +395,24 @@ impl<'a> World<'a> {
         self.emit(out, kind, line)
     }
 
-    fn purchase(&mut self, out: &mut dyn Write, channel: &str, crm: Option<String>, cookie: Option<String>, p: u64) -> io::Result<()> {
+    fn purchase(
+        &mut self,
+        out: &mut dyn Write,
+        channel: &str,
+        crm: Option<String>,
+        cookie: Option<String>,
+        p: u64,
+    ) -> io::Result<()> {
         let (id, t) = (self.event_id(), self.tick());
         let ts = self.ts(t);
         let price = 9.9 + (p * 37 % 200) as f64;
-        let who: String = [crm.map(|c| format!(r#","crm_id":"{c}""#)), cookie.map(|k| format!(r#","cookie_id":"{k}""#))]
-            .into_iter()
-            .flatten()
-            .collect();
+        let who: String = [
+            crm.map(|c| format!(r#","crm_id":"{c}""#)),
+            cookie.map(|k| format!(r#","cookie_id":"{k}""#)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let line = format!(
             r#"{{"type":"purchase","event_id":"{id}","ts":{ts},"order_id":"o{}","channel":"{channel}"{who},"items":[{{"product_id":"P{p:05}","quantity":1,"price":{price:.2}}}],"total":{price:.2}}}"#,
             self.seq
@@ -380,7 +431,10 @@ impl<'a> World<'a> {
         let ts = self.ts(t);
         let discount = [10, 15, 20, 30, 50][self.rng.below(5) as usize];
         let price = if self.rng.chance(0.5) {
-            format!(r#","promo_price":{:.2}"#, (9.9 + (p * 37 % 200) as f64) * (100 - discount) as f64 / 100.0)
+            format!(
+                r#","promo_price":{:.2}"#,
+                (9.9 + (p * 37 % 200) as f64) * (100 - discount) as f64 / 100.0
+            )
         } else {
             String::new()
         };
@@ -397,11 +451,18 @@ impl<'a> World<'a> {
         let mut fields = String::new();
         for ch in ["email", "sms", "ads"] {
             if self.rng.chance(0.5) {
-                let on = if ch == "ads" { self.rng.chance(0.3) } else { self.rng.chance(0.7) };
+                let on = if ch == "ads" {
+                    self.rng.chance(0.3)
+                } else {
+                    self.rng.chance(0.7)
+                };
                 fields.push_str(&format!(r#","{ch}":{on}"#));
             }
         }
-        let line = format!(r#"{{"type":"consent","event_id":"{id}","ts":{ts},"crm_id":"{}"{fields}}}"#, Self::crm(c));
+        let line = format!(
+            r#"{{"type":"consent","event_id":"{id}","ts":{ts},"crm_id":"{}"{fields}}}"#,
+            Self::crm(c)
+        );
         self.emit(out, "consent", line)
     }
 
@@ -415,7 +476,10 @@ impl<'a> World<'a> {
         }
         let (id, t) = (self.event_id(), self.tick());
         let ts = self.ts(t);
-        let line = format!(r#"{{"type":"erase","event_id":"{id}","ts":{ts},"crm_id":"{}"}}"#, Self::crm(c));
+        let line = format!(
+            r#"{{"type":"erase","event_id":"{id}","ts":{ts},"crm_id":"{}"}}"#,
+            Self::crm(c)
+        );
         self.emit(out, "erase", line)
     }
 }
@@ -452,13 +516,23 @@ mod tests {
 
     #[test]
     fn the_mix_is_realistic_and_good_lines_decode() {
-        let a = args(&["--events", "20000", "--customers", "2000", "--bad-ratio", "0.01"]);
+        let a = args(&[
+            "--events",
+            "20000",
+            "--customers",
+            "2000",
+            "--bad-ratio",
+            "0.01",
+        ]);
         let (out, stats) = bytes(&a);
         assert_eq!(stats.lines, 20_000);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 20_000);
         for t in crate::event::EVENT_TYPES {
-            assert!(stats.by_type.get(t).copied().unwrap_or(0) > 0, "no {t} in {stats:?}");
+            assert!(
+                stats.by_type.get(t).copied().unwrap_or(0) > 0,
+                "no {t} in {stats:?}"
+            );
         }
         let mut rejected = 0;
         for line in text.lines() {
@@ -466,13 +540,24 @@ mod tests {
                 rejected += 1;
             }
         }
-        assert_eq!(rejected, stats.bad, "exactly the deliberately bad lines are rejected");
+        assert_eq!(
+            rejected, stats.bad,
+            "exactly the deliberately bad lines are rejected"
+        );
         assert!((100..=300).contains(&stats.bad), "{}", stats.bad);
     }
 
     #[test]
     fn the_bundled_sample_is_what_the_defaults_generate() {
-        let sample = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sample.jsonl")).unwrap();
-        assert_eq!(sample, bytes(&args(&[])).0, "regenerate with: cargo run --release -- gen --output examples/sample.jsonl");
+        let sample = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/sample.jsonl"
+        ))
+        .unwrap();
+        assert_eq!(
+            sample,
+            bytes(&args(&[])).0,
+            "regenerate with: cargo run --release -- gen --output examples/sample.jsonl"
+        );
     }
 }

@@ -51,7 +51,10 @@ pub async fn serve(
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {
     h.metrics.ready.set(i64::from(h.is_ready()));
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         h.metrics.render(),
     )
 }

@@ -10,7 +10,11 @@ use pretext::config::{Config, LogFormat};
 use pretext::replay::{replay, ReplayOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "pretext", version, about = "Real-time trigger engine for retail CRM marketing")]
+#[command(
+    name = "pretext",
+    version,
+    about = "Real-time trigger engine for retail CRM marketing"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -122,7 +126,10 @@ fn init_logging(config: &Config) {
 }
 
 fn run_live(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };

@@ -50,45 +50,112 @@ impl Metrics {
             let vec = IntCounterVec::new(Opts::new(name, help), &[label])?;
             registry.register(Box::new(vec.clone()))?;
             // Resolve every child now, so each series shows (at 0) from the start.
-            Ok::<_, prometheus::Error>(values.iter().map(|v| vec.with_label_values(&[v])).collect::<Vec<_>>())
+            Ok::<_, prometheus::Error>(
+                values
+                    .iter()
+                    .map(|v| vec.with_label_values(&[v]))
+                    .collect::<Vec<_>>(),
+            )
         };
         let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         let kinds: Vec<&str> = TriggerKind::ALL.iter().map(|k| k.as_str()).collect();
         let suppressed: Vec<&str> = Suppressed::ALL.iter().map(|s| s.as_str()).collect();
         let m = Metrics {
-            events: counter_vec("pretext_events_total", "Events applied, by type", "type", &EVENT_TYPES)?,
-            rejected: counter_vec("pretext_events_rejected_total", "Input messages rejected (dead-lettered), by reason", "reason", &reasons)?,
-            triggers: counter_vec("pretext_triggers_total", "Triggers fired, by type", "type", &kinds)?,
-            suppressed: counter_vec("pretext_checks_suppressed_total", "Due viewed_not_bought checks that did not fire, by reason", "reason", &suppressed)?,
-            duplicates: IntCounter::new("pretext_events_duplicate_total", "Events ignored as duplicates of an applied event_id")?,
-            ignored_erased: IntCounter::new("pretext_events_ignored_erased_total", "Events of an erased customer stamped at or before the erase, ignored")?,
-            batch_duration: Histogram::with_opts(
-                HistogramOpts::new("pretext_batch_duration_seconds", "Time to apply a batch, produce its output and commit")
-                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            events: counter_vec(
+                "pretext_events_total",
+                "Events applied, by type",
+                "type",
+                &EVENT_TYPES,
             )?,
-            event_time_lag: Gauge::new("pretext_event_time_lag_seconds", "Wall clock minus the highest applied event time")?,
-            watermark: Gauge::new("pretext_watermark_seconds", "The event-time watermark, Unix seconds")?,
-            pending_checks: IntGauge::new("pretext_pending_checks", "viewed_not_bought checks pending")?,
+            rejected: counter_vec(
+                "pretext_events_rejected_total",
+                "Input messages rejected (dead-lettered), by reason",
+                "reason",
+                &reasons,
+            )?,
+            triggers: counter_vec(
+                "pretext_triggers_total",
+                "Triggers fired, by type",
+                "type",
+                &kinds,
+            )?,
+            suppressed: counter_vec(
+                "pretext_checks_suppressed_total",
+                "Due viewed_not_bought checks that did not fire, by reason",
+                "reason",
+                &suppressed,
+            )?,
+            duplicates: IntCounter::new(
+                "pretext_events_duplicate_total",
+                "Events ignored as duplicates of an applied event_id",
+            )?,
+            ignored_erased: IntCounter::new(
+                "pretext_events_ignored_erased_total",
+                "Events of an erased customer stamped at or before the erase, ignored",
+            )?,
+            batch_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pretext_batch_duration_seconds",
+                    "Time to apply a batch, produce its output and commit",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
+            event_time_lag: Gauge::new(
+                "pretext_event_time_lag_seconds",
+                "Wall clock minus the highest applied event time",
+            )?,
+            watermark: Gauge::new(
+                "pretext_watermark_seconds",
+                "The event-time watermark, Unix seconds",
+            )?,
+            pending_checks: IntGauge::new(
+                "pretext_pending_checks",
+                "viewed_not_bought checks pending",
+            )?,
             consumer_lag: IntGaugeVec::new(
-                Opts::new("pretext_consumer_lag_messages", "Messages behind the partition's end"),
+                Opts::new(
+                    "pretext_consumer_lag_messages",
+                    "Messages behind the partition's end",
+                ),
                 &["topic", "partition"],
             )?,
-            state_size_bytes: IntGauge::new("pretext_state_size_bytes", "RocksDB size on disk and in memtables, approximate")?,
+            state_size_bytes: IntGauge::new(
+                "pretext_state_size_bytes",
+                "RocksDB size on disk and in memtables, approximate",
+            )?,
             state_keys: IntGauge::new("pretext_state_keys", "RocksDB keys, approximate")?,
             dead_letters: IntCounter::new("pretext_dead_letters_total", "Dead letters produced")?,
-            ready: IntGauge::new("pretext_ready", "1 when partitions are assigned and the state is open")?,
-            produce_errors: IntCounter::new("pretext_produce_errors_total", "Produced messages that failed delivery")?,
+            ready: IntGauge::new(
+                "pretext_ready",
+                "1 when partitions are assigned and the state is open",
+            )?,
+            produce_errors: IntCounter::new(
+                "pretext_produce_errors_total",
+                "Produced messages that failed delivery",
+            )?,
             last: Mutex::new(EngineStats::default()),
             registry,
         };
-        for c in [&m.duplicates, &m.ignored_erased, &m.dead_letters, &m.produce_errors] {
+        for c in [
+            &m.duplicates,
+            &m.ignored_erased,
+            &m.dead_letters,
+            &m.produce_errors,
+        ] {
             m.registry.register(Box::new(c.clone()))?;
         }
         m.registry.register(Box::new(m.batch_duration.clone()))?;
         for g in [&m.event_time_lag, &m.watermark] {
             m.registry.register(Box::new(g.clone()))?;
         }
-        for g in [&m.pending_checks, &m.state_size_bytes, &m.state_keys, &m.ready] {
+        for g in [
+            &m.pending_checks,
+            &m.state_size_bytes,
+            &m.state_keys,
+            &m.ready,
+        ] {
             m.registry.register(Box::new(g.clone()))?;
         }
         m.registry.register(Box::new(m.consumer_lag.clone()))?;
@@ -97,7 +164,9 @@ impl Metrics {
 
     /// Advances the engine-derived counters to `stats`.
     pub fn observe_engine(&self, stats: &EngineStats) {
-        let Ok(mut last) = self.last.lock() else { return };
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
         let add = |c: &IntCounter, now: u64, before: u64| c.inc_by(now.saturating_sub(before));
         for (i, c) in self.events.iter().enumerate() {
             add(c, stats.events[i], last.events[i]);
@@ -109,7 +178,11 @@ impl Metrics {
             add(c, stats.suppressed[i], last.suppressed[i]);
         }
         add(&self.duplicates, stats.duplicates, last.duplicates);
-        add(&self.ignored_erased, stats.ignored_erased, last.ignored_erased);
+        add(
+            &self.ignored_erased,
+            stats.ignored_erased,
+            last.ignored_erased,
+        );
         self.pending_checks.set(stats.pending_checks);
         *last = stats.clone();
     }
@@ -161,7 +234,10 @@ mod tests {
         s.events[0] = 7;
         m.observe_engine(&s);
         let text = m.render();
-        assert!(text.contains("pretext_events_total{type=\"product_view\"} 7"), "{text}");
+        assert!(
+            text.contains("pretext_events_total{type=\"product_view\"} 7"),
+            "{text}"
+        );
         assert!(text.contains("pretext_triggers_total{type=\"viewed_not_bought\"} 2"));
         assert!(text.contains("pretext_pending_checks 3"));
     }

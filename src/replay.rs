@@ -255,9 +255,15 @@ fn display_output(output: &Option<PathBuf>) -> String {
 
 fn open_output(output: &Option<PathBuf>) -> Result<Box<dyn Write>, ReplayError> {
     if is_stdout(output) {
-        return Ok(Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock())));
+        return Ok(Box::new(BufWriter::with_capacity(
+            1 << 20,
+            io::stdout().lock(),
+        )));
     }
-    let path = output.as_ref().map(|p| p.as_path()).unwrap_or(Path::new("-"));
+    let path = output
+        .as_ref()
+        .map(|p| p.as_path())
+        .unwrap_or(Path::new("-"));
     let file = File::create(path).map_err(|source| ReplayError::Output {
         path: path.display().to_string(),
         source,

@@ -47,7 +47,13 @@ mod tests {
 
     #[test]
     fn a_time_without_offset_or_junk_is_rejected() {
-        for bad in ["2026-11-22T10:15:00", "2026-11-22", "yesterday", "", "2026-13-01T00:00:00Z"] {
+        for bad in [
+            "2026-11-22T10:15:00",
+            "2026-11-22",
+            "yesterday",
+            "",
+            "2026-13-01T00:00:00Z",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

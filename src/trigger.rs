@@ -13,7 +13,8 @@ pub enum TriggerKind {
 }
 
 impl TriggerKind {
-    pub const ALL: [TriggerKind; 2] = [TriggerKind::ViewedNotBought, TriggerKind::PromoOnViewedItem];
+    pub const ALL: [TriggerKind; 2] =
+        [TriggerKind::ViewedNotBought, TriggerKind::PromoOnViewedItem];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -179,7 +180,10 @@ mod tests {
         let a = trigger_id(TriggerKind::ViewedNotBought, "C1", "P1", 10);
         assert_eq!(a, trigger_id(TriggerKind::ViewedNotBought, "C1", "P1", 10));
         assert_eq!(a.len(), 16);
-        assert_ne!(a, trigger_id(TriggerKind::PromoOnViewedItem, "C1", "P1", 10));
+        assert_ne!(
+            a,
+            trigger_id(TriggerKind::PromoOnViewedItem, "C1", "P1", 10)
+        );
         assert_ne!(a, trigger_id(TriggerKind::ViewedNotBought, "C1", "P1", 11));
         // The separator keeps ("C1","P1") and ("C1P","1") apart.
         assert_ne!(a, trigger_id(TriggerKind::ViewedNotBought, "C1P", "1", 10));

@@ -33,7 +33,10 @@ fn lines(text: &[u8]) -> Vec<Value> {
 }
 
 fn write(path: &Path, bytes: &[u8]) {
-    std::fs::File::create(path).unwrap().write_all(bytes).unwrap();
+    std::fs::File::create(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
 }
 
 const VIEW: &str = r#"{"type":"product_view","event_id":"v1","ts":"2026-11-22T10:00:00Z","cookie_id":"ck1","crm_id":"C1","product_id":"P1"}"#;
@@ -92,7 +95,11 @@ fn every_rejection_reason_is_dead_lettered_with_its_location() {
         .filter(|(_, (_, r))| !r.is_empty())
         .map(|(i, (_, r))| (i + 1, *r))
         .collect();
-    assert_eq!(letters.len(), expected.len(), "one dead letter per bad line, none for the final newline");
+    assert_eq!(
+        letters.len(),
+        expected.len(),
+        "one dead letter per bad line, none for the final newline"
+    );
     for (letter, (line_no, reason)) in letters.iter().zip(&expected) {
         assert_eq!(letter["reason"], *reason, "{letter}");
         assert_eq!(letter["topic"], input.display().to_string());
@@ -153,11 +160,23 @@ fn a_state_dir_persists_between_replays() {
     let input = dir.path().join("in.jsonl");
     write(&input, format!("{VIEW}\n").as_bytes());
     let state = dir.path().join("state");
-    let first = run(pretext().args(["replay", "--input"]).arg(&input).arg("--state-dir").arg(&state));
+    let first = run(pretext()
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--state-dir")
+        .arg(&state));
     assert!(first.status.success(), "{}", stderr(&first));
-    let second = run(pretext().args(["replay", "--flush", "--input"]).arg(&input).arg("--state-dir").arg(&state));
+    let second = run(pretext()
+        .args(["replay", "--flush", "--input"])
+        .arg(&input)
+        .arg("--state-dir")
+        .arg(&state));
     assert!(second.status.success(), "{}", stderr(&second));
-    assert!(stderr(&second).contains("1 duplicate"), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("1 duplicate"),
+        "{}",
+        stderr(&second)
+    );
     // The first replay's pending check survived and fires on flush.
     assert_eq!(lines(&second.stdout).len(), 1);
 }
@@ -179,12 +198,18 @@ fn a_bad_config_value_exits_2_and_names_the_key() {
     write(&cfg, b"[triggers.viewed_not_bought]\ndelay = \"soon\"\n");
     let o = run(pretext().args(["replay", "--config"]).arg(&cfg));
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("triggers.viewed_not_bought.delay"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("triggers.viewed_not_bought.delay"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn a_bad_environment_override_exits_2_and_names_the_key() {
-    let o = run(pretext().env("PRETEXT__SCORING__HALF_LIFE", "3x").args(["replay"]));
+    let o = run(pretext()
+        .env("PRETEXT__SCORING__HALF_LIFE", "3x")
+        .args(["replay"]));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("scoring.half_life"), "{}", stderr(&o));
 }
@@ -200,7 +225,11 @@ fn an_unknown_flag_exits_2_and_names_it() {
 fn a_missing_input_file_exits_1_and_names_it() {
     let o = run(pretext().args(["replay", "--input", "/nonexistent/events.jsonl"]));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("/nonexistent/events.jsonl"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/events.jsonl"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -55,7 +55,9 @@ fn run_file(config: &Config, input: PathBuf, flush: bool, dir: &tempfile::TempDi
     let summary = replay(config, &opts).unwrap();
     let raw = std::fs::read_to_string(&output).unwrap();
     let parse = |s: String| -> Vec<Value> {
-        s.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        s.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     };
     Run {
         triggers: parse(raw.clone()),
@@ -85,7 +87,14 @@ fn cart(id: &str, ts: i64, cookie: &str, crm: Option<&str>, product: &str) -> Va
     v
 }
 
-fn purchase(id: &str, ts: i64, channel: &str, crm: Option<&str>, cookie: Option<&str>, products: &[&str]) -> Value {
+fn purchase(
+    id: &str,
+    ts: i64,
+    channel: &str,
+    crm: Option<&str>,
+    cookie: Option<&str>,
+    products: &[&str],
+) -> Value {
     let items: Vec<Value> = products.iter().map(|p| json!({"product_id": p})).collect();
     let mut v = json!({"type": "purchase", "event_id": id, "ts": ts,
         "order_id": format!("o-{id}"), "channel": channel, "items": items});
@@ -122,7 +131,13 @@ fn of_type<'a>(r: &'a Run, kind: &str) -> Vec<&'a Value> {
 
 #[test]
 fn a_single_view_fires_viewed_not_bought_after_the_delay() {
-    let r = run(&[view("e1", at(0), "ck1", Some("C1"), "P1"), tick("e2", at(HOUR + 5 * MIN))], false);
+    let r = run(
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            tick("e2", at(HOUR + 5 * MIN)),
+        ],
+        false,
+    );
     let vnb = of_type(&r, "viewed_not_bought");
     assert_eq!(vnb.len(), 1, "{}", r.raw);
     let t = vnb[0];
@@ -143,13 +158,20 @@ fn a_single_view_fires_viewed_not_bought_after_the_delay() {
 #[test]
 fn a_check_waits_for_the_watermark_and_flush_fires_it() {
     // The replay ends with W = 10:58, the highest ts: the 11:00 check waits.
-    let events = [view("e1", at(0), "ck1", Some("C1"), "P1"), tick("e2", at(HOUR - 2 * MIN))];
+    let events = [
+        view("e1", at(0), "ck1", Some("C1"), "P1"),
+        tick("e2", at(HOUR - 2 * MIN)),
+    ];
     let r = run(&events, false);
     assert!(of_type(&r, "viewed_not_bought").is_empty(), "{}", r.raw);
     let r = run(&events, true);
     let vnb = of_type(&r, "viewed_not_bought");
     assert_eq!(vnb.len(), 1);
-    assert_eq!(vnb[0]["fired_at"], iso(at(HOUR)), "fired as of its own check time");
+    assert_eq!(
+        vnb[0]["fired_at"],
+        iso(at(HOUR)),
+        "fired as of its own check time"
+    );
 }
 
 #[test]
@@ -170,7 +192,13 @@ fn during_the_stream_the_watermark_lags_by_the_allowed_lateness() {
 #[test]
 fn a_replay_ends_with_the_watermark_at_the_highest_ts() {
     // W at the end is 11:00 exactly (no lateness), so the 11:00 check fires.
-    let r = run(&[view("e1", at(0), "ck1", Some("C1"), "P1"), tick("e2", at(HOUR))], false);
+    let r = run(
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            tick("e2", at(HOUR)),
+        ],
+        false,
+    );
     assert_eq!(of_type(&r, "viewed_not_bought").len(), 1, "{}", r.raw);
 }
 
@@ -189,7 +217,12 @@ fn a_purchase_stamped_after_the_check_but_applied_before_it_fires_suppresses_it(
     let vnb = of_type(&r, "viewed_not_bought");
     assert_eq!(vnb.len(), 1, "{}", r.raw);
     assert_eq!(vnb[0]["crm_id"], "C2");
-    assert_eq!(r.summary.engine.suppressed_of(pretext::engine::Suppressed::Purchased), 1);
+    assert_eq!(
+        r.summary
+            .engine
+            .suppressed_of(pretext::engine::Suppressed::Purchased),
+        1
+    );
 }
 
 #[test]
@@ -269,7 +302,12 @@ fn a_view_after_the_pending_check_fires_it_early_then_starts_a_new_session() {
     assert_eq!(vnb[0]["fired_at"], iso(at(HOUR)));
     assert_eq!(vnb[0]["view_count"], 1, "the 11:02 view is after the check");
     assert_eq!(vnb[0]["last_viewed_at"], iso(at(0)));
-    assert_eq!(r.summary.engine.suppressed_of(pretext::engine::Suppressed::Cooldown), 1);
+    assert_eq!(
+        r.summary
+            .engine
+            .suppressed_of(pretext::engine::Suppressed::Cooldown),
+        1
+    );
 }
 
 #[test]
@@ -298,8 +336,14 @@ fn cooldown_suppresses_a_second_trigger_within_seven_days_only() {
         ],
         true,
     );
-    let fired: Vec<&Value> = of_type(&r, "viewed_not_bought").iter().map(|t| &t["fired_at"]).collect();
-    assert_eq!(fired, vec![&json!(iso(at(HOUR))), &json!(iso(at(8 * DAY + HOUR)))]);
+    let fired: Vec<&Value> = of_type(&r, "viewed_not_bought")
+        .iter()
+        .map(|t| &t["fired_at"])
+        .collect();
+    assert_eq!(
+        fired,
+        vec![&json!(iso(at(HOUR))), &json!(iso(at(8 * DAY + HOUR)))]
+    );
 }
 
 #[test]
@@ -309,7 +353,10 @@ fn min_score_suppresses_weak_interest() {
     let weak = [view("e1", at(0), "ck1", Some("C1"), "P1")];
     assert!(of_type(&run_with(&config, &weak, true), "viewed_not_bought").is_empty());
     let strong = [cart("e1", at(0), "ck1", Some("C1"), "P1")];
-    assert_eq!(of_type(&run_with(&config, &strong, true), "viewed_not_bought").len(), 1);
+    assert_eq!(
+        of_type(&run_with(&config, &strong, true), "viewed_not_bought").len(),
+        1
+    );
 }
 
 #[test]
@@ -358,7 +405,10 @@ fn stitching_drops_kept_events_older_than_the_lookback() {
         ],
         true,
     );
-    let products: Vec<&Value> = of_type(&r, "viewed_not_bought").iter().map(|t| &t["product_id"]).collect();
+    let products: Vec<&Value> = of_type(&r, "viewed_not_bought")
+        .iter()
+        .map(|t| &t["product_id"])
+        .collect();
     assert_eq!(products, vec!["NEW"], "{}", r.raw);
 }
 
@@ -376,7 +426,10 @@ fn the_anonymous_buffer_keeps_the_latest_events_per_cookie() {
         ],
         true,
     );
-    let products: Vec<&Value> = of_type(&r, "viewed_not_bought").iter().map(|t| &t["product_id"]).collect();
+    let products: Vec<&Value> = of_type(&r, "viewed_not_bought")
+        .iter()
+        .map(|t| &t["product_id"])
+        .collect();
     assert_eq!(products, vec!["P2", "P3"]);
 }
 
@@ -435,7 +488,10 @@ fn cookie_ids_are_the_five_most_recently_active_linked_cookies() {
     events.push(view("v1", at(10 * MIN), "ck1", None, "P1"));
     let r = run(&events, true);
     let vnb = of_type(&r, "viewed_not_bought");
-    assert_eq!(vnb[0]["cookie_ids"], json!(["ck1", "ck3", "ck6", "ck5", "ck4"]));
+    assert_eq!(
+        vnb[0]["cookie_ids"],
+        json!(["ck1", "ck3", "ck6", "ck5", "ck4"])
+    );
 }
 
 #[test]
@@ -448,7 +504,10 @@ fn consent_sets_channels_and_an_absent_field_keeps_its_value() {
         ],
         true,
     );
-    assert_eq!(of_type(&r, "viewed_not_bought")[0]["channels"], json!(["email", "sms"]));
+    assert_eq!(
+        of_type(&r, "viewed_not_bought")[0]["channels"],
+        json!(["email", "sms"])
+    );
 }
 
 #[test]
@@ -457,8 +516,14 @@ fn the_category_is_the_latest_applied_view_naming_one() {
     other["category"] = json!("jackets");
     let mut nameless = view("e3", at(2 * MIN), "ck2", Some("C2"), "P1");
     nameless.as_object_mut().unwrap().remove("category");
-    let r = run(&[view("e1", at(0), "ck1", Some("C1"), "P1"), other, nameless], true);
-    let c1 = of_type(&r, "viewed_not_bought").into_iter().find(|t| t["crm_id"] == "C1").unwrap();
+    let r = run(
+        &[view("e1", at(0), "ck1", Some("C1"), "P1"), other, nameless],
+        true,
+    );
+    let c1 = of_type(&r, "viewed_not_bought")
+        .into_iter()
+        .find(|t| t["crm_id"] == "C1")
+        .unwrap();
     assert_eq!(c1["category"], "jackets");
 }
 
@@ -501,7 +566,10 @@ fn a_promotion_respects_its_cooldown_and_a_later_purchase() {
         ],
         false,
     );
-    let fired: Vec<&Value> = of_type(&r, "promo_on_viewed_item").iter().map(|t| &t["fired_at"]).collect();
+    let fired: Vec<&Value> = of_type(&r, "promo_on_viewed_item")
+        .iter()
+        .map(|t| &t["fired_at"])
+        .collect();
     // p3 is 8 days later, but the view is still within the 30-day lookback.
     assert_eq!(fired, vec![&json!(iso(at(HOUR))), &json!(iso(at(8 * DAY)))]);
 }
@@ -509,13 +577,24 @@ fn a_promotion_respects_its_cooldown_and_a_later_purchase() {
 #[test]
 fn a_promotion_fans_out_over_many_viewers_in_crm_order() {
     let mut events: Vec<Value> = (0..1000)
-        .map(|i| view(&format!("v{i}"), at(i), &format!("ck{i}"), Some(&format!("C{i:04}")), "P1"))
+        .map(|i| {
+            view(
+                &format!("v{i}"),
+                at(i),
+                &format!("ck{i}"),
+                Some(&format!("C{i:04}")),
+                "P1",
+            )
+        })
         .collect();
     events.push(promotion("p", at(HOUR), "P1"));
     let r = run(&events, false);
     let promo = of_type(&r, "promo_on_viewed_item");
     assert_eq!(promo.len(), 1000);
-    let crms: Vec<&str> = promo.iter().map(|t| t["crm_id"].as_str().unwrap()).collect();
+    let crms: Vec<&str> = promo
+        .iter()
+        .map(|t| t["crm_id"].as_str().unwrap())
+        .collect();
     let mut sorted = crms.clone();
     sorted.sort();
     assert_eq!(crms, sorted);
@@ -557,7 +636,10 @@ fn duplicates_within_the_window_are_ignored_and_later_reuse_is_applied() {
         true,
     );
     assert_eq!(r.summary.engine.duplicates, 1);
-    let products: Vec<&Value> = of_type(&r, "viewed_not_bought").iter().map(|t| &t["product_id"]).collect();
+    let products: Vec<&Value> = of_type(&r, "viewed_not_bought")
+        .iter()
+        .map(|t| &t["product_id"])
+        .collect();
     assert_eq!(products, vec!["P1", "P3"]);
 }
 
@@ -589,10 +671,18 @@ fn checks_fire_in_order_of_time_then_crm_then_product() {
     );
     let order: Vec<(String, String)> = of_type(&r, "viewed_not_bought")
         .iter()
-        .map(|t| (t["crm_id"].as_str().unwrap().into(), t["product_id"].as_str().unwrap().into()))
+        .map(|t| {
+            (
+                t["crm_id"].as_str().unwrap().into(),
+                t["product_id"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     let expected = [("Z", "P1"), ("A", "P3"), ("B", "P10"), ("B", "P2")];
-    let expected: Vec<(String, String)> = expected.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(order, expected);
 }
 
@@ -661,7 +751,11 @@ fn erase_leaves_no_key_that_names_the_customer_or_their_cookies() {
     for cf in pretext::state::Cf::ALL {
         for key in engine.store().committed_keys(cf).unwrap() {
             let text = String::from_utf8_lossy(&key);
-            assert!(!text.contains("alice"), "{} key {text:?} survives the erase", cf.name());
+            assert!(
+                !text.contains("alice"),
+                "{} key {text:?} survives the erase",
+                cf.name()
+            );
         }
     }
     assert_eq!(engine.stats().pending_checks, 0);

@@ -15,7 +15,10 @@ const HOUR: i64 = 3_600_000;
 /// A day before now, on a whole minute: old enough that the idle advance
 /// (W follows the wall clock when input stops) fires every check.
 fn t0() -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     (now - 24 * HOUR) / MIN * MIN
 }
 
@@ -32,7 +35,12 @@ fn keyed(lines: &[String]) -> Vec<(Option<&str>, &[u8])> {
 fn trigger_ids(lines: &[String]) -> BTreeSet<String> {
     lines
         .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["trigger_id"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["trigger_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 
@@ -63,16 +71,31 @@ fn triggers_arrive_as_a_replay_of_the_same_input_gives_them() {
     assert_eq!(payloads, expected, "live and replay agree byte for byte");
     for (key, payload) in &got {
         let v: Value = serde_json::from_str(payload).unwrap();
-        assert_eq!(key.as_deref(), v["crm_id"].as_str(), "the key is the crm_id");
+        assert_eq!(
+            key.as_deref(),
+            v["crm_id"].as_str(),
+            "the key is the crm_id"
+        );
     }
 
     let metrics = pretext.metrics().expect("/metrics answers");
-    assert_eq!(metric_sum(&metrics, "pretext_events_total"), lines.len() as f64);
+    assert_eq!(
+        metric_sum(&metrics, "pretext_events_total"),
+        lines.len() as f64
+    );
     assert_eq!(metric_sum(&metrics, "pretext_triggers_total"), 3.0);
-    for name in ["pretext_batch_duration_seconds_count", "pretext_watermark_seconds", "pretext_state_keys", "pretext_ready 1"] {
+    for name in [
+        "pretext_batch_duration_seconds_count",
+        "pretext_watermark_seconds",
+        "pretext_state_keys",
+        "pretext_ready 1",
+    ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    assert_eq!(common::http_get(&pretext.http, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(
+        common::http_get(&pretext.http, "/healthz").map(|r| r.0),
+        Some(200)
+    );
     let status = pretext.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
 }
@@ -87,14 +110,22 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
     let good2 = view("e2", t + MIN, "ck2", "C2", "P2");
     broker.produce(
         &topics.input,
-        &[(Some("ck1"), good1.as_bytes()), (Some("bad-key"), b"{not json"), (Some("ck2"), good2.as_bytes())],
+        &[
+            (Some("ck1"), good1.as_bytes()),
+            (Some("bad-key"), b"{not json"),
+            (Some("ck2"), good2.as_bytes()),
+        ],
     );
     let (config, state) = write_config(dir.path(), &broker, &topics, &unique("group"));
     let pretext = Pretext::start(&config, &state, &dir.path().join("pretext.log"));
 
     let dead = broker.consume(&topics.dead_letter, 1, Duration::from_secs(60));
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].0.as_deref(), Some("bad-key"), "keyed by the input key");
+    assert_eq!(
+        dead[0].0.as_deref(),
+        Some("bad-key"),
+        "keyed by the input key"
+    );
     let letter: Value = serde_json::from_str(&dead[0].1).unwrap();
     assert_eq!(letter["reason"], "invalid_json");
     assert_eq!(letter["topic"], topics.input.as_str());
@@ -103,7 +134,10 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
     assert_eq!(letter["payload"], "{not json");
 
     let triggers = broker.consume(&topics.triggers, 2, Duration::from_secs(60));
-    let crms: Vec<Value> = triggers.iter().map(|(_, p)| serde_json::from_str::<Value>(p).unwrap()["crm_id"].clone()).collect();
+    let crms: Vec<Value> = triggers
+        .iter()
+        .map(|(_, p)| serde_json::from_str::<Value>(p).unwrap()["crm_id"].clone())
+        .collect();
     assert_eq!(crms, vec![json!("C1"), json!("C2")]);
     let metrics = pretext.metrics().unwrap();
     assert_eq!(metric_sum(&metrics, "pretext_events_rejected_total"), 1.0);
@@ -166,10 +200,25 @@ fn generated(dir: &std::path::Path, events: u64) -> Vec<String> {
     let start = pretext::time::format_ts(t0() - 24 * HOUR);
     let out = dir.join("gen.jsonl");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(["gen", "--events", &events.to_string(), "--customers", "500", "--days", "1", "--start", &start, "--output"])
+        .args([
+            "gen",
+            "--events",
+            &events.to_string(),
+            "--customers",
+            "500",
+            "--days",
+            "1",
+            "--start",
+            &start,
+            "--output",
+        ])
         .arg(&out)
         .status()
         .unwrap();
     assert!(status.success());
-    std::fs::read_to_string(out).unwrap().lines().map(String::from).collect()
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
 }

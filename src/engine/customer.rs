@@ -103,7 +103,11 @@ impl CustomerStage<'_> {
         }
     }
 
-    fn load_interest(&self, crm_id: &str, product_id: &str) -> Result<Option<Interest>, StateError> {
+    fn load_interest(
+        &self,
+        crm_id: &str,
+        product_id: &str,
+    ) -> Result<Option<Interest>, StateError> {
         self.store
             .get(Cf::Interest, &pair_key(product_id, crm_id))?
             .map(|b| decode(Cf::Interest.name(), &b))
@@ -116,8 +120,11 @@ impl CustomerStage<'_> {
         match self.load_interest(crm_id, product_id)? {
             Some(i) => Ok(i),
             None => {
-                self.store
-                    .put(Cf::CustomerProducts, pair_key(crm_id, product_id), Vec::new());
+                self.store.put(
+                    Cf::CustomerProducts,
+                    pair_key(crm_id, product_id),
+                    Vec::new(),
+                );
                 Ok(Interest::default())
             }
         }
@@ -130,8 +137,11 @@ impl CustomerStage<'_> {
             .map_or(horizon, |p| horizon.min(p.first_view));
         let fired_horizon = self.max_ts.saturating_sub(self.params.cooldown_retention());
         interest.prune(view_horizon, fired_horizon);
-        self.store
-            .put(Cf::Interest, pair_key(product_id, crm_id), encode(&interest));
+        self.store.put(
+            Cf::Interest,
+            pair_key(product_id, crm_id),
+            encode(&interest),
+        );
     }
 
     /// A view joins the pending session or starts one (section 3 of the
@@ -179,8 +189,11 @@ impl CustomerStage<'_> {
             check_at,
             first_view,
         });
-        self.store
-            .put(Cf::Timers, timer_key(check_at, crm_id, product_id), Vec::new());
+        self.store.put(
+            Cf::Timers,
+            timer_key(check_at, crm_id, product_id),
+            Vec::new(),
+        );
         self.stats.pending_checks += 1;
         if check_at < self.swept_to {
             self.overdue
@@ -190,7 +203,12 @@ impl CustomerStage<'_> {
         }
     }
 
-    fn on_purchase(&mut self, crm_id: &str, product_ids: &[String], t: Millis) -> Result<(), StateError> {
+    fn on_purchase(
+        &mut self,
+        crm_id: &str,
+        product_ids: &[String],
+        t: Millis,
+    ) -> Result<(), StateError> {
         let mut seen: Vec<&str> = Vec::with_capacity(product_ids.len());
         for p in product_ids {
             if seen.contains(&p.as_str()) {
@@ -233,7 +251,14 @@ impl CustomerStage<'_> {
             return Ok(());
         }
         insert_sorted(&mut interest.vnb_fired, t);
-        let trigger = self.build(TriggerKind::ViewedNotBought, crm_id, product_id, interest, t, None)?;
+        let trigger = self.build(
+            TriggerKind::ViewedNotBought,
+            crm_id,
+            product_id,
+            interest,
+            t,
+            None,
+        )?;
         self.emit(trigger);
         Ok(())
     }
@@ -242,7 +267,12 @@ impl CustomerStage<'_> {
     /// fires the session's check when it is due at `due`, or re-files the
     /// timer at the session's moved check time. Returns the time it was
     /// re-filed at, if any.
-    pub fn fire_due(&mut self, due: Millis, crm_id: &str, product_id: &str) -> Result<Option<Millis>, StateError> {
+    pub fn fire_due(
+        &mut self,
+        due: Millis,
+        crm_id: &str,
+        product_id: &str,
+    ) -> Result<Option<Millis>, StateError> {
         let mut interest = self.load_interest(crm_id, product_id)?.unwrap_or_default();
         match interest.pending {
             Some(p) if p.check_at == due => {
@@ -251,14 +281,19 @@ impl CustomerStage<'_> {
                 Ok(None)
             }
             Some(p) if p.check_at > due => {
-                self.store.delete(Cf::Timers, timer_key(due, crm_id, product_id));
                 self.store
-                    .put(Cf::Timers, timer_key(p.check_at, crm_id, product_id), Vec::new());
+                    .delete(Cf::Timers, timer_key(due, crm_id, product_id));
+                self.store.put(
+                    Cf::Timers,
+                    timer_key(p.check_at, crm_id, product_id),
+                    Vec::new(),
+                );
                 Ok(Some(p.check_at))
             }
             // The session fired early or was erased: the timer is stale.
             _ => {
-                self.store.delete(Cf::Timers, timer_key(due, crm_id, product_id));
+                self.store
+                    .delete(Cf::Timers, timer_key(due, crm_id, product_id));
                 Ok(None)
             }
         }
@@ -334,13 +369,17 @@ impl CustomerStage<'_> {
         let end = prefix_end(&prefix);
         let mut cursor = prefix.clone();
         loop {
-            let chunk = self.store.scan(Cf::Interest, &cursor, end.as_deref(), FAN_OUT_CHUNK)?;
+            let chunk = self
+                .store
+                .scan(Cf::Interest, &cursor, end.as_deref(), FAN_OUT_CHUNK)?;
             let Some((last, _)) = chunk.last() else { break };
             cursor = last.clone();
             cursor.push(0); // the next key after `last`
             let full = chunk.len() == FAN_OUT_CHUNK;
             for (key, bytes) in chunk {
-                let Some((_, crm_id)) = read_pair(&key) else { continue };
+                let Some((_, crm_id)) = read_pair(&key) else {
+                    continue;
+                };
                 let interest: Interest = decode(Cf::Interest.name(), &bytes)?;
                 self.offer_promotion(&crm_id, promo, interest, t)?;
             }
@@ -402,14 +441,16 @@ impl CustomerStage<'_> {
         let prefix = str_key(crm_id);
         let end = prefix_end(&prefix);
         loop {
-            let chunk = self
-                .store
-                .scan(Cf::CustomerProducts, &prefix, end.as_deref(), FAN_OUT_CHUNK)?;
+            let chunk =
+                self.store
+                    .scan(Cf::CustomerProducts, &prefix, end.as_deref(), FAN_OUT_CHUNK)?;
             if chunk.is_empty() {
                 break;
             }
             for (key, _) in chunk {
-                let Some((_, product_id)) = read_pair(&key) else { continue };
+                let Some((_, product_id)) = read_pair(&key) else {
+                    continue;
+                };
                 self.forget_interest(crm_id, &product_id)?;
                 self.store.delete(Cf::CustomerProducts, key);
             }
@@ -418,7 +459,8 @@ impl CustomerStage<'_> {
         self.store.delete(Cf::Customers, str_key(crm_id));
         let key = tombstone_key(crm_id);
         let since = self.erased_at(crm_id)?.map_or(t, |e| e.max(t));
-        self.store.put(Cf::Tombstones, key, since.to_be_bytes().to_vec());
+        self.store
+            .put(Cf::Tombstones, key, since.to_be_bytes().to_vec());
         Ok(customer
             .cookies
             .into_iter()
@@ -435,7 +477,8 @@ impl CustomerStage<'_> {
                 self.stats.pending_checks -= 1;
             }
         }
-        self.store.delete(Cf::Interest, pair_key(product_id, crm_id));
+        self.store
+            .delete(Cf::Interest, pair_key(product_id, crm_id));
         Ok(())
     }
 

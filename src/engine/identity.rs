@@ -76,8 +76,7 @@ impl Identity<'_> {
             crm_id: crm_id.to_string(),
             ts,
         };
-        self.store
-            .put(Cf::Links, str_key(cookie_id), encode(&link));
+        self.store.put(Cf::Links, str_key(cookie_id), encode(&link));
         match existing {
             Some(old) if old.crm_id == crm_id => {}
             Some(old) => {

@@ -145,7 +145,11 @@ impl Engine {
     }
 
     /// Applies one event, then fires every check due at the new watermark.
-    pub fn apply(&mut self, event: &Event, sink: &mut dyn TriggerSink) -> Result<Outcome, EngineError> {
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<Outcome, EngineError> {
         let id_key = dedup_key(&event.event_id);
         let seen = self.dedup_times(&id_key)?;
         let window = self.params.dedup_window;
@@ -170,7 +174,11 @@ impl Engine {
 
     /// Advances the watermark to at least `to` (the idle advance of live
     /// mode) and fires what is due. The watermark never moves back.
-    pub fn advance_watermark(&mut self, to: Millis, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
+    pub fn advance_watermark(
+        &mut self,
+        to: Millis,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<(), EngineError> {
         self.idle_watermark = Some(self.idle_watermark.map_or(to, |w| w.max(to)));
         self.fire_due(self.watermark(), sink)
     }
@@ -231,7 +239,8 @@ impl Engine {
         }
         let mut put = |key: &[u8], v: Option<Millis>| {
             if let Some(v) = v {
-                self.store.put(Cf::Meta, key.to_vec(), v.to_be_bytes().to_vec());
+                self.store
+                    .put(Cf::Meta, key.to_vec(), v.to_be_bytes().to_vec());
             }
         };
         put(META_MAX_TS, self.max_ts);
@@ -291,13 +300,15 @@ impl Engine {
                 // early still names the category as it was before the view.
                 if let Some(category) = &v.category {
                     let key = str_key(&v.product_id);
-                    self.store.put(Cf::Products, key, category.as_bytes().to_vec());
+                    self.store
+                        .put(Cf::Products, key, category.as_bytes().to_vec());
                 }
                 Ok(())
             }
             Body::Identify(i) => {
                 let mut msgs = Vec::new();
-                self.identity().link_cookie(&i.cookie_id, &i.crm_id, ts, &mut msgs)?;
+                self.identity()
+                    .link_cookie(&i.cookie_id, &i.crm_id, ts, &mut msgs)?;
                 msgs.push(Resolved::Seen {
                     crm_id: i.crm_id.clone(),
                     cookie_id: i.cookie_id.clone(),
@@ -306,7 +317,8 @@ impl Engine {
                 self.deliver(msgs, sink)
             }
             Body::Purchase(p) => {
-                let product_ids: Vec<String> = p.items.iter().map(|i| i.product_id.clone()).collect();
+                let product_ids: Vec<String> =
+                    p.items.iter().map(|i| i.product_id.clone()).collect();
                 let msgs = match &p.cookie_id {
                     Some(cookie) => {
                         let kept = Kept::Purchase { product_ids, ts };
@@ -358,7 +370,11 @@ impl Engine {
         Ok(msgs)
     }
 
-    fn deliver(&mut self, msgs: Vec<Resolved>, sink: &mut dyn TriggerSink) -> Result<(), StateError> {
+    fn deliver(
+        &mut self,
+        msgs: Vec<Resolved>,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<(), StateError> {
         let mut stage = self.customers(sink);
         for msg in msgs {
             stage.handle(msg)?;
@@ -368,7 +384,11 @@ impl Engine {
 
     /// Fires every pending check due at or before `watermark`, in order of
     /// (check time, crm_id, product_id): the timer index's key order.
-    fn fire_due(&mut self, watermark: Option<Millis>, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
+    fn fire_due(
+        &mut self,
+        watermark: Option<Millis>,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<(), EngineError> {
         let Some(w) = watermark else { return Ok(()) };
         self.fire_overdue(sink)?;
         if w < self.earliest_due {
@@ -377,7 +397,9 @@ impl Engine {
         let upper = w.checked_add(1).map(ts_key);
         loop {
             let lower = ts_key(self.earliest_due);
-            let due = self.store.scan(Cf::Timers, &lower, upper.as_deref(), SCAN_CHUNK)?;
+            let due = self
+                .store
+                .scan(Cf::Timers, &lower, upper.as_deref(), SCAN_CHUNK)?;
             let Some((last, _)) = due.last() else { break };
             let mut resume_at = timer_time(last)?;
             let mut stage = self.customers(sink);
@@ -406,11 +428,15 @@ impl Engine {
     fn fire_overdue(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
         while !self.overdue.is_empty() {
             self.overdue.sort_unstable_by(|a, b| b.cmp(a)); // smallest last
-            let Some((at, crm_id, product_id)) = self.overdue.pop() else { break };
+            let Some((at, crm_id, product_id)) = self.overdue.pop() else {
+                break;
+            };
             let swept_to = self.swept_to;
             let mut stage = self.customers(sink);
             match stage.fire_due(at, &crm_id, &product_id)? {
-                Some(refiled) if refiled < swept_to => self.overdue.push((refiled, crm_id, product_id)),
+                Some(refiled) if refiled < swept_to => {
+                    self.overdue.push((refiled, crm_id, product_id))
+                }
                 Some(refiled) => self.earliest_due = self.earliest_due.min(refiled),
                 None => {}
             }
@@ -438,7 +464,9 @@ impl Engine {
     /// the allowed lateness can duplicate any more. Driven by event time
     /// only, so a replay collects exactly as live mode does.
     fn collect_garbage(&mut self) -> Result<(), StateError> {
-        let Some(max_ts) = self.max_ts else { return Ok(()) };
+        let Some(max_ts) = self.max_ts else {
+            return Ok(());
+        };
         let hour = max_ts.div_euclid(HOUR);
         if hour <= self.gc_hour {
             return Ok(());
@@ -453,7 +481,9 @@ impl Engine {
         let lower = ts_key(self.gc_from);
         self.gc_from = horizon;
         loop {
-            let old = self.store.scan(Cf::DedupByTime, &lower, Some(&upper), SCAN_CHUNK)?;
+            let old = self
+                .store
+                .scan(Cf::DedupByTime, &lower, Some(&upper), SCAN_CHUNK)?;
             if old.is_empty() {
                 return Ok(());
             }
@@ -520,7 +550,9 @@ fn corrupt_timer() -> StateError {
 }
 
 fn timer_time(key: &[u8]) -> Result<Millis, StateError> {
-    read_timer(key).map(|(at, _, _)| at).ok_or_else(corrupt_timer)
+    read_timer(key)
+        .map(|(at, _, _)| at)
+        .ok_or_else(corrupt_timer)
 }
 
 /// The due time of the first pending check at or after `from`, or
@@ -533,10 +565,16 @@ fn first_timer_at_or_after(store: &Store, from: Millis) -> Result<Millis, StateE
 }
 
 fn meta_i64(store: &Store, key: &[u8]) -> Result<Option<Millis>, StateError> {
-    let Some(b) = store.get(Cf::Meta, key)? else { return Ok(None) };
+    let Some(b) = store.get(Cf::Meta, key)? else {
+        return Ok(None);
+    };
     let bytes: [u8; 8] = b.as_slice().try_into().map_err(|_| StateError::Corrupt {
         cf: Cf::Meta.name(),
-        detail: format!("{} is {} bytes, expected 8", String::from_utf8_lossy(key), b.len()),
+        detail: format!(
+            "{} is {} bytes, expected 8",
+            String::from_utf8_lossy(key),
+            b.len()
+        ),
     })?;
     Ok(Some(i64::from_be_bytes(bytes)))
 }

@@ -304,7 +304,12 @@ mod tests {
     #[test]
     fn top_cookies_order_by_activity_then_id_and_skip_unlinked() {
         let mut c = Customer::default();
-        for (id, ts, linked) in [("b", 5, true), ("a", 5, true), ("c", 9, false), ("d", 1, true)] {
+        for (id, ts, linked) in [
+            ("b", 5, true),
+            ("a", 5, true),
+            ("c", 9, false),
+            ("d", 1, true),
+        ] {
             let m = c.mark(id);
             m.last_ts = ts;
             m.linked = linked;

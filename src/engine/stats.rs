@@ -12,7 +12,11 @@ pub enum Suppressed {
 }
 
 impl Suppressed {
-    pub const ALL: [Suppressed; 3] = [Suppressed::Purchased, Suppressed::LowScore, Suppressed::Cooldown];
+    pub const ALL: [Suppressed; 3] = [
+        Suppressed::Purchased,
+        Suppressed::LowScore,
+        Suppressed::Cooldown,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -31,8 +31,8 @@ use crate::http::{self, Health};
 use crate::metrics::{Metrics, MetricsError};
 use crate::trigger::Trigger;
 
-pub use source::InputMessage;
 use sink::Sink;
+pub use source::InputMessage;
 use source::{Positions, Source};
 
 /// A too-large message's payload is cut to this in its dead letter, which
@@ -59,7 +59,10 @@ pub enum LiveError {
     #[error("{failed} produced messages were not delivered; the batch will be read again")]
     Delivery { failed: u64 },
     #[error("cannot listen on {addr}: {source}")]
-    Http { addr: String, source: std::io::Error },
+    Http {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error("shutdown did not finish within {0:?}")]
@@ -79,7 +82,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let addr = config.http.listen.clone();
     let listener = TcpListener::bind(&addr)
         .await
-        .map_err(|source| LiveError::Http { addr: addr.clone(), source })?;
+        .map_err(|source| LiveError::Http {
+            addr: addr.clone(),
+            source,
+        })?;
     info!(addr = %addr, "serving http");
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve(listener, health.clone(), async {
@@ -143,7 +149,12 @@ impl Pipeline {
         ));
         health.state_open.store(true, Ordering::Release);
         let metrics = health.metrics.clone();
-        let source = Source::new(&config, positions.clone(), health.assigned.clone(), metrics.clone())?;
+        let source = Source::new(
+            &config,
+            positions.clone(),
+            health.assigned.clone(),
+            metrics.clone(),
+        )?;
         let sink = Sink::new(&config, metrics)?;
         Ok(Pipeline {
             config,
@@ -165,7 +176,9 @@ impl Pipeline {
         while !stop.load(Ordering::Acquire) {
             let batch = self.source.next_batch(max, wait, stop);
             if batch.is_empty() {
-                if last_input.elapsed() >= idle_timeout && last_advance.elapsed() >= IDLE_ADVANCE_EVERY {
+                if last_input.elapsed() >= idle_timeout
+                    && last_advance.elapsed() >= IDLE_ADVANCE_EVERY
+                {
                     self.idle_advance()?;
                     last_advance = Instant::now();
                 }
@@ -193,7 +206,10 @@ impl Pipeline {
                 }
                 Err(rejection) => {
                     self.health.metrics.reject(rejection.reason);
-                    out.dead_letters.push((m.key.clone(), dead_letter(m, rejection.reason, &rejection.error)));
+                    out.dead_letters.push((
+                        m.key.clone(),
+                        dead_letter(m, rejection.reason, &rejection.error),
+                    ));
                 }
             }
             next.insert((m.topic.clone(), m.partition), m.offset + 1);
@@ -201,12 +217,19 @@ impl Pipeline {
         self.publish(&out)?;
         let offsets: Vec<SourceOffset> = next
             .into_iter()
-            .map(|((topic, partition), next_offset)| SourceOffset { topic, partition, next_offset })
+            .map(|((topic, partition), next_offset)| SourceOffset {
+                topic,
+                partition,
+                next_offset,
+            })
             .collect();
         self.engine.commit(&offsets)?;
         self.remember(&offsets);
         self.source.commit_to_kafka(&offsets);
-        self.health.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
+        self.health
+            .metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
         self.observe();
         Ok(())
     }
@@ -214,7 +237,9 @@ impl Pipeline {
     /// A message before the stored position was applied by an earlier run
     /// (a fetch that started before the seek): skip it.
     fn already_applied(&self, m: &InputMessage) -> bool {
-        let Ok(positions) = self.positions.lock() else { return false };
+        let Ok(positions) = self.positions.lock() else {
+            return false;
+        };
         positions
             .get(&(m.topic.clone(), m.partition))
             .is_some_and(|&next| m.offset < next)
@@ -231,16 +256,24 @@ impl Pipeline {
     fn publish(&self, out: &Output) -> Result<(), LiveError> {
         let topics = &self.config.topics;
         for t in &out.triggers {
-            self.sink.send(&topics.triggers, Some(t.crm_id.as_bytes()), t.to_json().as_bytes())?;
+            self.sink.send(
+                &topics.triggers,
+                Some(t.crm_id.as_bytes()),
+                t.to_json().as_bytes(),
+            )?;
         }
         for (key, letter) in &out.dead_letters {
-            self.sink.send(&topics.dead_letter, key.as_deref(), letter.as_bytes())?;
+            self.sink
+                .send(&topics.dead_letter, key.as_deref(), letter.as_bytes())?;
         }
         if out.triggers.is_empty() && out.dead_letters.is_empty() {
             return Ok(());
         }
         self.sink.flush()?;
-        self.health.metrics.dead_letters.inc_by(out.dead_letters.len() as u64);
+        self.health
+            .metrics
+            .dead_letters
+            .inc_by(out.dead_letters.len() as u64);
         Ok(())
     }
 
@@ -253,7 +286,10 @@ impl Pipeline {
         if out.triggers.is_empty() {
             return Ok(());
         }
-        info!(triggers = out.triggers.len(), "idle watermark advance fired checks");
+        info!(
+            triggers = out.triggers.len(),
+            "idle watermark advance fired checks"
+        );
         self.publish(&out)?;
         self.engine.commit(&[])?;
         self.observe();

@@ -52,14 +52,20 @@ impl Sink {
         cc.set("bootstrap.servers", &config.kafka.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("queue.buffering.max.messages", config.kafka.producer_max_in_flight.to_string());
+            .set(
+                "queue.buffering.max.messages",
+                config.kafka.producer_max_in_flight.to_string(),
+            );
         let context = SinkContext {
             failed: AtomicU64::new(0),
             metrics,
         };
         let producer = cc
             .create_with_context(context)
-            .map_err(|source| LiveError::Kafka { what: "create the producer", source })?;
+            .map_err(|source| LiveError::Kafka {
+                what: "create the producer",
+                source,
+            })?;
         Ok(Sink { producer })
     }
 
@@ -76,7 +82,12 @@ impl Sink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     self.producer.poll(Duration::from_millis(50));
                 }
-                Err((source, _)) => return Err(LiveError::Produce { topic: topic.to_string(), source }),
+                Err((source, _)) => {
+                    return Err(LiveError::Produce {
+                        topic: topic.to_string(),
+                        source,
+                    })
+                }
             }
         }
     }
@@ -86,7 +97,10 @@ impl Sink {
     pub fn flush(&self) -> Result<(), LiveError> {
         self.producer
             .flush(FLUSH_TIMEOUT)
-            .map_err(|source| LiveError::Kafka { what: "flush the producer", source })?;
+            .map_err(|source| LiveError::Kafka {
+                what: "flush the producer",
+                source,
+            })?;
         match self.producer.context().failed.swap(0, Ordering::AcqRel) {
             0 => Ok(()),
             n => Err(LiveError::Delivery { failed: n }),

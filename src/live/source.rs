@@ -65,7 +65,12 @@ impl ConsumerContext for SourceContext {
     /// Assigns at the offsets stored with the state (so input is applied
     /// exactly once across restarts, whatever Kafka's committed offsets say),
     /// or at the beginning of a partition the state has never read.
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.start_at_stored_offsets(tpl);
@@ -91,7 +96,9 @@ impl ConsumerContext for SourceContext {
 
 impl SourceContext {
     fn start_at_stored_offsets(&self, tpl: &mut TopicPartitionList) {
-        let Ok(positions) = self.positions.lock() else { return };
+        let Ok(positions) = self.positions.lock() else {
+            return;
+        };
         let parts: Vec<(String, i32)> = tpl
             .elements()
             .iter()
@@ -114,7 +121,12 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(config: &Config, positions: Positions, assigned: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Result<Source, LiveError> {
+    pub fn new(
+        config: &Config,
+        positions: Positions,
+        assigned: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Source, LiveError> {
         let mut cc = ClientConfig::new();
         // Pass-through settings first: the ones below keep us safe and win.
         for (k, v) in &config.kafka.client {
@@ -135,19 +147,30 @@ impl Source {
             revoked: AtomicBool::new(false),
             metrics,
         };
-        let consumer: BaseConsumer<SourceContext> = cc
-            .create_with_context(context)
-            .map_err(|source| LiveError::Kafka { what: "create the consumer", source })?;
+        let consumer: BaseConsumer<SourceContext> =
+            cc.create_with_context(context)
+                .map_err(|source| LiveError::Kafka {
+                    what: "create the consumer",
+                    source,
+                })?;
         let topics: Vec<&str> = config.topics.inputs.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
-            .map_err(|source| LiveError::Kafka { what: "subscribe to the input topics", source })?;
+            .map_err(|source| LiveError::Kafka {
+                what: "subscribe to the input topics",
+                source,
+            })?;
         Ok(Source { consumer })
     }
 
     /// Up to `max` messages, waiting at most `max_wait` once the first has
     /// arrived (or in all, when none does). Ends early on a revoke or stop.
-    pub fn next_batch(&self, max: usize, max_wait: Duration, stop: &AtomicBool) -> Vec<InputMessage> {
+    pub fn next_batch(
+        &self,
+        max: usize,
+        max_wait: Duration,
+        stop: &AtomicBool,
+    ) -> Vec<InputMessage> {
         let deadline = Instant::now() + max_wait;
         let mut batch = Vec::new();
         while batch.len() < max && !stop.load(Ordering::Acquire) {
@@ -166,7 +189,12 @@ impl Source {
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
                 None => {}
             }
-            if self.consumer.context().revoked.swap(false, Ordering::AcqRel) {
+            if self
+                .consumer
+                .context()
+                .revoked
+                .swap(false, Ordering::AcqRel)
+            {
                 break;
             }
         }
@@ -182,7 +210,9 @@ impl Source {
         }
         let mut tpl = TopicPartitionList::new();
         for o in offsets {
-            if let Err(e) = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next_offset)) {
+            if let Err(e) =
+                tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next_offset))
+            {
                 warn!(error = %e, "cannot build the offset commit");
                 return;
             }

@@ -39,9 +39,9 @@ pub fn read_str(key: &[u8]) -> Option<(String, &[u8])> {
             i += 1;
             continue;
         }
-        match key.get(i + 1)? {
-            &TERMINATOR => return Some((String::from_utf8(out).ok()?, &key[i + 2..])),
-            &ESCAPED_ZERO => out.push(0),
+        match *key.get(i + 1)? {
+            TERMINATOR => return Some((String::from_utf8(out).ok()?, &key[i + 2..])),
+            ESCAPED_ZERO => out.push(0),
             _ => return None,
         }
         i += 2;

@@ -104,6 +104,9 @@ pub struct StateSize {
 
 type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// Key-value pairs, as scans return them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 pub struct Store {
     db: DB,
     overlays: Vec<Overlay>,
@@ -176,7 +179,7 @@ impl Store {
         lower: &[u8],
         upper: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    ) -> Result<Entries, StateError> {
         let mut opts = ReadOptions::default();
         if let Some(u) = upper {
             opts.set_iterate_upper_bound(u.to_vec());
@@ -236,7 +239,8 @@ impl Store {
                     .flatten()
                     .unwrap_or(0)
             };
-            size.bytes += prop("rocksdb.total-sst-files-size") + prop("rocksdb.size-all-mem-tables");
+            size.bytes +=
+                prop("rocksdb.total-sst-files-size") + prop("rocksdb.size-all-mem-tables");
             size.keys += prop("rocksdb.estimate-num-keys");
         }
         size
@@ -248,7 +252,7 @@ impl Store {
     }
 
     /// Every committed entry of a column family, for tests and audits.
-    pub fn committed(&self, cf: Cf) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    pub fn committed(&self, cf: Cf) -> Result<Entries, StateError> {
         self.db
             .iterator_cf(self.handle(cf), IteratorMode::Start)
             .map(|r| {
@@ -275,12 +279,7 @@ fn cf_options() -> Options {
 
 /// Merges a RocksDB iterator with the overlay's range: the overlay wins on
 /// equal keys and its deletions hide the disk entry.
-fn merge<'a, D, O>(
-    cf: Cf,
-    mut disk: D,
-    mut overlay: O,
-    limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError>
+fn merge<'a, D, O>(cf: Cf, mut disk: D, mut overlay: O, limit: usize) -> Result<Entries, StateError>
 where
     D: Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
     O: Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,

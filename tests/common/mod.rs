@@ -21,12 +21,23 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 /// A unique name per call, so tests never share topics or groups.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -36,7 +47,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -53,30 +67,57 @@ impl Broker {
     pub fn start() -> Broker {
         let dir = tempfile::tempdir().unwrap();
         if let Ok(addr) = std::env::var("PRETEXT_TEST_BROKER") {
-            return Broker { addr, child: None, _dir: dir };
+            return Broker {
+                addr,
+                child: None,
+                _dir: dir,
+            };
         }
         let bin = tansu_bin();
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .arg("--storage-engine")
-            .arg(format!("sqlite://{}", dir.path().join("broker.db").display()))
+            .arg(format!(
+                "sqlite://{}",
+                dir.path().join("broker.db").display()
+            ))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let addr = format!("127.0.0.1:{port}");
-        wait_for("the broker to listen", Duration::from_secs(30), || TcpStream::connect(&addr).ok());
-        Broker { addr, child: Some(child), _dir: dir }
+        wait_for("the broker to listen", Duration::from_secs(30), || {
+            TcpStream::connect(&addr).ok()
+        });
+        Broker {
+            addr,
+            child: Some(child),
+            _dir: dir,
+        }
     }
 
     pub fn create_topics(&self, names: &[&str], partitions: i32) {
         let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
-        let topics: Vec<NewTopic> = names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let results = rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap();
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let results = rt
+            .block_on(admin.create_topics(&topics, &AdminOptions::new()))
+            .unwrap();
         for r in results {
             r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
         }
@@ -92,7 +133,8 @@ impl Broker {
     pub fn produce(&self, topic: &str, messages: &[(Option<&str>, &[u8])]) {
         let producer: BaseProducer = self.client().create().unwrap();
         for (key, payload) in messages {
-            let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(*payload).partition(0);
+            let mut rec: BaseRecord<'_, str, [u8]> =
+                BaseRecord::to(topic).payload(*payload).partition(0);
             if let Some(k) = key {
                 rec = rec.key(*k);
             }
@@ -104,10 +146,20 @@ impl Broker {
 
     /// Every message of partition 0 of `topic` read within `timeout` once at
     /// least `min` have arrived: (key, payload) pairs.
-    pub fn consume(&self, topic: &str, min: usize, timeout: Duration) -> Vec<(Option<String>, String)> {
-        let consumer: BaseConsumer = self.client().set("group.id", unique("reader")).create().unwrap();
+    pub fn consume(
+        &self,
+        topic: &str,
+        min: usize,
+        timeout: Duration,
+    ) -> Vec<(Option<String>, String)> {
+        let consumer: BaseConsumer = self
+            .client()
+            .set("group.id", unique("reader"))
+            .create()
+            .unwrap();
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
         consumer.assign(&tpl).unwrap();
         let mut out = Vec::new();
         let start = Instant::now();
@@ -143,9 +195,14 @@ fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU_BIN") {
         return PathBuf::from(p);
     }
-    let cargo_bin = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
+    let cargo_bin =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
     for candidate in [PathBuf::from("tansu"), cargo_bin] {
-        if Command::new(&candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(&candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return candidate;
         }
     }
@@ -179,7 +236,12 @@ pub struct Pretext {
     pub state_dir: PathBuf,
 }
 
-pub fn write_config(dir: &Path, broker: &Broker, topics: &Topics, group: &str) -> (PathBuf, PathBuf) {
+pub fn write_config(
+    dir: &Path,
+    broker: &Broker,
+    topics: &Topics,
+    group: &str,
+) -> (PathBuf, PathBuf) {
     let state_dir = dir.join("state");
     let config = dir.join("pretext.toml");
     let text = format!(
@@ -217,7 +279,11 @@ impl Pretext {
     pub fn start(config: &Path, state_dir: &Path, log: &Path) -> Pretext {
         let port = free_port();
         let http = format!("127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pretext"))
             .args(["run", "--config"])
             .arg(config)
@@ -226,11 +292,18 @@ impl Pretext {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        Pretext { child, http, config: config.to_path_buf(), state_dir: state_dir.to_path_buf() }
+        Pretext {
+            child,
+            http,
+            config: config.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        }
     }
 
     pub fn wait_ready(&self) {
-        wait_for("pretext /readyz 200", Duration::from_secs(60), || (http_get(&self.http, "/readyz")?.0 == 200).then_some(()));
+        wait_for("pretext /readyz 200", Duration::from_secs(60), || {
+            (http_get(&self.http, "/readyz")?.0 == 200).then_some(())
+        });
     }
 
     pub fn metrics(&self) -> Option<String> {
@@ -239,12 +312,18 @@ impl Pretext {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        wait_for("pretext to exit", Duration::from_secs(30), || self.child.try_wait().unwrap())
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        wait_for("pretext to exit", Duration::from_secs(30), || {
+            self.child.try_wait().unwrap()
+        })
     }
 
     pub fn kill9(mut self) {
-        let _ = Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -260,18 +339,28 @@ impl Drop for Pretext {
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 /// The sum of a metric's samples in a Prometheus text exposition.
 pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -286,6 +375,14 @@ pub fn replay(lines: &[String], dir: &Path, state_dir: Option<&Path>) -> Vec<Str
         cmd.arg("--state-dir").arg(s);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
 }
