@@ -15,9 +15,9 @@ if [ -f "$dir/broker.pid" ] && kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; t
   echo "dev-broker: already running (pid $(cat "$dir/broker.pid")) on 127.0.0.1:$port"
 else
   url="tcp://127.0.0.1:$port"
-  nohup tansu broker --listener-url "$url" --advertised-listener-url "$url" \
-    --storage-engine "sqlite://$PWD/$dir/broker.db" >"$dir/broker.log" 2>&1 &
-  echo $! >"$dir/broker.pid"
+  # tansu reads the sqlite path relative to its working directory.
+  (cd "$dir" && nohup tansu broker --listener-url "$url" --advertised-listener-url "$url" \
+    --storage-engine "sqlite://broker.db" >broker.log 2>&1 & echo $! >broker.pid)
   for _ in $(seq 1 50); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.2

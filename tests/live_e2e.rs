@@ -167,7 +167,8 @@ fn kill_9_mid_stream_then_restart_applies_every_input_once() {
     broker.produce(&topics.input, &keyed(rest));
 
     let pretext = Pretext::start(&config, &state, &log);
-    let got = wait_for("every expected trigger", Duration::from_secs(120), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let got = loop {
         let got: BTreeSet<String> = trigger_ids(
             &broker
                 .consume(&topics.triggers, expected.len(), Duration::from_secs(5))
@@ -175,8 +176,31 @@ fn kill_9_mid_stream_then_restart_applies_every_input_once() {
                 .map(|(_, p)| p)
                 .collect::<Vec<_>>(),
         );
-        expected.is_subset(&got).then_some(got)
-    });
+        if expected.is_subset(&got) {
+            break got;
+        }
+        if std::time::Instant::now() > deadline {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            panic!(
+                "{} of {} expected triggers missing ({} received); metrics:\n{}\nlog tail:\n{}",
+                expected.difference(&got).count(),
+                expected.len(),
+                got.len(),
+                pretext
+                    .metrics()
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.starts_with("pretext_events")
+                        || l.starts_with("pretext_triggers")
+                        || l.starts_with("pretext_watermark")
+                        || l.starts_with("pretext_pending"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    };
     assert_eq!(got, expected, "no trigger that a replay would not give");
     assert!(pretext.terminate().success());
 

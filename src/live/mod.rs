@@ -175,6 +175,12 @@ impl Pipeline {
         self.observe();
         while !stop.load(Ordering::Acquire) {
             let batch = self.source.next_batch(max, wait, stop);
+            // Idle means no input while partitions are assigned: before an
+            // assignment (a group still rebalancing) nothing can arrive, and
+            // following the clock then would make the backlog late.
+            if !self.health.assigned.load(Ordering::Acquire) {
+                last_input = Instant::now();
+            }
             if batch.is_empty() {
                 if last_input.elapsed() >= idle_timeout
                     && last_advance.elapsed() >= IDLE_ADVANCE_EVERY

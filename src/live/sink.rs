@@ -25,7 +25,11 @@ pub struct SinkContext {
     metrics: Arc<Metrics>,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    /// The consumer reports lag; the producer's statistics (enabled when
+    /// `statistics.interval.ms` is passed through) are not logged.
+    fn stats(&self, _: rdkafka::statistics::Statistics) {}
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();

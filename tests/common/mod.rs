@@ -77,7 +77,10 @@ impl Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        // tansu reads the sqlite URL's path relative to its working
+        // directory (sqlite:///tmp/x opens ./tmp/x), so it runs in the dir.
         let child = Command::new(&bin)
+            .current_dir(dir.path())
             .args([
                 "broker",
                 "--listener-url",
@@ -85,19 +88,20 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .arg("--storage-engine")
-            .arg(format!(
-                "sqlite://{}",
-                dir.path().join("broker.db").display()
-            ))
+            .args(["--storage-engine", "sqlite://broker.db"])
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let addr = format!("127.0.0.1:{port}");
-        wait_for("the broker to listen", Duration::from_secs(30), || {
-            TcpStream::connect(&addr).ok()
-        });
+        let start = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            if start.elapsed() > Duration::from_secs(30) {
+                let log = std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default();
+                panic!("tansu did not listen on {addr} within 30 s; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Broker {
             addr,
             child: Some(child),
