@@ -1,12 +1,16 @@
 //! End-to-end: `pretext run` against a real tansu broker process, with
 //! random topic and group names per test.
 
-mod common;
+#[path = "common/broker.rs"]
+mod broker;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{metric_sum, replay, unique, wait_for, write_config, Broker, Pretext, Topics};
+use broker::{
+    free_port, http_get, metric_sum, replay, unique, wait_for, write_config, Broker, Pretext,
+    Topics,
+};
 use serde_json::{json, Value};
 
 const MIN: i64 = 60_000;
@@ -63,12 +67,25 @@ fn triggers_arrive_as_a_replay_of_the_same_input_gives_them() {
     assert_eq!(expected.len(), 3, "vnb C1, promo C1, vnb C3: {expected:?}");
     broker.produce(&topics.input, &keyed(&lines));
 
-    let (config, state) = write_config(dir.path(), &broker, &topics, &unique("group"));
+    let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
     let pretext = Pretext::start(&config, &state, &dir.path().join("pretext.log"));
     pretext.wait_ready();
     let got = broker.consume(&topics.triggers, expected.len(), Duration::from_secs(60));
     let payloads: Vec<String> = got.iter().map(|(_, p)| p.clone()).collect();
     assert_eq!(payloads, expected, "live and replay agree byte for byte");
+    // C1 viewed P1 and bought nothing: a viewed_not_bought an hour later,
+    // with the id a replay gives (checked byte for byte above).
+    let vnb: Value = payloads
+        .iter()
+        .map(|p| serde_json::from_str::<Value>(p).unwrap())
+        .find(|t| t["type"] == "viewed_not_bought")
+        .expect("a viewed_not_bought");
+    assert_eq!(
+        (&vnb["crm_id"], &vnb["product_id"]),
+        (&json!("C1"), &json!("P1"))
+    );
+    assert_eq!(vnb["fired_at"], pretext::time::format_ts(t + HOUR).as_str());
+    assert_eq!(vnb["trigger_id"].as_str().map(str::len), Some(16));
     for (key, payload) in &got {
         let v: Value = serde_json::from_str(payload).unwrap();
         assert_eq!(
@@ -92,12 +109,71 @@ fn triggers_arrive_as_a_replay_of_the_same_input_gives_them() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    assert_eq!(
-        common::http_get(&pretext.http, "/healthz").map(|r| r.0),
-        Some(200)
-    );
+    assert_eq!(http_get(&pretext.http, "/healthz").map(|r| r.0), Some(200));
+    // Lag comes from the consumer's statistics (every second in tests).
+    let metrics = wait_for("consumer lag on /metrics", Duration::from_secs(20), || {
+        let m = pretext.metrics()?;
+        m.contains("pretext_consumer_lag_messages{").then_some(m)
+    });
+    assert_eq!(metric_sum(&metrics, "pretext_consumer_lag_messages"), 0.0);
     let status = pretext.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
+}
+
+/// Every metric name, as the ops dashboard and alerts know them.
+const METRICS: [&str; 16] = [
+    "pretext_events_total",
+    "pretext_events_rejected_total",
+    "pretext_events_duplicate_total",
+    "pretext_events_ignored_erased_total",
+    "pretext_triggers_total",
+    "pretext_checks_suppressed_total",
+    "pretext_batch_duration_seconds",
+    "pretext_event_time_lag_seconds",
+    "pretext_watermark_seconds",
+    "pretext_pending_checks",
+    "pretext_consumer_lag_messages",
+    "pretext_state_size_bytes",
+    "pretext_state_keys",
+    "pretext_dead_letters_total",
+    "pretext_ready",
+    "pretext_produce_errors_total",
+];
+
+/// Before any partition is assigned (here: no broker listens at all) the
+/// process is healthy, not ready, and exports every series it can at 0;
+/// SIGTERM still exits 0. Needs no broker.
+#[test]
+fn http_answers_before_assignment_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let (config, state) = write_config(dir.path(), &nowhere, &Topics::named(), &unique("group"));
+    let pretext = Pretext::start(&config, &state, &dir.path().join("pretext.log"));
+    wait_for("/healthz 200", Duration::from_secs(30), || {
+        (http_get(&pretext.http, "/healthz")?.0 == 200).then_some(())
+    });
+    assert_eq!(http_get(&pretext.http, "/readyz").map(|r| r.0), Some(503));
+    let metrics = pretext.metrics().unwrap();
+    // Lag series appear per assigned partition, so not yet.
+    for name in METRICS.iter().filter(|n| !n.contains("consumer_lag")) {
+        let typed = format!("# TYPE {name} ");
+        assert!(metrics.contains(&typed), "{name} missing:\n{metrics}");
+    }
+    for series in [
+        "pretext_ready 0",
+        "pretext_events_total{type=\"product_view\"} 0",
+        "pretext_events_rejected_total{reason=\"too_large\"} 0",
+        "pretext_checks_suppressed_total{reason=\"low_score\"} 0",
+        "pretext_triggers_total{type=\"viewed_not_bought\"} 0",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    assert_eq!(http_get(&pretext.http, "/nope").map(|r| r.0), Some(404));
+    let status = pretext.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM exits 0 without a broker: {status:?}"
+    );
 }
 
 #[test]
@@ -116,7 +192,7 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
             (Some("ck2"), good2.as_bytes()),
         ],
     );
-    let (config, state) = write_config(dir.path(), &broker, &topics, &unique("group"));
+    let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
     let pretext = Pretext::start(&config, &state, &dir.path().join("pretext.log"));
 
     let dead = broker.consume(&topics.dead_letter, 1, Duration::from_secs(60));
@@ -157,7 +233,7 @@ fn kill_9_mid_stream_then_restart_applies_every_input_once() {
 
     let (first, rest) = lines.split_at(lines.len() * 6 / 10);
     broker.produce(&topics.input, &keyed(first));
-    let (config, state) = write_config(dir.path(), &broker, &topics, &unique("group"));
+    let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
     let log = dir.path().join("pretext.log");
     let pretext = Pretext::start(&config, &state, &log);
     wait_for("pretext to start applying", Duration::from_secs(60), || {

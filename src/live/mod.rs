@@ -93,10 +93,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = config.kafka.shutdown_timeout.std();
-    let worker = {
+    // A thread of its own rather than `spawn_blocking`: dropping the runtime
+    // waits for blocking tasks, so a pipeline stuck past the shutdown
+    // deadline (a broker gone mid-flush) would keep the process alive.
+    let (done, worker) = tokio::sync::oneshot::channel();
+    {
         let (stop, health) = (stop.clone(), health.clone());
-        tokio::task::spawn_blocking(move || Pipeline::open(config, health)?.run(&stop))
-    };
+        std::thread::Builder::new()
+            .name("pretext-pipeline".into())
+            .spawn(move || {
+                let _ = done.send(Pipeline::open(config, health).and_then(|p| p.run(&stop)));
+            })
+            .map_err(|e| LiveError::Worker(e.to_string()))?;
+    }
     tokio::pin!(worker);
     tokio::pin!(shutdown);
     let joined = tokio::select! {
@@ -113,7 +122,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Ok(Err(e)) = server.await {
         warn!(error = %e, "http server failed");
     }
-    let result = joined.map_err(|e| LiveError::Worker(e.to_string()))?;
+    // A dropped sender means the pipeline thread panicked.
+    let result = joined.map_err(|_| LiveError::Worker("it panicked".into()))?;
     if result.is_ok() {
         info!("stopped cleanly");
     }

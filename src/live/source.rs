@@ -46,16 +46,30 @@ pub struct SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    /// Lag per assigned partition: the partition's end (high watermark)
+    /// minus the next offset stored with the state, so it counts what is
+    /// not yet committed where it matters (Kafka's committed offsets are
+    /// for monitoring and may trail).
     fn stats(&self, stats: Statistics) {
+        let Ok(positions) = self.positions.lock() else {
+            return;
+        };
         for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                // librdkafka reports an internal partition -1 and -1 for unknown lag.
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
+            for (&partition, p) in &t.partitions {
+                // -1 is librdkafka's internal partition; `desired` marks the
+                // assigned ones; offsets are -1 until a fetch reports them.
+                if partition < 0 || !p.desired || p.hi_offset < 0 {
+                    continue;
                 }
+                let lag = match positions.get(&(topic.clone(), partition)) {
+                    Some(&next) => p.hi_offset - next,
+                    None if p.lo_offset >= 0 => p.hi_offset - p.lo_offset,
+                    None => continue,
+                };
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[topic.as_str(), &partition.to_string()])
+                    .set(lag.max(0));
             }
         }
     }
@@ -83,6 +97,14 @@ impl ConsumerContext for SourceContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(partitions = tpl.count(), "partitions revoked");
+                for e in tpl.elements() {
+                    let partition = e.partition().to_string();
+                    // Not ours any more: no stale lag series.
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[e.topic(), &partition]);
+                }
                 self.revoked.store(true, Ordering::Release);
                 self.assigned.store(false, Ordering::Release);
                 if let Err(e) = consumer.unassign() {
@@ -163,8 +185,8 @@ impl Source {
         Ok(Source { consumer })
     }
 
-    /// Up to `max` messages, waiting at most `max_wait` once the first has
-    /// arrived (or in all, when none does). Ends early on a revoke or stop.
+    /// Up to `max` messages, within `max_wait` of the call. Ends early on a
+    /// revoke (so the batch is committed before more is read) or a stop.
     pub fn next_batch(
         &self,
         max: usize,

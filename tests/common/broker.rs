@@ -221,12 +221,18 @@ pub struct Topics {
 }
 
 impl Topics {
-    pub fn create(broker: &Broker) -> Topics {
-        let t = Topics {
+    /// Fresh names, not created anywhere.
+    pub fn named() -> Topics {
+        Topics {
             input: unique("in"),
             triggers: unique("triggers"),
             dead_letter: unique("dead"),
-        };
+        }
+    }
+
+    /// Fresh names, created on `broker` with one partition each.
+    pub fn create(broker: &Broker) -> Topics {
+        let t = Topics::named();
         broker.create_topics(&[&t.input, &t.triggers, &t.dead_letter], 1);
         t
     }
@@ -240,12 +246,9 @@ pub struct Pretext {
     pub state_dir: PathBuf,
 }
 
-pub fn write_config(
-    dir: &Path,
-    broker: &Broker,
-    topics: &Topics,
-    group: &str,
-) -> (PathBuf, PathBuf) {
+/// A config file for `pretext run` in `dir` (state under `dir/state`):
+/// (config path, state dir). `brokers` is a bootstrap address list.
+pub fn write_config(dir: &Path, brokers: &str, topics: &Topics, group: &str) -> (PathBuf, PathBuf) {
     let state_dir = dir.join("state");
     let config = dir.join("pretext.toml");
     let text = format!(
@@ -269,7 +272,7 @@ dir = "{state}"
 format = "text"
 level = "info"
 "#,
-        broker = broker.addr,
+        broker = brokers,
         input = topics.input,
         triggers = topics.triggers,
         dead = topics.dead_letter,
