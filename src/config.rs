@@ -1,41 +1,46 @@
 //! Configuration: TOML (`--config FILE`, a partial file keeps the defaults)
 //! with every key overridable by an environment variable
 //! `PRETEXT__SECTION__KEY`. Strict: an unknown key or a bad value is an
-//! error that names the key. `config/default.toml` documents every key.
+//! error that names the key (and the variable, when one set it).
+//! `config/default.toml` documents every key.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
 const ENV_PREFIX: &str = "PRETEXT__";
 
-/// A duration in milliseconds, written `"250ms"`, `"90s"`, `"5m"`, `"1h"`, `"7d"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+const DURATION_FORMS: &str = "a whole number and a unit: ms, s, m, h, d, e.g. \"90s\", \"7d\"";
+
+/// A non-negative duration in milliseconds, written `"250ms"`, `"90s"`,
+/// `"5m"`, `"1h"` or `"7d"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dur(pub i64);
 
 impl Dur {
+    /// A duration of `s` seconds.
     pub const fn secs(s: i64) -> Dur {
         Dur(s * 1000)
     }
 
+    /// The duration in milliseconds.
     pub fn millis(self) -> i64 {
         self.0
     }
 
+    /// The duration for timers and timeouts (a negative one counts as zero).
     pub fn std(self) -> std::time::Duration {
         std::time::Duration::from_millis(self.0.max(0) as u64)
     }
 
-    /// Parses a whole number and one unit.
+    /// Parses a whole number and one unit, nothing else: no sign, no
+    /// fraction, no space, no compound (`"1h30m"`).
     pub fn parse(s: &str) -> Result<Dur, String> {
-        let bad = || {
-            format!(
-                "invalid duration {s:?} (expected a whole number and a unit: ms, s, m, h, d, e.g. \"90s\", \"7d\")"
-            )
-        };
+        let bad = || format!("invalid duration {s:?} (expected {DURATION_FORMS})");
         let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (digits, unit) = s.split_at(split);
         let n: i64 = digits.parse().map_err(|_| bad())?;
@@ -51,34 +56,82 @@ impl Dur {
     }
 }
 
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
-        let s = String::deserialize(d)?;
-        Dur::parse(&s).map_err(serde::de::Error::custom)
+impl fmt::Display for Dur {
+    /// Writes the duration in the largest unit that divides it, as it
+    /// would be configured (`"7d"`, `"90s"`, `"250ms"`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0;
+        let units = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1_000, "s"),
+        ];
+        match units.iter().find(|(scale, _)| ms != 0 && ms % scale == 0) {
+            Some((scale, unit)) => write!(f, "{}{unit}", ms / scale),
+            None if ms == 0 => f.write_str("0s"),
+            None => write!(f, "{ms}ms"),
+        }
     }
 }
 
+impl fmt::Debug for Dur {
+    /// Readable in a logged configuration: `Dur(72h)`, not `Dur(259200000)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Dur({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        struct DurVisitor;
+        impl Visitor<'_> for DurVisitor {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a duration string: {DURATION_FORMS}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                Dur::parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(DurVisitor)
+    }
+}
+
+/// The whole configuration; each section is a table in the TOML file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Limits and deduplication of input messages.
     pub input: Input,
+    /// When pending checks become due.
     pub watermark: Watermark,
+    /// Cookie-to-customer stitching.
     pub identity: Identity,
+    /// The intent score of a customer for a product.
     pub scoring: Scoring,
+    /// The rules that fire triggers.
     pub triggers: Triggers,
+    /// The Kafka client (live mode).
     pub kafka: Kafka,
+    /// Topic names, in and out.
     pub topics: Topics,
+    /// Where the state lives.
     pub state: State,
+    /// The metrics and probes endpoint (live mode).
     pub http: Http,
+    /// Log output.
     pub log: Log,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Input {
-    /// Messages larger than this are rejected as `too_large`.
+    /// Messages (replay lines) larger than this many bytes are rejected as
+    /// `too_large`.
     pub max_message_bytes: usize,
-    /// An event whose id was applied within this time of its own is a duplicate.
+    /// An event whose id was applied within this time of its own is a
+    /// duplicate.
     pub dedup_window: Dur,
 }
 
@@ -86,7 +139,7 @@ impl Default for Input {
     fn default() -> Self {
         Input {
             max_message_bytes: 1 << 20,
-            dedup_window: Dur(24 * 3_600_000),
+            dedup_window: Dur::secs(24 * 3600),
         }
     }
 }
@@ -96,14 +149,15 @@ impl Default for Input {
 pub struct Watermark {
     /// W = the highest applied event time minus this.
     pub allowed_lateness: Dur,
-    /// Live mode: with no input for this long (wall clock), W follows the clock.
+    /// Live mode: with no input for this long (wall clock), W follows the
+    /// clock.
     pub idle_timeout: Dur,
 }
 
 impl Default for Watermark {
     fn default() -> Self {
         Watermark {
-            allowed_lateness: Dur(5 * 60_000),
+            allowed_lateness: Dur::secs(5 * 60),
             idle_timeout: Dur::secs(10),
         }
     }
@@ -112,7 +166,7 @@ impl Default for Watermark {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Identity {
-    /// Events kept per cookie that has no CRM link yet.
+    /// Events kept per cookie that has no CRM link yet (the latest ones).
     pub anonymous_buffer: usize,
 }
 
@@ -131,14 +185,15 @@ pub struct Scoring {
     pub half_life: Dur,
     /// Views older than this count for nothing.
     pub lookback: Dur,
+    /// The weight of one view of each kind.
     pub weights: Weights,
 }
 
 impl Default for Scoring {
     fn default() -> Self {
         Scoring {
-            half_life: Dur(72 * 3_600_000),
-            lookback: Dur(30 * 86_400_000),
+            half_life: Dur::secs(72 * 3600),
+            lookback: Dur::secs(30 * 86_400),
             weights: Weights::default(),
         }
     }
@@ -147,7 +202,9 @@ impl Default for Scoring {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Weights {
+    /// Weight of a `product_view`.
     pub product_view: f64,
+    /// Weight of an `add_to_cart`.
     pub add_to_cart: f64,
 }
 
@@ -163,7 +220,9 @@ impl Default for Weights {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Triggers {
+    /// Viewed, then not bought within the delay.
     pub viewed_not_bought: ViewedNotBought,
+    /// A promotion of a product the customer viewed.
     pub promo_on_viewed_item: PromoOnViewedItem,
 }
 
@@ -181,9 +240,9 @@ pub struct ViewedNotBought {
 impl Default for ViewedNotBought {
     fn default() -> Self {
         ViewedNotBought {
-            delay: Dur(3_600_000),
+            delay: Dur::secs(3600),
             min_score: 0.5,
-            cooldown: Dur(7 * 86_400_000),
+            cooldown: Dur::secs(7 * 86_400),
         }
     }
 }
@@ -198,7 +257,7 @@ pub struct PromoOnViewedItem {
 impl Default for PromoOnViewedItem {
     fn default() -> Self {
         PromoOnViewedItem {
-            cooldown: Dur(7 * 86_400_000),
+            cooldown: Dur::secs(7 * 86_400),
         }
     }
 }
@@ -211,7 +270,9 @@ pub struct Kafka {
     /// The consumer group; instances sharing it share the partitions.
     pub group_id: String,
     /// librdkafka settings passed through (security, timeouts), applied
-    /// before the settings pretext relies on.
+    /// before the settings pretext relies on. Numbers and booleans in the
+    /// file are taken as their text.
+    #[serde(deserialize_with = "client_settings")]
     pub client: BTreeMap<String, String>,
     /// A batch ends after this many messages…
     pub batch_max_messages: usize,
@@ -237,24 +298,32 @@ impl Default for Kafka {
     }
 }
 
-/// Keys of `kafka.client` whose values are secrets.
-fn is_secret(key: &str) -> bool {
+/// Whether a `kafka.client` setting holds a secret: shown as `***`.
+/// Errs on the side of masking (`ssl.keystore.location` is masked too).
+pub fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "key"].iter().any(|s| k.contains(s))
+    ["password", "secret", "key", "token", "oauthbearer.config"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+impl Kafka {
+    /// `client` with secret values replaced by `***`, for display.
+    pub fn redacted_client(&self) -> BTreeMap<&str, &str> {
+        self.client
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+            .collect()
+    }
 }
 
 impl fmt::Debug for Kafka {
     /// Masks secret client settings: configuration is logged, secrets never.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let client: BTreeMap<&str, &str> = self
-            .client
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
-            .collect();
         f.debug_struct("Kafka")
             .field("brokers", &self.brokers)
             .field("group_id", &self.group_id)
-            .field("client", &client)
+            .field("client", &self.redacted_client())
             .field("batch_max_messages", &self.batch_max_messages)
             .field("batch_max_wait", &self.batch_max_wait)
             .field("producer_max_in_flight", &self.producer_max_in_flight)
@@ -263,11 +332,71 @@ impl fmt::Debug for Kafka {
     }
 }
 
+/// Client settings pretext sets itself, after the pass-through ones: a
+/// value given here would be silently overridden, so it is refused, with
+/// the key to use instead when there is one.
+const RESERVED_CLIENT_SETTINGS: &[(&str, Option<&str>)] = &[
+    ("bootstrap.servers", Some("kafka.brokers")),
+    ("metadata.broker.list", Some("kafka.brokers")),
+    ("group.id", Some("kafka.group_id")),
+    (
+        "queue.buffering.max.messages",
+        Some("kafka.producer_max_in_flight"),
+    ),
+    ("enable.auto.commit", None),
+    ("enable.auto.offset.store", None),
+    ("auto.offset.reset", None),
+    ("enable.partition.eof", None),
+    ("enable.idempotence", None),
+    ("acks", None),
+    ("request.required.acks", None),
+];
+
+/// A librdkafka setting as text: librdkafka takes every value as a string,
+/// but a TOML file naturally writes `"session.timeout.ms" = 6000`.
+struct Setting(String);
+
+impl<'de> Deserialize<'de> for Setting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Setting, D::Error> {
+        struct SettingVisitor;
+        impl Visitor<'_> for SettingVisitor {
+            type Value = Setting;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a librdkafka setting: a string, a number or a boolean")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Setting, E> {
+                Ok(Setting(s.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Setting, E> {
+                Ok(Setting(n.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Setting, E> {
+                Ok(Setting(n.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<Setting, E> {
+                Ok(Setting(x.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Setting, E> {
+                Ok(Setting(b.to_string()))
+            }
+        }
+        d.deserialize_any(SettingVisitor)
+    }
+}
+
+fn client_settings<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let settings = BTreeMap::<String, Setting>::deserialize(d)?;
+    Ok(settings.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Topics {
+    /// Input topics; any event type may arrive on any of them.
     pub inputs: Vec<String>,
+    /// Where triggers are produced (key = `crm_id`).
     pub triggers: String,
+    /// Where rejected input is produced (key = the input key).
     pub dead_letter: String,
 }
 
@@ -306,7 +435,8 @@ impl Default for State {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Http {
-    /// `/metrics`, `/healthz` and `/readyz` listen here.
+    /// `/metrics`, `/healthz` and `/readyz` listen here: an IP address and
+    /// a port.
     pub listen: String,
 }
 
@@ -318,17 +448,21 @@ impl Default for Http {
     }
 }
 
+/// How log events are written to stderr.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
     #[default]
     Json,
+    /// Human-readable lines.
     Text,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Log {
+    /// `json` or `text`.
     pub format: LogFormat,
     /// A tracing filter directive, e.g. `info` or `pretext=debug,rdkafka=warn`.
     pub level: String,
@@ -352,8 +486,24 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
-    #[error("config key `{key}`: {message}")]
-    Invalid { key: String, message: String },
+    /// A key with a bad value, or an unknown key; `var` is the environment
+    /// variable that set it, if one did.
+    #[error("config key `{key}`: {message}{}", from_var(.var))]
+    Invalid {
+        key: String,
+        message: String,
+        var: Option<String>,
+    },
+    /// A `PRETEXT__…` variable whose name is not a key path.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+fn from_var(var: &Option<String>) -> String {
+    match var {
+        Some(var) => format!(" (from environment variable {var})"),
+        None => String::new(),
+    }
 }
 
 impl ConfigError {
@@ -364,18 +514,69 @@ impl ConfigError {
             _ => None,
         }
     }
+
+    /// The environment variable at fault, when one set the bad value.
+    pub fn var(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { var, .. } => var.as_deref(),
+            ConfigError::Env { var, .. } => Some(var),
+            _ => None,
+        }
+    }
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         message: message.into(),
+        var: None,
     }
 }
 
+/// A key set by an environment variable, remembered so that an error about
+/// the key names the variable too.
+#[derive(Debug)]
+struct Override {
+    var: String,
+    path: Vec<String>,
+    raw: String,
+    /// The value was read as a TOML number, boolean, array or table rather
+    /// than as text.
+    typed: bool,
+}
+
+/// Overrides by dotted key.
+type Overrides = BTreeMap<String, Override>;
+
+/// Adds the variable that set `e`'s key, or a table or array holding it;
+/// else one that set a key under it (an unknown section it created).
+fn attribute(overrides: &Overrides, e: ConfigError) -> ConfigError {
+    let ConfigError::Invalid {
+        key,
+        message,
+        var: None,
+    } = e
+    else {
+        return e;
+    };
+    let holds = |outer: &str, inner: &str| {
+        outer == inner
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    let var = overrides
+        .iter()
+        .filter(|(k, _)| holds(k, &key))
+        .max_by_key(|(k, _)| k.len())
+        .or_else(|| overrides.iter().find(|(k, _)| holds(&key, k)))
+        .map(|(_, o)| o.var.clone());
+    ConfigError::Invalid { key, message, var }
+}
+
 impl Config {
-    /// Reads `path` (if any), applies `PRETEXT__…` variables from `env`,
-    /// and validates.
+    /// Reads `path` (if any), applies the `PRETEXT__…` variables of `env`
+    /// (others are ignored), and validates.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -384,18 +585,19 @@ impl Config {
             Some(p) => read_table(p)?,
             None => toml::Table::new(),
         };
-        for (name, value) in env {
-            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                apply_env(&mut table, &name, rest, &value)?;
-            }
+        // Sorted, so that two variables naming one key resolve the same
+        // way whatever order the process environment lists them in.
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        vars.sort();
+        let mut overrides = Overrides::new();
+        for (var, raw) in vars {
+            apply_env(&mut table, &mut overrides, var, raw)?;
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                let message = e.inner().to_string();
-                unknown_key_error(&key, &message).unwrap_or_else(|| invalid(&key, message))
-            })?;
-        config.validate()?;
+        let config = deserialize(table, &mut overrides)?;
+        config.validate().map_err(|e| attribute(&overrides, e))?;
         Ok(config)
     }
 
@@ -409,7 +611,9 @@ impl Config {
         };
         positive("scoring.half_life", self.scoring.half_life)?;
         positive("scoring.lookback", self.scoring.lookback)?;
+        positive("watermark.idle_timeout", self.watermark.idle_timeout)?;
         positive("kafka.batch_max_wait", self.kafka.batch_max_wait)?;
+        positive("kafka.shutdown_timeout", self.kafka.shutdown_timeout)?;
         let non_negative = |key: &str, x: f64| {
             if x.is_finite() && x >= 0.0 {
                 Ok(())
@@ -420,14 +624,9 @@ impl Config {
                 ))
             }
         };
-        non_negative(
-            "scoring.weights.product_view",
-            self.scoring.weights.product_view,
-        )?;
-        non_negative(
-            "scoring.weights.add_to_cart",
-            self.scoring.weights.add_to_cart,
-        )?;
+        let weights = &self.scoring.weights;
+        non_negative("scoring.weights.product_view", weights.product_view)?;
+        non_negative("scoring.weights.add_to_cart", weights.add_to_cart)?;
         non_negative(
             "triggers.viewed_not_bought.min_score",
             self.triggers.viewed_not_bought.min_score,
@@ -445,25 +644,31 @@ impl Config {
             "kafka.producer_max_in_flight",
             self.kafka.producer_max_in_flight,
         )?;
-        if self.topics.inputs.is_empty() {
-            return Err(invalid("topics.inputs", "must name at least one topic"));
-        }
-        let names = self.topics.inputs.iter().map(|t| ("topics.inputs", t));
-        let names = names.chain([
-            ("topics.triggers", &self.topics.triggers),
-            ("topics.dead_letter", &self.topics.dead_letter),
+        for (key, value) in [
             ("kafka.brokers", &self.kafka.brokers),
             ("kafka.group_id", &self.kafka.group_id),
-        ]);
-        for (key, name) in names {
-            if name.trim().is_empty() {
+        ] {
+            if value.trim().is_empty() {
                 return Err(invalid(key, "must not be empty"));
             }
         }
-        self.http.listen.parse::<SocketAddr>().map_err(|e| {
+        for (name, instead) in RESERVED_CLIENT_SETTINGS {
+            if self.kafka.client.contains_key(*name) {
+                let message = match instead {
+                    Some(key) => format!("set by pretext; use `{key}`"),
+                    None => "set by pretext, which relies on its value".to_string(),
+                };
+                return Err(invalid(&format!("kafka.client.{name}"), message));
+            }
+        }
+        self.topics.validate()?;
+        self.http.listen.parse::<SocketAddr>().map_err(|_| {
             invalid(
                 "http.listen",
-                format!("{:?} is not a socket address: {e}", self.http.listen),
+                format!(
+                    "{:?} is not a socket address (expected an IP address and a port, e.g. \"0.0.0.0:9464\")",
+                    self.http.listen
+                ),
             )
         })?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
@@ -476,14 +681,83 @@ impl Config {
     }
 
     /// The settings that make stored state belong to one deployment: input
-    /// offsets are stored per topic for one consumer group, so a state
-    /// directory must not be reused under other names.
+    /// offsets are stored per input topic for one consumer group, so a state
+    /// directory must not be reused under another group or other input
+    /// topics. The order of `topics.inputs` does not matter, and neither do
+    /// the output topics (moving triggers elsewhere leaves the state valid)
+    /// nor the semantic settings.
     pub fn fingerprint(&self) -> String {
+        let mut inputs: Vec<&str> = self.topics.inputs.iter().map(String::as_str).collect();
+        inputs.sort_unstable();
+        inputs.dedup();
+        // Topic names cannot hold `,` or `;`, and the group id comes last:
+        // the string is unambiguous.
         format!(
-            "group={};inputs={}",
-            self.kafka.group_id,
-            self.topics.inputs.join(",")
+            "inputs={};group_id={}",
+            inputs.join(","),
+            self.kafka.group_id
         )
+    }
+}
+
+impl Topics {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.inputs.is_empty() {
+            return Err(invalid("topics.inputs", "must name at least one topic"));
+        }
+        for (i, name) in self.inputs.iter().enumerate() {
+            let key = format!("topics.inputs[{i}]");
+            check_topic_name(&key, name)?;
+            if let Some(j) = self.inputs[..i].iter().position(|t| t == name) {
+                return Err(invalid(
+                    &key,
+                    format!("topic {name:?} is already topics.inputs[{j}]"),
+                ));
+            }
+        }
+        check_topic_name("topics.triggers", &self.triggers)?;
+        check_topic_name("topics.dead_letter", &self.dead_letter)?;
+        // Reading our own output would feed triggers or dead letters back as
+        // input; a dead letter read back would be rejected again, forever.
+        for (key, name) in [
+            ("topics.triggers", &self.triggers),
+            ("topics.dead_letter", &self.dead_letter),
+        ] {
+            if self.inputs.contains(name) {
+                return Err(invalid(
+                    key,
+                    format!("topic {name:?} is also an input topic"),
+                ));
+            }
+        }
+        if self.triggers == self.dead_letter {
+            return Err(invalid(
+                "topics.dead_letter",
+                format!("topic {:?} is also topics.triggers", self.dead_letter),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Kafka's rule for topic names, checked here so that a typo is a
+/// configuration error naming the key rather than a broker error later.
+fn check_topic_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let legal = (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if legal {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "invalid topic name {name:?} (expected 1 to 249 characters among a-z, A-Z, 0-9, '.', '_', '-')"
+            ),
+        ))
     }
 }
 
@@ -497,6 +771,32 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+}
+
+/// Deserializes the merged table, reporting the dotted key of a failure.
+fn deserialize(mut table: toml::Table, overrides: &mut Overrides) -> Result<Config, ConfigError> {
+    loop {
+        let e = match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+            Ok(config) => return Ok(config),
+            Err(e) => e,
+        };
+        let key = e.path().to_string();
+        // toml's own text would repeat the key ("in `scoring.half_life`").
+        let message = e.inner().message().to_string();
+        // An environment value that reads as a TOML number or boolean where
+        // the key takes text (`PRETEXT__KAFKA__GROUP_ID=2024`) is the text
+        // it was written as. Each override is retried at most once.
+        if message.starts_with("invalid type:") {
+            if let Some(o) = overrides.get_mut(&key).filter(|o| o.typed) {
+                o.typed = false;
+                let text = toml::Value::String(o.raw.clone());
+                set_path(&mut table, &o.path, text).map_err(|part| not_a_section(&key, &part))?;
+                continue;
+            }
+        }
+        let e = unknown_key_error(&key, &message).unwrap_or_else(|| invalid(&key, message));
+        return Err(attribute(overrides, e));
+    }
 }
 
 /// An unknown field is reported as "unknown key", at its full path.
@@ -513,53 +813,94 @@ fn unknown_key_error(path: &str, message: &str) -> Option<ConfigError> {
     Some(invalid(&key, "unknown key"))
 }
 
+fn not_a_section(key: &str, part: &str) -> ConfigError {
+    invalid(key, format!("`{part}` is not a section"))
+}
+
 /// Sets the key a `PRETEXT__A__B__C` variable names. Under `kafka.client`
 /// the rest of the name is one librdkafka key, its parts joined with dots.
 fn apply_env(
     table: &mut toml::Table,
-    var: &str,
-    rest: &str,
-    value: &str,
+    overrides: &mut Overrides,
+    var: String,
+    raw: String,
 ) -> Result<(), ConfigError> {
-    let mut path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-    if path.len() > 2 && path[0] == "kafka" && path[1] == "client" {
-        let key = path.split_off(2).join(".");
-        path.push(key);
+    let mut path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::Env {
+            var,
+            message: "does not name a config key (expected PRETEXT__SECTION__KEY, e.g. PRETEXT__KAFKA__BROKERS)".into(),
+        });
+    }
+    let under_client = path.len() > 2 && path[0] == "kafka" && path[1] == "client";
+    if under_client {
+        let setting = path.split_off(2).join(".");
+        path.push(setting);
     }
     let key = path.join(".");
-    if path.iter().any(|p| p.is_empty()) {
-        return Err(invalid(
-            &key,
-            format!("environment variable {var} does not name a key"),
-        ));
-    }
+    // librdkafka takes text, and a secret such as `0x1F` or `"x"` must reach
+    // it exactly as written, not as TOML would read it.
+    let (value, typed) = if under_client {
+        (toml::Value::String(raw.clone()), false)
+    } else {
+        env_value(&raw)
+    };
+    set_path(table, &path, value).map_err(|part| ConfigError::Invalid {
+        key: key.clone(),
+        message: format!("`{part}` is not a section"),
+        var: Some(var.clone()),
+    })?;
+    overrides.insert(
+        key,
+        Override {
+            var,
+            path,
+            raw,
+            typed,
+        },
+    );
+    Ok(())
+}
+
+/// Sets `value` at `path`, creating tables on the way. On failure, returns
+/// the dotted prefix that holds something other than a table.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err(String::new());
+    };
     let mut node = table;
-    for part in &path[..path.len() - 1] {
+    for (i, part) in parents.iter().enumerate() {
         let entry = node
             .entry(part.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         node = match entry {
             toml::Value::Table(t) => t,
-            _ => {
-                return Err(invalid(
-                    &key,
-                    format!("environment variable {var}: `{part}` is not a section"),
-                ))
-            }
+            _ => return Err(path[..=i].join(".")),
         };
     }
-    node.insert(path[path.len() - 1].clone(), env_value(value));
+    node.insert(last.clone(), value);
     Ok(())
 }
 
-/// A variable's value as TOML when it is one (numbers, booleans, arrays),
-/// else as a plain string.
-fn env_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
+/// A variable's value as TOML when it is one value (numbers, booleans,
+/// arrays, quoted strings), else as plain text; and whether it was read as
+/// something other than text.
+fn env_value(raw: &str) -> (toml::Value, bool) {
+    let parsed = format!("v = {raw}")
         .parse::<toml::Table>()
         .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+        .filter(|t| t.len() == 1)
+        .and_then(|mut t| t.remove("v"));
+    match parsed {
+        Some(v) => {
+            let typed = !v.is_str();
+            (v, typed)
+        }
+        None => (toml::Value::String(raw.to_string()), false),
+    }
 }
 
 #[cfg(test)]
@@ -580,17 +921,71 @@ mod tests {
         Config::load(Some(&path), env(vars))
     }
 
-    fn key_of(r: Result<Config, ConfigError>) -> String {
-        r.unwrap_err().key().unwrap_or("<none>").to_string()
+    fn load_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(None, env(vars))
+    }
+
+    fn repo_file(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
     }
 
     #[test]
     fn default_toml_documents_exactly_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let c = Config::load(Some(&repo_file("config/default.toml")), env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn the_defaults_are_the_contract_values() {
+        let c = Config::default();
+        assert_eq!(c.input.max_message_bytes, 1_048_576);
+        assert_eq!(c.input.dedup_window, Dur::parse("24h").unwrap());
+        assert_eq!(c.watermark.allowed_lateness, Dur(300_000));
+        assert_eq!(c.watermark.idle_timeout, Dur(10_000));
+        assert_eq!(c.identity.anonymous_buffer, 50);
+        assert_eq!(c.scoring.half_life, Dur(72 * 3_600_000));
+        assert_eq!(c.scoring.lookback, Dur(30 * 86_400_000));
+        assert_eq!(c.scoring.weights.product_view, 1.0);
+        assert_eq!(c.scoring.weights.add_to_cart, 3.0);
+        assert_eq!(c.triggers.viewed_not_bought.delay, Dur(3_600_000));
+        assert_eq!(c.triggers.viewed_not_bought.min_score, 0.5);
+        assert_eq!(c.triggers.viewed_not_bought.cooldown, Dur(7 * 86_400_000));
         assert_eq!(
-            Config::load(Some(&path), env(&[])).unwrap(),
-            Config::default()
+            c.triggers.promo_on_viewed_item.cooldown,
+            Dur(7 * 86_400_000)
         );
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.group_id, "pretext");
+        assert!(c.kafka.client.is_empty());
+        assert_eq!(c.kafka.batch_max_messages, 5000);
+        assert_eq!(c.kafka.batch_max_wait, Dur(100));
+        assert_eq!(c.kafka.producer_max_in_flight, 10_000);
+        assert_eq!(c.kafka.shutdown_timeout, Dur(20_000));
+        assert_eq!(
+            c.topics.inputs,
+            [
+                "pretext.web-events",
+                "pretext.transactions",
+                "pretext.promotions",
+                "pretext.customers"
+            ]
+        );
+        assert_eq!(c.topics.triggers, "pretext.triggers");
+        assert_eq!(c.topics.dead_letter, "pretext.dead-letter");
+        assert_eq!(c.state.dir, PathBuf::from("./data"));
+        assert_eq!(c.http.listen, "127.0.0.1:9464");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(Config::load(None, env(&[])).unwrap(), c);
+    }
+
+    #[test]
+    fn live_local_toml_is_a_partial_file_for_a_local_broker() {
+        let c = Config::load(Some(&repo_file("config/live-local.toml")), env(&[])).unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.state.dir, PathBuf::from("./data"));
+        assert_eq!(c.scoring, Config::default().scoring);
     }
 
     #[test]
@@ -598,7 +993,13 @@ mod tests {
         let c = load_str("[scoring]\nhalf_life = \"24h\"\n", &[]).unwrap();
         assert_eq!(c.scoring.half_life, Dur(86_400_000));
         assert_eq!(c.scoring.lookback, Config::default().scoring.lookback);
+        assert_eq!(c.scoring.weights, Weights::default());
         assert_eq!(c.kafka, Config::default().kafka);
+        let c = load_str("[scoring.weights]\nadd_to_cart = 2\n", &[]).unwrap();
+        assert_eq!(c.scoring.weights.add_to_cart, 2.0);
+        assert_eq!(c.scoring.weights.product_view, 1.0);
+        assert_eq!(c.scoring.half_life, Config::default().scoring.half_life);
+        assert_eq!(load_str("", &[]).unwrap(), Config::default());
     }
 
     #[test]
@@ -615,142 +1016,412 @@ mod tests {
             "h",
             "1.5h",
             "-1h",
+            "+1h",
             "1w",
             "1 h",
+            " 1h",
+            "1h ",
+            "1H",
+            "1h30m",
             "99999999999999999d",
         ] {
-            assert!(Dur::parse(bad).is_err(), "{bad}");
+            let e = Dur::parse(bad).unwrap_err();
+            assert!(e.contains("ms, s, m, h, d"), "{bad}: {e}");
         }
+        assert_eq!(Dur(90_000).millis(), 90_000);
+        assert_eq!(Dur(250).std(), std::time::Duration::from_millis(250));
+        for (ms, text) in [
+            (0, "0s"),
+            (250, "250ms"),
+            (90_000, "90s"),
+            (604_800_000, "7d"),
+        ] {
+            assert_eq!(Dur(ms).to_string(), text);
+            assert_eq!(Dur::parse(text), Ok(Dur(ms)));
+        }
+        assert_eq!(format!("{:?}", Dur(3_600_000)), "Dur(1h)");
+    }
+
+    #[test]
+    fn every_duration_form_loads_from_a_file() {
+        let c = load_str(
+            r#"
+[input]
+dedup_window = "2d"
+[watermark]
+allowed_lateness = "90s"
+idle_timeout = "250ms"
+[triggers.viewed_not_bought]
+delay = "30m"
+cooldown = "12h"
+"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.input.dedup_window, Dur(2 * 86_400_000));
+        assert_eq!(c.watermark.allowed_lateness, Dur(90_000));
+        assert_eq!(c.watermark.idle_timeout, Dur(250));
+        assert_eq!(c.triggers.viewed_not_bought.delay, Dur(1_800_000));
+        assert_eq!(c.triggers.viewed_not_bought.cooldown, Dur(12 * 3_600_000));
     }
 
     #[test]
     fn environment_overrides_set_any_key() {
-        let c = Config::load(
-            None,
-            env(&[
-                ("PRETEXT__KAFKA__BROKERS", "b1:9092,b2:9092"),
-                ("PRETEXT__SCORING__WEIGHTS__ADD_TO_CART", "2.5"),
-                ("PRETEXT__TRIGGERS__VIEWED_NOT_BOUGHT__DELAY", "30m"),
-                ("PRETEXT__TOPICS__INPUTS", "[\"a\", \"b\"]"),
-                ("PRETEXT__KAFKA__CLIENT__SASL__MECHANISM", "PLAIN"),
-                ("PRETEXT__INPUT__MAX_MESSAGE_BYTES", "2048"),
-                ("HOME", "/root"),
-            ]),
-        )
+        let c = load_env(&[
+            ("PRETEXT__KAFKA__BROKERS", "b1:9092,b2:9092"),
+            ("PRETEXT__SCORING__WEIGHTS__ADD_TO_CART", "2.5"),
+            ("PRETEXT__TRIGGERS__VIEWED_NOT_BOUGHT__DELAY", "30m"),
+            ("PRETEXT__TOPICS__INPUTS", "[\"a\", \"b\"]"),
+            ("PRETEXT__KAFKA__CLIENT__SASL__MECHANISM", "PLAIN"),
+            ("PRETEXT__INPUT__MAX_MESSAGE_BYTES", "2048"),
+            ("PRETEXT__LOG__FORMAT", "text"),
+            ("PRETEXT__STATE__DIR", "/var/lib/pretext"),
+            ("HOME", "/root"),
+            ("PRETEXT_KAFKA__BROKERS", "ignored:1"),
+        ])
         .unwrap();
         assert_eq!(c.kafka.brokers, "b1:9092,b2:9092");
         assert_eq!(c.scoring.weights.add_to_cart, 2.5);
         assert_eq!(c.triggers.viewed_not_bought.delay, Dur(1_800_000));
         assert_eq!(c.topics.inputs, vec!["a", "b"]);
-        assert_eq!(
-            c.kafka.client.get("sasl.mechanism").map(String::as_str),
-            Some("PLAIN")
-        );
+        assert_eq!(c.kafka.client["sasl.mechanism"], "PLAIN");
         assert_eq!(c.input.max_message_bytes, 2048);
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.state.dir, PathBuf::from("/var/lib/pretext"));
+    }
+
+    #[test]
+    fn environment_values_that_read_as_numbers_stay_text_where_text_is_expected() {
+        let c = load_env(&[
+            ("PRETEXT__KAFKA__GROUP_ID", "2024"),
+            ("PRETEXT__TOPICS__TRIGGERS", "true"),
+            ("PRETEXT__KAFKA__CLIENT__SESSION__TIMEOUT__MS", "6000"),
+            ("PRETEXT__KAFKA__CLIENT__SASL__PASSWORD", "\"0x1F\""),
+        ])
+        .unwrap();
+        assert_eq!(c.kafka.group_id, "2024");
+        assert_eq!(c.topics.triggers, "true");
+        assert_eq!(c.kafka.client["session.timeout.ms"], "6000");
+        // Passed through verbatim: TOML would have dropped the quotes.
+        assert_eq!(c.kafka.client["sasl.password"], "\"0x1F\"");
+        // A quoted value is a TOML string, so it can carry what looks like a number.
+        let c = load_env(&[("PRETEXT__KAFKA__GROUP_ID", "\"007\"")]).unwrap();
+        assert_eq!(c.kafka.group_id, "007");
     }
 
     #[test]
     fn the_environment_wins_over_the_file() {
         let c = load_str(
-            "[kafka]\ngroup_id = \"file\"\n",
+            "[kafka]\ngroup_id = \"file\"\nbrokers = \"file:9092\"\n",
             &[("PRETEXT__KAFKA__GROUP_ID", "env")],
         )
         .unwrap();
         assert_eq!(c.kafka.group_id, "env");
+        assert_eq!(c.kafka.brokers, "file:9092");
     }
 
     #[test]
     fn errors_name_the_key() {
-        assert_eq!(
-            key_of(load_str("[scoring]\nhalf_lief = \"1h\"\n", &[])),
-            "scoring.half_lief"
-        );
-        assert_eq!(key_of(load_str("surprise = 1\n", &[])), "surprise");
-        assert_eq!(
-            key_of(load_str("[scoring]\nhalf_life = \"3x\"\n", &[])),
-            "scoring.half_life"
-        );
-        assert_eq!(
-            key_of(load_str("[scoring.weights]\nproduct_view = \"1\"\n", &[])),
-            "scoring.weights.product_view"
-        );
-        assert_eq!(
-            key_of(load_str("[scoring]\nhalf_life = \"0s\"\n", &[])),
-            "scoring.half_life"
-        );
-        assert_eq!(
-            key_of(load_str("[http]\nlisten = \"nowhere\"\n", &[])),
-            "http.listen"
-        );
-        assert_eq!(
-            key_of(load_str("[log]\nformat = \"xml\"\n", &[])),
-            "log.format"
-        );
-        assert_eq!(
-            key_of(load_str("[topics]\ninputs = []\n", &[])),
-            "topics.inputs"
-        );
-        assert_eq!(
-            key_of(load_str(
+        let cases: &[(&str, &str)] = &[
+            ("[scoring]\nhalf_lief = \"1h\"\n", "scoring.half_lief"),
+            ("surprise = 1\n", "surprise"),
+            ("[surprise]\nx = 1\n", "surprise"),
+            (
+                "[triggers.viewed_not_bought]\ndelai = \"1h\"\n",
+                "triggers.viewed_not_bought.delai",
+            ),
+            ("[scoring.weights]\nview = 1.0\n", "scoring.weights.view"),
+            ("[kafka]\nclients = {}\n", "kafka.clients"),
+            ("[scoring]\nhalf_life = \"3x\"\n", "scoring.half_life"),
+            ("[scoring]\nhalf_life = 3600\n", "scoring.half_life"),
+            ("[scoring]\nhalf_life = \"0s\"\n", "scoring.half_life"),
+            ("[scoring]\nlookback = \"0d\"\n", "scoring.lookback"),
+            (
+                "[scoring.weights]\nproduct_view = \"1\"\n",
+                "scoring.weights.product_view",
+            ),
+            (
+                "[scoring.weights]\nadd_to_cart = -3.0\n",
+                "scoring.weights.add_to_cart",
+            ),
+            (
+                "[scoring.weights]\nadd_to_cart = inf\n",
+                "scoring.weights.add_to_cart",
+            ),
+            (
                 "[triggers.viewed_not_bought]\nmin_score = -1.0\n",
-                &[]
-            )),
-            "triggers.viewed_not_bought.min_score"
+                "triggers.viewed_not_bought.min_score",
+            ),
+            (
+                "[triggers.viewed_not_bought]\nmin_score = nan\n",
+                "triggers.viewed_not_bought.min_score",
+            ),
+            (
+                "[input]\nmax_message_bytes = 0\n",
+                "input.max_message_bytes",
+            ),
+            (
+                "[input]\nmax_message_bytes = -1\n",
+                "input.max_message_bytes",
+            ),
+            (
+                "[identity]\nanonymous_buffer = \"50\"\n",
+                "identity.anonymous_buffer",
+            ),
+            (
+                "[watermark]\nidle_timeout = \"0s\"\n",
+                "watermark.idle_timeout",
+            ),
+            ("[kafka]\nbrokers = \" \"\n", "kafka.brokers"),
+            ("[kafka]\ngroup_id = \"\"\n", "kafka.group_id"),
+            (
+                "[kafka]\nbatch_max_messages = 0\n",
+                "kafka.batch_max_messages",
+            ),
+            (
+                "[kafka]\nproducer_max_in_flight = 0\n",
+                "kafka.producer_max_in_flight",
+            ),
+            (
+                "[kafka]\nshutdown_timeout = \"0s\"\n",
+                "kafka.shutdown_timeout",
+            ),
+            (
+                "[kafka.client]\n\"sasl.username\" = [\"x\"]\n",
+                "kafka.client.sasl.username",
+            ),
+            (
+                "[kafka.client]\n\"group.id\" = \"g\"\n",
+                "kafka.client.group.id",
+            ),
+            (
+                "[kafka.client]\n\"enable.auto.commit\" = true\n",
+                "kafka.client.enable.auto.commit",
+            ),
+            ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
+            ("[http]\nlisten = \"127.0.0.1\"\n", "http.listen"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[log]\nlevel = \"[\"\n", "log.level"),
+            ("[topics]\ninputs = []\n", "topics.inputs"),
+            ("[topics]\ninputs = \"a\"\n", "topics.inputs"),
+            ("[topics]\ninputs = [\"a\", \"\"]\n", "topics.inputs[1]"),
+            ("[topics]\ninputs = [\"a\", \"b c\"]\n", "topics.inputs[1]"),
+            (
+                "[topics]\ninputs = [\"a\", \"b\", \"a\"]\n",
+                "topics.inputs[2]",
+            ),
+            ("[topics]\ninputs = [\"a\", 2]\n", "topics.inputs[1]"),
+            ("[topics]\ntriggers = \"\"\n", "topics.triggers"),
+            (
+                "[topics]\ntriggers = \"pretext.web-events\"\n",
+                "topics.triggers",
+            ),
+            (
+                "[topics]\ndead_letter = \"pretext.customers\"\n",
+                "topics.dead_letter",
+            ),
+            (
+                "[topics]\ndead_letter = \"pretext.triggers\"\n",
+                "topics.dead_letter",
+            ),
+            ("[state]\ndir = 1\n", "state.dir"),
+            ("scoring = 1\n", "scoring"),
+        ];
+        for (file, key) in cases {
+            let r = load_str(file, &[]);
+            let e = match r {
+                Ok(_) => panic!("{file:?} loaded"),
+                Err(e) => e,
+            };
+            assert_eq!(e.key(), Some(*key), "{file:?}: {e}");
+            assert!(
+                e.to_string().starts_with(&format!("config key `{key}`: ")),
+                "{e}"
+            );
+            assert_eq!(e.var(), None);
+        }
+    }
+
+    #[test]
+    fn error_messages_read_as_documented() {
+        let text = |file: &str| load_str(file, &[]).unwrap_err().to_string();
+        assert_eq!(
+            text("[scoring]\nhalf_life = \"3x\"\n"),
+            "config key `scoring.half_life`: invalid duration \"3x\" (expected a whole number and a unit: ms, s, m, h, d, e.g. \"90s\", \"7d\")"
         );
         assert_eq!(
-            key_of(Config::load(
-                None,
-                env(&[("PRETEXT__SCORING__HALF_LIFE", "3x")])
-            )),
-            "scoring.half_life"
+            text("[scoring]\nhalf_lief = \"1h\"\n"),
+            "config key `scoring.half_lief`: unknown key"
         );
+        let e = text("[scoring]\nhalf_life = 3600\n");
+        assert!(e.contains("expected a duration string"), "{e}");
+        let e = text("[log]\nformat = \"xml\"\n");
+        assert!(e.contains("`json`") && e.contains("`text`"), "{e}");
+        let e = text("[kafka.client]\n\"bootstrap.servers\" = \"x:1\"\n");
+        assert!(e.contains("use `kafka.brokers`"), "{e}");
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_key_and_the_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("PRETEXT__SCORING__HALF_LIFE", "3x", "scoring.half_life"),
+            ("PRETEXT__SCORING__HALF_LIFE", "3600", "scoring.half_life"),
+            (
+                "PRETEXT__SCORING__WEIGHTS__PRODUCT_VIEW",
+                "heavy",
+                "scoring.weights.product_view",
+            ),
+            (
+                "PRETEXT__SCORING__WEIGHTS__PRODUCT_VIEW",
+                "-1",
+                "scoring.weights.product_view",
+            ),
+            (
+                "PRETEXT__INPUT__MAX_MESSAGE_BYTES",
+                "1MiB",
+                "input.max_message_bytes",
+            ),
+            ("PRETEXT__TOPICS__INPUTS", "a,b", "topics.inputs"),
+            ("PRETEXT__TOPICS__INPUTS", "[\"a\", 1]", "topics.inputs[1]"),
+            ("PRETEXT__TOPICS__INPUTS", "[]", "topics.inputs"),
+            ("PRETEXT__SCORING__NOPE", "1", "scoring.nope"),
+            ("PRETEXT__NOPE__X", "1", "nope"),
+            ("PRETEXT__KAFKA__BROKERS__HOST", "x", "kafka.brokers"),
+            ("PRETEXT__HTTP__LISTEN", "localhost", "http.listen"),
+            (
+                "PRETEXT__KAFKA__CLIENT__GROUP__ID",
+                "g",
+                "kafka.client.group.id",
+            ),
+        ];
+        for (var, value, key) in cases {
+            let e = load_env(&[(var, value)]).unwrap_err();
+            assert_eq!(e.key(), Some(*key), "{var}={value}: {e}");
+            assert_eq!(e.var(), Some(*var), "{var}={value}: {e}");
+            assert!(e.to_string().contains(var), "{e}");
+        }
         assert_eq!(
-            key_of(Config::load(None, env(&[("PRETEXT__SCORING__NOPE", "1")]))),
-            "scoring.nope"
+            load_env(&[("PRETEXT__SCORING__NOPE", "1")]).unwrap_err().to_string(),
+            "config key `scoring.nope`: unknown key (from environment variable PRETEXT__SCORING__NOPE)"
         );
-        let e = load_str("[scoring]\nhalf_lief = \"1h\"\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("`scoring.half_lief`"), "{e}");
+        // A variable that goes through a key the file set to a value.
+        let e = load_str(
+            "[kafka]\nbrokers = \"b:9092\"\n",
+            &[("PRETEXT__KAFKA__BROKERS__HOST", "x")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config key `kafka.brokers.host`: `kafka.brokers` is not a section (from environment variable PRETEXT__KAFKA__BROKERS__HOST)"
+        );
+        // A bad value in the file is not blamed on an unrelated variable.
+        let e = load_str(
+            "[scoring]\nhalf_life = \"3x\"\n",
+            &[("PRETEXT__SCORING__LOOKBACK", "10d")],
+        )
+        .unwrap_err();
+        assert_eq!((e.key(), e.var()), (Some("scoring.half_life"), None));
+    }
+
+    #[test]
+    fn a_variable_that_names_no_key_is_an_error() {
+        for var in ["PRETEXT__", "PRETEXT__KAFKA____BROKERS", "PRETEXT__KAFKA__"] {
+            let e = load_env(&[(var, "x")]).unwrap_err();
+            assert!(matches!(e, ConfigError::Env { .. }), "{var}: {e}");
+            assert_eq!(e.var(), Some(var));
+            assert!(e.to_string().contains(var), "{e}");
+        }
     }
 
     #[test]
     fn unreadable_and_malformed_files_name_the_path() {
         let e = Config::load(Some(Path::new("/nonexistent/p.toml")), env(&[])).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/p.toml"));
-        assert!(matches!(
-            load_str("[scoring\n", &[]),
-            Err(ConfigError::Syntax { .. })
-        ));
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(e.to_string().contains("/nonexistent/p.toml"), "{e}");
+        assert_eq!(e.key(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, "[scoring\n").unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }));
+        let text = e.to_string();
+        assert!(
+            text.contains("broken.toml") && text.contains("line 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn client_settings_pass_through_as_text() {
+        let c = load_str(
+            r#"
+[kafka.client]
+"security.protocol" = "SASL_SSL"
+"session.timeout.ms" = 6000
+"enable.ssl.certificate.verification" = false
+"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.client["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka.client["session.timeout.ms"], "6000");
+        assert_eq!(
+            c.kafka.client["enable.ssl.certificate.verification"],
+            "false"
+        );
     }
 
     #[test]
     fn secrets_are_masked_in_debug_output() {
-        let c = Config::load(
-            None,
-            env(&[
+        let c = load_str(
+            "[kafka.client]\n\"ssl.key.pem\" = \"-----BEGIN PRIVATE KEY-----abc\"\n",
+            &[
                 ("PRETEXT__KAFKA__CLIENT__SASL__PASSWORD", "hunter2"),
                 ("PRETEXT__KAFKA__CLIENT__SSL__KEY__PASSWORD", "s3cret"),
+                (
+                    "PRETEXT__KAFKA__CLIENT__SASL__OAUTHBEARER__CLIENT__SECRET",
+                    "oauth-secret",
+                ),
                 ("PRETEXT__KAFKA__CLIENT__SASL__USERNAME", "svc"),
-            ]),
+            ],
         )
         .unwrap();
         let shown = format!("{c:?}");
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("s3cret"),
-            "{shown}"
-        );
-        assert!(shown.contains("svc"));
+        for secret in ["hunter2", "s3cret", "PRIVATE KEY", "oauth-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        for masked in [
+            "\"sasl.password\": \"***\"",
+            "\"ssl.key.password\": \"***\"",
+            "\"ssl.key.pem\": \"***\"",
+        ] {
+            assert!(shown.contains(masked), "{masked} not in {shown}");
+        }
+        assert!(shown.contains("\"sasl.username\": \"svc\""), "{shown}");
+        assert!(format!("{:#?}", c.kafka).contains("***"));
+        // Masked for display only: the client gets the real values.
         assert_eq!(c.kafka.client["sasl.password"], "hunter2");
+        assert_eq!(c.kafka.redacted_client()["ssl.key.password"], "***");
     }
 
     #[test]
-    fn the_fingerprint_follows_topics_and_group() {
+    fn the_fingerprint_follows_input_topics_and_group() {
         let a = Config::default();
+        assert_eq!(
+            a.fingerprint(),
+            "inputs=pretext.customers,pretext.promotions,pretext.transactions,pretext.web-events;group_id=pretext"
+        );
         let mut b = Config::default();
         b.triggers.viewed_not_bought.delay = Dur(1);
+        b.scoring.half_life = Dur(1);
+        b.topics.triggers = "elsewhere".into();
+        b.topics.inputs.reverse();
+        b.kafka.brokers = "other:9092".into();
         assert_eq!(a.fingerprint(), b.fingerprint());
         b.topics.inputs.push("more".into());
         assert_ne!(a.fingerprint(), b.fingerprint());
+        let mut c = Config::default();
+        c.kafka.group_id = "other".into();
+        assert_ne!(a.fingerprint(), c.fingerprint());
     }
 }
