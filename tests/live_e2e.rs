@@ -226,7 +226,7 @@ fn kill_9_mid_stream_then_restart_applies_every_input_once() {
     let broker = Broker::start();
     let topics = Topics::create(&broker);
     let dir = tempfile::tempdir().unwrap();
-    let lines = generated(dir.path(), 6000);
+    let lines = generated(dir.path(), 20_000);
     let replay_state = dir.path().join("replay-state");
     let expected = trigger_ids(&replay(&lines, dir.path(), Some(&replay_state)));
     assert!(expected.len() > 100);
@@ -235,11 +235,21 @@ fn kill_9_mid_stream_then_restart_applies_every_input_once() {
     broker.produce(&topics.input, &keyed(first));
     let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
     let log = dir.path().join("pretext.log");
-    let pretext = Pretext::start(&config, &state, &log);
-    wait_for("pretext to start applying", Duration::from_secs(60), || {
-        (metric_sum(&pretext.metrics()?, "pretext_events_total") > 0.0).then_some(())
+    // Small batches for the first run, so the kill lands mid-stream: some
+    // batches committed, one likely half applied, the rest not read.
+    let small = [("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "10")];
+    let pretext = Pretext::start_with_env(&config, &state, &log, &small);
+    let applied = wait_for("pretext to start applying", Duration::from_secs(60), || {
+        let n = metric_sum(&pretext.metrics()?, "pretext_events_total");
+        (n > 0.0).then_some(n)
     });
     pretext.kill9();
+    assert!(
+        applied < first.len() as f64,
+        "killed after all {} messages were applied: not mid-stream",
+        first.len()
+    );
+    eprintln!("killed with {applied} of {} events applied", first.len());
     broker.produce(&topics.input, &keyed(rest));
 
     let pretext = Pretext::start(&config, &state, &log);

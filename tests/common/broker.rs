@@ -284,6 +284,16 @@ level = "info"
 
 impl Pretext {
     pub fn start(config: &Path, state_dir: &Path, log: &Path) -> Pretext {
+        Pretext::start_with_env(config, state_dir, log, &[])
+    }
+
+    /// As `start`, with `PRETEXT__…` overrides of the config file.
+    pub fn start_with_env(
+        config: &Path,
+        state_dir: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Pretext {
         let port = free_port();
         let http = format!("127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
@@ -295,6 +305,7 @@ impl Pretext {
             .args(["run", "--config"])
             .arg(config)
             .env("PRETEXT__HTTP__LISTEN", &http)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
