@@ -106,23 +106,23 @@ sets (which wins).
 */}}
 {{- define "pretext.kafkaClient" -}}
 {{- $client := deepCopy (.Values.config.kafka.client | default dict) }}
-{{- with .Values.security }}
-{{- if .protocol }}
-{{- $_ := set $client "security.protocol" .protocol }}
+{{- $s := .Values.security }}
+{{- $dir := include "pretext.tlsDir" . }}
+{{- if $s.protocol }}
+{{- $_ := set $client "security.protocol" $s.protocol }}
 {{- end }}
-{{- if .sasl.enabled }}
-{{- $_ := set $client "sasl.mechanism" .sasl.mechanism }}
+{{- if $s.sasl.enabled }}
+{{- $_ := set $client "sasl.mechanism" $s.sasl.mechanism }}
 {{- end }}
-{{- if .tls.enabled }}
-{{- if .tls.caKey }}
-{{- $_ := set $client "ssl.ca.location" (printf "%s/%s" (include "pretext.tlsDir" $) .tls.caKey) }}
+{{- if $s.tls.enabled }}
+{{- if $s.tls.caKey }}
+{{- $_ := set $client "ssl.ca.location" (printf "%s/%s" $dir $s.tls.caKey) }}
 {{- end }}
-{{- if .tls.certKey }}
-{{- $_ := set $client "ssl.certificate.location" (printf "%s/%s" (include "pretext.tlsDir" $) .tls.certKey) }}
+{{- if $s.tls.certKey }}
+{{- $_ := set $client "ssl.certificate.location" (printf "%s/%s" $dir $s.tls.certKey) }}
 {{- end }}
-{{- if .tls.keyKey }}
-{{- $_ := set $client "ssl.key.location" (printf "%s/%s" (include "pretext.tlsDir" $) .tls.keyKey) }}
-{{- end }}
+{{- if $s.tls.keyKey }}
+{{- $_ := set $client "ssl.key.location" (printf "%s/%s" $dir $s.tls.keyKey) }}
 {{- end }}
 {{- end }}
 {{- toJson $client }}
