@@ -184,19 +184,23 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
     let t = t0();
     let good1 = view("e1", t, "ck1", "C1", "P1");
     let good2 = view("e2", t + MIN, "ck2", "C2", "P2");
+    // Over the 100 kB limit set below; 65536 falls inside a two-byte 'é'.
+    let big = format!("x{}", "é".repeat(75_000));
     broker.produce(
         &topics.input,
         &[
             (Some("ck1"), good1.as_bytes()),
             (Some("bad-key"), b"{not json"),
+            (None, big.as_bytes()),
             (Some("ck2"), good2.as_bytes()),
         ],
     );
     let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
-    let pretext = Pretext::start(&config, &state, &dir.path().join("pretext.log"));
+    let limit = [("PRETEXT__INPUT__MAX_MESSAGE_BYTES", "100000")];
+    let pretext = Pretext::start_with_env(&config, &state, &dir.path().join("pretext.log"), &limit);
 
-    let dead = broker.consume(&topics.dead_letter, 1, Duration::from_secs(60));
-    assert_eq!(dead.len(), 1, "{dead:?}");
+    let dead = broker.consume(&topics.dead_letter, 2, Duration::from_secs(60));
+    assert_eq!(dead.len(), 2, "{dead:?}");
     assert_eq!(
         dead[0].0.as_deref(),
         Some("bad-key"),
@@ -208,6 +212,14 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
     assert_eq!(letter["partition"], 0);
     assert_eq!(letter["offset"], 1);
     assert_eq!(letter["payload"], "{not json");
+    // Too large: cut to 64 KiB, back to a character boundary so it stays text.
+    assert_eq!(dead[1].0, None, "no input key, no dead-letter key");
+    let letter: Value = serde_json::from_str(&dead[1].1).unwrap();
+    assert_eq!(letter["reason"], "too_large");
+    assert_eq!(letter["offset"], 2);
+    let cut = letter["payload"].as_str().expect("a text payload");
+    assert_eq!(cut.len(), 65_535);
+    assert!(big.starts_with(cut));
 
     let triggers = broker.consume(&topics.triggers, 2, Duration::from_secs(60));
     let crms: Vec<Value> = triggers
@@ -216,8 +228,8 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
         .collect();
     assert_eq!(crms, vec![json!("C1"), json!("C2")]);
     let metrics = pretext.metrics().unwrap();
-    assert_eq!(metric_sum(&metrics, "pretext_events_rejected_total"), 1.0);
-    assert_eq!(metric_sum(&metrics, "pretext_dead_letters_total"), 1.0);
+    assert_eq!(metric_sum(&metrics, "pretext_events_rejected_total"), 2.0);
+    assert_eq!(metric_sum(&metrics, "pretext_dead_letters_total"), 2.0);
     assert!(pretext.terminate().success());
 }
 

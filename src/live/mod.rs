@@ -329,11 +329,7 @@ impl Pipeline {
 }
 
 fn dead_letter(m: &InputMessage, reason: Reason, error: &str) -> String {
-    let payload = if m.payload.len() > DEAD_LETTER_PAYLOAD_MAX {
-        &m.payload[..DEAD_LETTER_PAYLOAD_MAX]
-    } else {
-        &m.payload[..]
-    };
+    let payload = truncated(&m.payload, DEAD_LETTER_PAYLOAD_MAX);
     DeadLetter {
         error,
         reason,
@@ -345,8 +341,38 @@ fn dead_letter(m: &InputMessage, reason: Reason, error: &str) -> String {
     .to_json()
 }
 
+/// At most `max` bytes of `payload`; a cut inside a UTF-8 character moves
+/// back to its start, so a text payload stays text (`payload`, not
+/// `payload_b64`) in the dead letter.
+fn truncated(payload: &[u8], max: usize) -> &[u8] {
+    if payload.len() <= max {
+        return payload;
+    }
+    let cut = &payload[..max];
+    match std::str::from_utf8(cut) {
+        // An incomplete character at the end, after valid text.
+        Err(e) if e.error_len().is_none() => &cut[..e.valid_up_to()],
+        _ => cut,
+    }
+}
+
 fn wall_clock_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn truncation_keeps_text_whole_characters() {
+        assert_eq!(truncated(b"short", 10), b"short");
+        let text = "xé".as_bytes(); // 3 bytes, 'é' in two
+        assert_eq!(truncated(text, 2), b"x");
+        assert_eq!(truncated(text, 1), b"x");
+        // Not UTF-8 anyway: a plain cut (the dead letter uses base64).
+        assert_eq!(truncated(&[0xff, 0xfe, 0xfd], 2), &[0xff, 0xfe]);
+    }
 }
