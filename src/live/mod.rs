@@ -214,6 +214,14 @@ impl Pipeline {
         let max_bytes = self.config.input.max_message_bytes;
         for m in &batch {
             if self.already_applied(m) {
+                // Only after an offset reset (the stored position was out of
+                // range: a recreated topic): applying would apply twice.
+                warn!(
+                    topic = %m.topic,
+                    partition = m.partition,
+                    offset = m.offset,
+                    "skipping a message below the position stored with the state"
+                );
                 continue;
             }
             match decode(&m.payload, max_bytes) {
@@ -250,8 +258,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// A message before the stored position was applied by an earlier run
-    /// (a fetch that started before the seek): skip it.
+    /// A message before the stored position was applied by an earlier run:
+    /// skip it. Assignment starts every partition at its stored position,
+    /// so this takes an offset reset (a recreated topic) to happen.
     fn already_applied(&self, m: &InputMessage) -> bool {
         let Ok(positions) = self.positions.lock() else {
             return false;
