@@ -77,9 +77,66 @@ mod tests {
     }
 
     #[test]
-    fn other_payloads_are_base64() {
-        let v: serde_json::Value = serde_json::from_str(&letter(&[0xff, 0xfe, b'a'])).unwrap();
+    fn other_payloads_are_base64_in_payload_b64() {
+        assert_eq!(
+            letter(&[0xff, 0xfe, b'a']),
+            r#"{"error":"missing field `product_id`","reason":"missing_field","topic":"pretext.web-events","partition":3,"offset":1812,"payload_b64":"//5h"}"#
+        );
+        // Standard alphabet with padding; a UTF-8 prefix does not matter.
+        let v: serde_json::Value = serde_json::from_str(&letter(b"{\"a\":\"\xc3\x28\"}")).unwrap();
         assert!(v.get("payload").is_none());
-        assert_eq!(v["payload_b64"], "//5h");
+        assert_eq!(v["payload_b64"], "eyJhIjoiwygifQ==");
+    }
+
+    #[test]
+    fn an_empty_payload_is_an_empty_string() {
+        assert!(letter(b"").ends_with(r#","payload":""}"#));
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let payload = "{\"name\":\"a\\\"b\"}\r\t\u{1}\u{7f} é😀 \u{2028}";
+        let line = DeadLetter {
+            error: "invalid json: expected `:` at line 1 column 9 \"quoted\" \\",
+            reason: Reason::InvalidJson,
+            topic: "in/\"odd\" name\n.jsonl",
+            partition: 0,
+            offset: 1,
+            payload: payload.as_bytes(),
+        }
+        .to_json();
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert!(
+            line.contains(r#""payload":"{\"name\":\"a\\\"b\"}\r\t\u0001"#),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["payload"], payload);
+        assert_eq!(v["topic"], "in/\"odd\" name\n.jsonl");
+        assert_eq!(
+            v["error"],
+            "invalid json: expected `:` at line 1 column 9 \"quoted\" \\"
+        );
+        assert_eq!(
+            (v["partition"].as_i64(), v["offset"].as_i64()),
+            (Some(0), Some(1))
+        );
+    }
+
+    #[test]
+    fn every_reason_is_written_by_its_contract_name() {
+        for reason in Reason::ALL {
+            let line = DeadLetter {
+                error: "e",
+                reason,
+                topic: "t",
+                partition: 0,
+                offset: 1,
+                payload: b"x",
+            }
+            .to_json();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["reason"], reason.as_str());
+        }
     }
 }

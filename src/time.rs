@@ -61,12 +61,9 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
         if n == 0 {
             return None;
         }
+        // The first three digits, padded with zeros: `.5` is 500 ms.
         for i in 0..3 {
-            let digit = if i < n {
-                i64::from(fraction[i] - b'0')
-            } else {
-                0
-            };
+            let digit = fraction[..n].get(i).map_or(0, |c| i64::from(c - b'0'));
             millis = millis * 10 + digit;
         }
         rest = &fraction[n..];
