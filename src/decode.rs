@@ -2,9 +2,11 @@
 //! eight reasons (CONTRACT sections 2 and 6). The only place input is judged.
 //!
 //! A message is parsed once, by serde_json, straight into one slot per field
-//! the contract names: other fields are checked for syntax and skipped
-//! without being built, and strings without escapes stay borrowed from the
-//! message until the one copy into the event. Validation then reads the
+//! the contract names: other fields are checked for JSON syntax only and
+//! skipped without being built (serde_json skips them without recursion, and
+//! does not judge the escapes of a skipped string), and strings without
+//! escapes stay borrowed from the message until the one copy into the event.
+//! Of duplicate keys the last wins, as in `serde_json::Map`. Validation then reads the
 //! slots in a fixed order — size, UTF-8, JSON, `type`, `event_id`, `ts`,
 //! then the type's fields in the contract's order — and reports the first
 //! fault.
