@@ -196,8 +196,16 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
         ],
     );
     let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
+    // This test also runs the cooperative rebalance protocol (the others
+    // run the default, eager one).
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[kafka.client]\n",
+        "[kafka.client]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
     let limit = [("PRETEXT__INPUT__MAX_MESSAGE_BYTES", "100000")];
-    let pretext = Pretext::start_with_env(&config, &state, &dir.path().join("pretext.log"), &limit);
+    let log = dir.path().join("pretext.log");
+    let pretext = Pretext::start_with_env(&config, &state, &log, &limit);
 
     let dead = broker.consume(&topics.dead_letter, 2, Duration::from_secs(60));
     assert_eq!(dead.len(), 2, "{dead:?}");
@@ -228,6 +236,11 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
         .collect();
     assert_eq!(crms, vec![json!("C1"), json!("C2")]);
     let metrics = pretext.metrics().unwrap();
+    let text = without_ansi(&std::fs::read_to_string(&log).unwrap());
+    assert!(
+        text.contains("partitions assigned partitions=1 cooperative=true"),
+        "not assigned by the cooperative protocol:\n{text}"
+    );
     assert_eq!(metric_sum(&metrics, "pretext_events_rejected_total"), 2.0);
     assert_eq!(metric_sum(&metrics, "pretext_dead_letters_total"), 2.0);
     assert!(pretext.terminate().success());
@@ -315,6 +328,25 @@ fn kill_9_mid_stream_then_restart_applies_every_input_once() {
             cf.name()
         );
     }
+}
+
+/// Log text without terminal colour codes.
+fn without_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `pretext gen` events spread over a day that ended a day ago.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -78,25 +78,38 @@ impl ClientContext for SourceContext {
 impl ConsumerContext for SourceContext {
     /// Assigns at the offsets stored with the state (so input is applied
     /// exactly once across restarts, whatever Kafka's committed offsets say),
-    /// or at the beginning of a partition the state has never read.
+    /// or at the beginning of a partition the state has never read. Both
+    /// rebalance protocols work: `partition.assignment.strategy` may be set
+    /// to `cooperative-sticky` through `kafka.client`, and then changes go
+    /// through the incremental calls (librdkafka refuses the eager ones).
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.start_at_stored_offsets(tpl);
-                if let Err(e) = consumer.assign(tpl) {
-                    warn!(error = %e, "failed to assign partitions");
-                    return;
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                match assigned {
+                    Ok(()) => info!(partitions = tpl.count(), cooperative, "partitions assigned"),
+                    Err(e) => warn!(error = %e, "failed to assign partitions"),
                 }
-                info!(partitions = tpl.count(), "partitions assigned");
-                self.assigned.store(tpl.count() > 0, Ordering::Release);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                info!(partitions = tpl.count(), "partitions revoked");
+                info!(partitions = tpl.count(), cooperative, "partitions revoked");
+                // The batch being collected ends at once; it is committed to
+                // the state before anything more is read.
+                self.revoked.store(true, Ordering::Release);
                 for e in tpl.elements() {
                     let partition = e.partition().to_string();
                     // Not ours any more: no stale lag series.
@@ -105,14 +118,20 @@ impl ConsumerContext for SourceContext {
                         .consumer_lag
                         .remove_label_values(&[e.topic(), &partition]);
                 }
-                self.revoked.store(true, Ordering::Release);
-                self.assigned.store(false, Ordering::Release);
-                if let Err(e) = consumer.unassign() {
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = unassigned {
                     warn!(error = %e, "failed to unassign partitions");
                 }
             }
             other => warn!(error = ?other, "rebalance error"),
         }
+        // Ready while any partition is ours; an empty assignment is not.
+        let any = consumer.assignment().is_ok_and(|a| a.count() > 0);
+        self.assigned.store(any, Ordering::Release);
     }
 }
 
