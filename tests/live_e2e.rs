@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use broker::{
-    free_port, http_get, metric_sum, replay, unique, wait_for, write_config, Broker, Pretext,
-    Topics,
+    free_port, http_get, metric_sum, replay, unique, wait_for, write_config, Broker, Interloper,
+    Pretext, Topics,
 };
 use serde_json::{json, Value};
 
@@ -328,6 +328,90 @@ fn kill_9_mid_stream_then_restart_applies_every_input_once() {
             cf.name()
         );
     }
+}
+
+/// Another group member takes a partition away and gives it back: pretext
+/// finishes and commits on revoke, keeps the partition it still holds, and
+/// resumes the returned one at the offset stored with its state, so every
+/// input is applied once and every trigger a replay gives arrives.
+#[test]
+fn a_rebalance_takes_a_partition_away_and_gives_it_back() {
+    let broker = Broker::start();
+    let topics = Topics::named();
+    broker.create_topics(&[&topics.input], 2);
+    broker.create_topics(&[&topics.triggers, &topics.dead_letter], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let t = t0();
+    // One customer per (partition, phase); all a day old, so every check
+    // fires whatever the order the partitions are read in.
+    let line = |n: usize| {
+        view(
+            &format!("e{n}"),
+            t + n as i64 * MIN,
+            &format!("ck{n}"),
+            &format!("C{n}"),
+            "P1",
+        )
+    };
+    let (a0, a1, b0, b1) = (line(1), line(2), line(3), line(4));
+    let expected = trigger_ids(&replay(
+        &[a0.clone(), a1.clone(), b0.clone(), b1.clone()],
+        dir.path(),
+        None,
+    ));
+    assert_eq!(expected.len(), 4);
+
+    broker.produce_to(&topics.input, 0, &[(Some("k"), a0.as_bytes())]);
+    broker.produce_to(&topics.input, 1, &[(Some("k"), a1.as_bytes())]);
+    let group = unique("group");
+    let (config, state) = write_config(dir.path(), &broker.addr, &topics, &group);
+    let log = dir.path().join("pretext.log");
+    let pretext = Pretext::start(&config, &state, &log);
+    pretext.wait_ready();
+    wait_for("both partitions applied", Duration::from_secs(60), || {
+        (metric_sum(&pretext.metrics()?, "pretext_events_total") == 2.0).then_some(())
+    });
+
+    // A second member: each gets one partition.
+    let other = Interloper::join(&broker, &group, &topics.input);
+    wait_for(
+        "the interloper to get a partition",
+        Duration::from_secs(60),
+        || (other.partitions() == 1).then_some(()),
+    );
+    broker.produce_to(&topics.input, 0, &[(Some("k"), b0.as_bytes())]);
+    broker.produce_to(&topics.input, 1, &[(Some("k"), b1.as_bytes())]);
+    // pretext applies the new message of the partition it kept, only.
+    wait_for(
+        "the kept partition applied",
+        Duration::from_secs(60),
+        || (metric_sum(&pretext.metrics()?, "pretext_events_total") == 3.0).then_some(()),
+    );
+    assert_eq!(http_get(&pretext.http, "/readyz").map(|r| r.0), Some(200));
+    let text = without_ansi(&std::fs::read_to_string(&log).unwrap());
+    assert!(text.contains("partitions revoked"), "{text}");
+
+    // It leaves: pretext gets the partition back and resumes it.
+    drop(other);
+    let got = wait_for("every trigger", Duration::from_secs(90), || {
+        let got = trigger_ids(
+            &broker
+                .consume(&topics.triggers, expected.len(), Duration::from_secs(3))
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect::<Vec<_>>(),
+        );
+        expected.is_subset(&got).then_some(got)
+    });
+    assert_eq!(got, expected);
+    let metrics = pretext.metrics().unwrap();
+    assert_eq!(
+        metric_sum(&metrics, "pretext_events_total"),
+        4.0,
+        "each input once"
+    );
+    assert_eq!(metric_sum(&metrics, "pretext_events_duplicate_total"), 0.0);
+    assert!(pretext.terminate().success());
 }
 
 /// Log text without terminal colour codes.

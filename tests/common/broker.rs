@@ -135,10 +135,15 @@ impl Broker {
 
     /// Produces (key, payload) pairs to partition 0, in order, and waits for them.
     pub fn produce(&self, topic: &str, messages: &[(Option<&str>, &[u8])]) {
+        self.produce_to(topic, 0, messages);
+    }
+
+    /// Produces (key, payload) pairs to `partition`, in order, and waits for them.
+    pub fn produce_to(&self, topic: &str, partition: i32, messages: &[(Option<&str>, &[u8])]) {
         let producer: BaseProducer = self.client().create().unwrap();
         for (key, payload) in messages {
             let mut rec: BaseRecord<'_, str, [u8]> =
-                BaseRecord::to(topic).payload(*payload).partition(0);
+                BaseRecord::to(topic).payload(*payload).partition(partition);
             if let Some(k) = key {
                 rec = rec.key(*k);
             }
@@ -403,4 +408,60 @@ pub fn replay(lines: &[String], dir: &Path, state_dir: Option<&Path>) -> Vec<Str
         .lines()
         .map(String::from)
         .collect()
+}
+
+/// Another member of a consumer group, polling on its own thread so that it
+/// takes part in rebalances (it reads nothing and commits nothing). It
+/// leaves the group when dropped.
+pub struct Interloper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    partitions: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Interloper {
+    pub fn join(broker: &Broker, group: &str, topic: &str) -> Interloper {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        use std::sync::Arc;
+        let consumer: BaseConsumer = broker
+            .client()
+            .set("group.id", group)
+            .set("session.timeout.ms", "6000")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let partitions = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, partitions) = (stop.clone(), partitions.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    let _ = consumer.poll(Duration::from_millis(100));
+                    let n = consumer.assignment().map_or(0, |a| a.count());
+                    partitions.store(n, Ordering::Release);
+                }
+                // Dropping the consumer closes it: it leaves the group.
+            })
+        };
+        Interloper {
+            stop,
+            partitions,
+            thread: Some(thread),
+        }
+    }
+
+    /// Partitions assigned to it now.
+    pub fn partitions(&self) -> usize {
+        self.partitions.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Interloper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
