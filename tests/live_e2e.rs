@@ -196,13 +196,8 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
         ],
     );
     let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
-    // This test also runs the cooperative rebalance protocol (the others
-    // run the default, eager one).
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[kafka.client]\n",
-        "[kafka.client]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
-    );
-    std::fs::write(&config, text).unwrap();
+    // This test also runs the cooperative rebalance protocol.
+    use_cooperative_protocol(&config);
     let limit = [("PRETEXT__INPUT__MAX_MESSAGE_BYTES", "100000")];
     let log = dir.path().join("pretext.log");
     let pretext = Pretext::start_with_env(&config, &state, &log, &limit);
@@ -336,6 +331,15 @@ fn kill_9_mid_stream_then_restart_applies_every_input_once() {
 /// input is applied once and every trigger a replay gives arrives.
 #[test]
 fn a_rebalance_takes_a_partition_away_and_gives_it_back() {
+    rebalance_round_trip(false);
+}
+
+#[test]
+fn a_cooperative_rebalance_takes_a_partition_away_and_gives_it_back() {
+    rebalance_round_trip(true);
+}
+
+fn rebalance_round_trip(cooperative: bool) {
     let broker = Broker::start();
     let topics = Topics::named();
     broker.create_topics(&[&topics.input], 2);
@@ -365,6 +369,9 @@ fn a_rebalance_takes_a_partition_away_and_gives_it_back() {
     broker.produce_to(&topics.input, 1, &[(Some("k"), a1.as_bytes())]);
     let group = unique("group");
     let (config, state) = write_config(dir.path(), &broker.addr, &topics, &group);
+    if cooperative {
+        use_cooperative_protocol(&config);
+    }
     let log = dir.path().join("pretext.log");
     let pretext = Pretext::start(&config, &state, &log);
     pretext.wait_ready();
@@ -373,7 +380,7 @@ fn a_rebalance_takes_a_partition_away_and_gives_it_back() {
     });
 
     // A second member: each gets one partition.
-    let other = Interloper::join(&broker, &group, &topics.input);
+    let other = Interloper::join(&broker, &group, &topics.input, cooperative);
     wait_for(
         "the interloper to get a partition",
         Duration::from_secs(60),
@@ -389,7 +396,7 @@ fn a_rebalance_takes_a_partition_away_and_gives_it_back() {
     );
     assert_eq!(http_get(&pretext.http, "/readyz").map(|r| r.0), Some(200));
     let text = without_ansi(&std::fs::read_to_string(&log).unwrap());
-    assert!(text.contains("partitions revoked"), "{text}");
+    assert!(text.contains("revoked partitions handed over"), "{text}");
 
     // It leaves: pretext gets the partition back and resumes it.
     drop(other);
@@ -412,6 +419,16 @@ fn a_rebalance_takes_a_partition_away_and_gives_it_back() {
     );
     assert_eq!(metric_sum(&metrics, "pretext_events_duplicate_total"), 0.0);
     assert!(pretext.terminate().success());
+}
+
+/// Sets `partition.assignment.strategy = "cooperative-sticky"` in a config
+/// written by `write_config` (the default is the eager protocol).
+fn use_cooperative_protocol(config: &std::path::Path) {
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "[kafka.client]\n",
+        "[kafka.client]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
+    );
+    std::fs::write(config, text).unwrap();
 }
 
 /// Log text without terminal colour codes.

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rdkafka::consumer::CommitMode;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -198,10 +199,12 @@ impl Pipeline {
                     self.idle_advance()?;
                     last_advance = Instant::now();
                 }
-                continue;
+            } else {
+                last_input = Instant::now();
+                self.process(batch)?;
             }
-            last_input = Instant::now();
-            self.process(batch)?;
+            // A revoke ended the batch: it is committed, hand the partitions over.
+            self.source.finish_revoke();
         }
         Ok(())
     }
@@ -249,7 +252,7 @@ impl Pipeline {
             .collect();
         self.engine.commit(&offsets)?;
         self.remember(&offsets);
-        self.source.commit_to_kafka(&offsets);
+        self.source.commit_to_kafka(&offsets, CommitMode::Async);
         self.health
             .metrics
             .batch_duration

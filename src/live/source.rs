@@ -36,12 +36,18 @@ pub struct InputMessage {
 }
 
 /// Rebalance and statistics callbacks. They run inside `poll`, on the
-/// pipeline's own thread, so they are short and only touch shared flags.
+/// pipeline's own thread, so they are short and only touch shared state.
 pub struct SourceContext {
     positions: Positions,
     assigned: Arc<AtomicBool>,
     /// Set on revoke: the pipeline ends the batch it is collecting at once.
     revoked: AtomicBool,
+    /// Revoked partitions still assigned until the batch that was being
+    /// collected is committed (`Source::finish_revoke`).
+    pending_revoke: Mutex<Option<TopicPartitionList>>,
+    /// Set while the consumer closes: nothing is left to finish, so a revoke
+    /// is unassigned at once (closing waits for it).
+    closing: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -107,35 +113,49 @@ impl ConsumerContext for SourceContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(partitions = tpl.count(), cooperative, "partitions revoked");
-                // The batch being collected ends at once; it is committed to
-                // the state before anything more is read.
-                self.revoked.store(true, Ordering::Release);
                 for e in tpl.elements() {
                     let partition = e.partition().to_string();
-                    // Not ours any more: no stale lag series.
+                    // Soon not ours: no stale lag series.
                     let _ = self
                         .metrics
                         .consumer_lag
                         .remove_label_values(&[e.topic(), &partition]);
                 }
-                let unassigned = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = unassigned {
-                    warn!(error = %e, "failed to unassign partitions");
+                if self.closing.load(Ordering::Acquire) {
+                    self.unassign(consumer, tpl);
+                } else if let Ok(mut pending) = self.pending_revoke.lock() {
+                    // librdkafka holds the rebalance until the unassign
+                    // call, so the pipeline ends the batch it is collecting,
+                    // commits it while the partitions are still ours, and
+                    // only then hands them over (`Source::finish_revoke`).
+                    *pending = Some(tpl.clone());
+                    self.revoked.store(true, Ordering::Release);
+                    return;
                 }
             }
             other => warn!(error = ?other, "rebalance error"),
         }
-        // Ready while any partition is ours; an empty assignment is not.
-        let any = consumer.assignment().is_ok_and(|a| a.count() > 0);
-        self.assigned.store(any, Ordering::Release);
+        self.update_assigned(consumer);
     }
 }
 
 impl SourceContext {
+    fn unassign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let unassigned = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = unassigned {
+            warn!(error = %e, "failed to unassign partitions");
+        }
+    }
+
+    /// Ready while any partition is ours; an empty assignment is not.
+    fn update_assigned(&self, consumer: &BaseConsumer<Self>) {
+        let any = consumer.assignment().is_ok_and(|a| a.count() > 0);
+        self.assigned.store(any, Ordering::Release);
+    }
+
     fn start_at_stored_offsets(&self, tpl: &mut TopicPartitionList) {
         let Ok(positions) = self.positions.lock() else {
             return;
@@ -186,6 +206,8 @@ impl Source {
             positions,
             assigned,
             revoked: AtomicBool::new(false),
+            pending_revoke: Mutex::new(None),
+            closing: AtomicBool::new(false),
             metrics,
         };
         let consumer: BaseConsumer<SourceContext> =
@@ -244,7 +266,7 @@ impl Source {
 
     /// Commits the offsets to Kafka too, asynchronously: for lag monitoring
     /// only; the offsets that count are stored with the state.
-    pub fn commit_to_kafka(&self, offsets: &[SourceOffset]) {
+    pub fn commit_to_kafka(&self, offsets: &[SourceOffset], mode: CommitMode) {
         // An empty list must not reach librdkafka (rust-rdkafka #681).
         if offsets.is_empty() {
             return;
@@ -258,9 +280,64 @@ impl Source {
                 return;
             }
         }
-        match self.consumer.commit(&tpl, CommitMode::Async) {
+        match self.consumer.commit(&tpl, mode) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => warn!(error = %e, "failed to commit offsets to kafka"),
+        }
+    }
+}
+
+impl Source {
+    /// Hands over partitions revoked while a batch was being collected, now
+    /// that it is committed to the state: first their offsets go to Kafka,
+    /// synchronously, while the partitions are still ours, then they are
+    /// unassigned and the rebalance goes on.
+    pub fn finish_revoke(&self) {
+        let context = self.consumer.context();
+        let Some(tpl) = context
+            .pending_revoke
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take())
+        else {
+            return;
+        };
+        let offsets: Vec<SourceOffset> = match context.positions.lock() {
+            Ok(positions) => tpl
+                .elements()
+                .iter()
+                .filter_map(|e| {
+                    let key = (e.topic().to_string(), e.partition());
+                    positions.get(&key).map(|&next_offset| SourceOffset {
+                        topic: key.0,
+                        partition: key.1,
+                        next_offset,
+                    })
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.commit_to_kafka(&offsets, CommitMode::Sync);
+        context.unassign(&self.consumer, &tpl);
+        context.update_assigned(&self.consumer);
+        info!(partitions = tpl.count(), "revoked partitions handed over");
+    }
+}
+
+impl Drop for Source {
+    /// Closing the consumer (when it drops) revokes what is assigned and
+    /// waits for the unassign: from now on revokes are unassigned at once,
+    /// and one still pending (an error ended the pipeline) is done now.
+    fn drop(&mut self) {
+        let context = self.consumer.context();
+        context.closing.store(true, Ordering::Release);
+        if let Some(tpl) = context
+            .pending_revoke
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take())
+        {
+            context.unassign(&self.consumer, &tpl);
         }
     }
 }

@@ -420,14 +420,22 @@ pub struct Interloper {
 }
 
 impl Interloper {
-    pub fn join(broker: &Broker, group: &str, topic: &str) -> Interloper {
+    /// Joins `group` on `topic`, with the cooperative rebalance protocol or
+    /// the eager one (members of a group must agree).
+    pub fn join(broker: &Broker, group: &str, topic: &str, cooperative: bool) -> Interloper {
         use std::sync::atomic::{AtomicBool, AtomicUsize};
         use std::sync::Arc;
+        let strategy = if cooperative {
+            "cooperative-sticky"
+        } else {
+            "range,roundrobin"
+        };
         let consumer: BaseConsumer = broker
             .client()
             .set("group.id", group)
             .set("session.timeout.ms", "6000")
             .set("enable.auto.commit", "false")
+            .set("partition.assignment.strategy", strategy)
             .create()
             .unwrap();
         consumer.subscribe(&[topic]).unwrap();
