@@ -7,8 +7,11 @@
 //! (a batch killed after producing but before committing is produced again,
 //! with the same deterministic `trigger_id`s).
 //!
-//! The pipeline runs on one blocking thread (RocksDB and librdkafka calls
+//! The pipeline runs on a thread of its own (RocksDB and librdkafka calls
 //! are synchronous); the async runtime serves HTTP and waits for signals.
+//! Rebalance callbacks run inside the pipeline's `poll`: a revoke ends the
+//! batch being collected, which is committed before the partitions are
+//! handed over (see `source`).
 
 mod sink;
 mod source;
