@@ -242,7 +242,7 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
 }
 
 #[test]
-fn kill_9_mid_stream_then_restart_applies_every_input_once() {
+fn kill_9_and_sigterm_mid_stream_then_restart_apply_every_input_once() {
     let broker = Broker::start();
     let topics = Topics::create(&broker);
     let dir = tempfile::tempdir().unwrap();
@@ -271,6 +271,16 @@ fn kill_9_mid_stream_then_restart_applies_every_input_once() {
     );
     eprintln!("killed with {applied} of {} events applied", first.len());
     broker.produce(&topics.input, &keyed(rest));
+
+    // SIGTERM mid-stream: the batch is finished and committed, exit 0.
+    let pretext = Pretext::start_with_env(&config, &state, &log, &small);
+    let applied = wait_for("the second run to apply", Duration::from_secs(60), || {
+        let n = metric_sum(&pretext.metrics()?, "pretext_events_total");
+        (n > 0.0).then_some(n)
+    });
+    let status = pretext.terminate();
+    assert!(status.success(), "SIGTERM mid-stream exits 0: {status:?}");
+    eprintln!("terminated with {applied} more events applied");
 
     let pretext = Pretext::start(&config, &state, &log);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
