@@ -103,9 +103,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (done, worker) = tokio::sync::oneshot::channel();
     {
         let (stop, health) = (stop.clone(), health.clone());
+        // The caller's span goes along, so the pipeline's logs carry its fields.
+        let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("pretext-pipeline".into())
             .spawn(move || {
+                let _entered = span.enter();
                 let _ = done.send(Pipeline::open(config, health).and_then(|p| p.run(&stop)));
             })
             .map_err(|e| LiveError::Worker(e.to_string()))?;
