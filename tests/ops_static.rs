@@ -131,8 +131,14 @@ fn chart_and_values_parse_as_yaml() {
         serde_yaml::from_str(&read("helm/pretext/Chart.yaml")).expect("Chart.yaml parses");
     assert_eq!(chart["apiVersion"].as_str(), Some("v2"));
     assert_eq!(chart["name"].as_str(), Some("pretext"));
-    assert!(chart["version"].as_str().is_some(), "Chart.yaml has a version");
-    assert!(chart["appVersion"].as_str().is_some(), "Chart.yaml has an appVersion");
+    assert!(
+        chart["version"].as_str().is_some(),
+        "Chart.yaml has a version"
+    );
+    assert!(
+        chart["appVersion"].as_str().is_some(),
+        "Chart.yaml has an appVersion"
+    );
     assert!(values().as_mapping().is_some(), "values.yaml is a mapping");
 }
 
@@ -149,8 +155,15 @@ fn every_values_path_used_in_templates_exists() {
             }
         }
     }
-    assert!(used > 50, "only {used} .Values paths found: is the scanner broken?");
-    assert!(missing.is_empty(), "not in values.yaml:\n{}", missing.join("\n"));
+    assert!(
+        used > 50,
+        "only {used} .Values paths found: is the scanner broken?"
+    );
+    assert!(
+        missing.is_empty(),
+        "not in values.yaml:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -186,7 +199,10 @@ fn every_value_is_commented() {
         if comment.is_empty() && !inherited && !opens_section {
             uncommented.push(format!("values.yaml:{}: {}", i + 1, line));
         }
-        stack.push((indent, inherited || comment.iter().any(|c| c.starts_with("# --"))));
+        stack.push((
+            indent,
+            inherited || comment.iter().any(|c| c.starts_with("# --")),
+        ));
     }
     assert!(
         uncommented.is_empty(),
@@ -254,9 +270,18 @@ fn the_configmap_renders_every_configuration_key() {
         "keys of config/default.toml the chart's ConfigMap does not render \
          (add them to values.yaml `config` and templates/configmap.yaml): {missing:?}"
     );
-    assert!(configmap.contains("[kafka.client]"), "the pass-through map is rendered");
-    let unknown: Vec<_> = rendered.iter().filter(|k| !defaults.contains_key(*k)).collect();
-    assert!(unknown.is_empty(), "rendered keys pretext does not know: {unknown:?}");
+    assert!(
+        configmap.contains("[kafka.client]"),
+        "the pass-through map is rendered"
+    );
+    let unknown: Vec<_> = rendered
+        .iter()
+        .filter(|k| !defaults.contains_key(*k))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "rendered keys pretext does not know: {unknown:?}"
+    );
 }
 
 #[test]
@@ -303,7 +328,10 @@ fn the_required_kinds_are_templated() {
         "PrometheusRule",
         "PodDisruptionBudget",
     ] {
-        assert!(kinds.contains(kind), "no template of kind {kind}: {kinds:?}");
+        assert!(
+            kinds.contains(kind),
+            "no template of kind {kind}: {kinds:?}"
+        );
     }
     let all = templates();
     assert!(all["servicemonitor.yaml"].contains("monitoring.coreos.com/v1"));
@@ -342,17 +370,30 @@ fn the_statefulset_probes_secures_and_persists() {
     assert_eq!(probe_path("readinessProbe:"), "/readyz");
     assert!(sts.contains("volumeClaimTemplates:"), "state on a PVC");
     assert!(sts.contains("mountPath: {{ .Values.persistence.mountPath }}"));
-    assert!(sts.contains("name: PRETEXT__KAFKA__GROUP_ID"), "one group for every ordinal");
+    assert!(
+        sts.contains("name: PRETEXT__KAFKA__GROUP_ID"),
+        "one group for every ordinal"
+    );
     assert!(sts.contains("securityContext:\n            {{- toYaml .Values.securityContext"));
     assert!(sts.contains("{{- toYaml .Values.podSecurityContext"));
-    assert!(sts.contains("- name: tmp\n              mountPath: /tmp"), "a writable /tmp");
-    assert!(sts.contains("- name: tmp\n          emptyDir:"), "/tmp is an emptyDir");
-    assert!(sts.contains("terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}"));
+    assert!(
+        sts.contains("- name: tmp\n              mountPath: /tmp"),
+        "a writable /tmp"
+    );
+    assert!(
+        sts.contains("- name: tmp\n          emptyDir:"),
+        "/tmp is an emptyDir"
+    );
+    assert!(
+        sts.contains("terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}")
+    );
     for secret_env in [
         "PRETEXT__KAFKA__CLIENT__SASL__USERNAME",
         "PRETEXT__KAFKA__CLIENT__SASL__PASSWORD",
     ] {
-        let at = sts.find(secret_env).unwrap_or_else(|| panic!("{secret_env}"));
+        let at = sts
+            .find(secret_env)
+            .unwrap_or_else(|| panic!("{secret_env}"));
         assert!(
             sts[at..].trim_start_matches(secret_env).trim_start()[..200].contains("secretKeyRef"),
             "{secret_env} comes from a Secret"
@@ -371,23 +412,44 @@ fn the_statefulset_probes_secures_and_persists() {
         .filter_map(|v| v.as_str())
         .collect();
     assert_eq!(drop, ["ALL"]);
-    assert_eq!(values["podSecurityContext"]["runAsNonRoot"].as_bool(), Some(true));
-    assert_eq!(sc["runAsUser"].as_u64(), Some(10001), "the Dockerfile's user");
+    assert_eq!(
+        values["podSecurityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        sc["runAsUser"].as_u64(),
+        Some(10001),
+        "the Dockerfile's user"
+    );
 
     // The grace period outlasts kafka.shutdown_timeout (whole seconds here).
     let grace = values["terminationGracePeriodSeconds"].as_u64().unwrap();
-    let shutdown = values["config"]["kafka"]["shutdown_timeout"].as_str().unwrap();
-    let secs: u64 = shutdown.strip_suffix('s').and_then(|s| s.parse().ok()).unwrap();
-    assert!(grace > secs, "terminationGracePeriodSeconds {grace} <= shutdown_timeout {shutdown}");
+    let shutdown = values["config"]["kafka"]["shutdown_timeout"]
+        .as_str()
+        .unwrap();
+    let secs: u64 = shutdown
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(
+        grace > secs,
+        "terminationGracePeriodSeconds {grace} <= shutdown_timeout {shutdown}"
+    );
 }
 
 #[test]
 fn the_configmap_sets_pod_addresses_and_keeps_secrets_out() {
     let cm = templates().remove("configmap.yaml").unwrap();
-    assert!(cm.contains("listen = {{ printf \"0.0.0.0:%d\""), "listens on every interface in a pod");
+    assert!(
+        cm.contains("listen = {{ printf \"0.0.0.0:%d\""),
+        "listens on every interface in a pod"
+    );
     assert!(cm.contains("dir = {{ printf \"%s/state\" .Values.persistence.mountPath"));
     for secret in ["sasl.password", "sasl.username", "ssl.key.password"] {
-        assert!(!cm.contains(secret), "{secret} must not be written to the ConfigMap");
+        assert!(
+            !cm.contains(secret),
+            "{secret} must not be written to the ConfigMap"
+        );
     }
 }
 
@@ -404,11 +466,20 @@ fn the_dockerfile_builds_and_runs_as_the_charts_user() {
     assert!(df.contains(r#"CMD ["run", "--config", "/etc/pretext/pretext.toml"]"#));
     // Everything the build reads must be in the context.
     let ignore = read(".dockerignore");
-    for needed in ["src", "config", "examples", "benches", "Cargo.toml", "Cargo.lock"] {
+    for needed in [
+        "src",
+        "config",
+        "examples",
+        "benches",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         assert!(
             df.lines()
                 .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
-                .any(|l| l.split_whitespace().any(|w| w.trim_end_matches('/') == needed)),
+                .any(|l| l
+                    .split_whitespace()
+                    .any(|w| w.trim_end_matches('/') == needed)),
             "the builder copies {needed}"
         );
         assert!(
@@ -469,11 +540,20 @@ fn the_dashboard_and_alerts_use_only_exported_metrics() {
     let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
     assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10));
     let rules = templates().remove("prometheusrule.yaml").unwrap();
-    for (what, text) in [("dashboards/pretext.json", &dashboard), ("prometheusrule.yaml", &rules)] {
+    for (what, text) in [
+        ("dashboards/pretext.json", &dashboard),
+        ("prometheusrule.yaml", &rules),
+    ] {
         let used = metric_names(text);
         assert!(!used.is_empty(), "{what} names no metric");
-        let unknown: Vec<_> = used.iter().filter(|m| !listed.contains(m.as_str())).collect();
-        assert!(unknown.is_empty(), "{what} uses metrics pretext does not export: {unknown:?}");
+        let unknown: Vec<_> = used
+            .iter()
+            .filter(|m| !listed.contains(m.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "{what} uses metrics pretext does not export: {unknown:?}"
+        );
     }
     let on_dashboard = metric_names(&dashboard);
     for wanted in [
@@ -490,9 +570,15 @@ fn the_dashboard_and_alerts_use_only_exported_metrics() {
         "pretext_state_keys",
         "pretext_ready",
     ] {
-        assert!(on_dashboard.contains(wanted), "the dashboard has no panel on {wanted}");
+        assert!(
+            on_dashboard.contains(wanted),
+            "the dashboard has no panel on {wanted}"
+        );
     }
-    assert!(dashboard.contains("histogram_quantile(0.5") && dashboard.contains("histogram_quantile(0.99"));
+    assert!(
+        dashboard.contains("histogram_quantile(0.5")
+            && dashboard.contains("histogram_quantile(0.99")
+    );
     let on_alerts = metric_names(&rules);
     for wanted in [
         "pretext_consumer_lag_messages",
@@ -509,7 +595,9 @@ fn the_dashboard_and_alerts_use_only_exported_metrics() {
 fn the_asyncapi_document_names_six_topics_and_existing_schemas() {
     let text = read("docs/asyncapi.yaml");
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("asyncapi.yaml parses");
-    assert!(doc["asyncapi"].as_str().is_some_and(|v| v.starts_with('3') || v.starts_with("2.6")));
+    assert!(doc["asyncapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with('3') || v.starts_with("2.6")));
     for topic in [
         "pretext.web-events",
         "pretext.transactions",
@@ -518,14 +606,22 @@ fn the_asyncapi_document_names_six_topics_and_existing_schemas() {
         "pretext.triggers",
         "pretext.dead-letter",
     ] {
-        assert!(text.contains(&format!("address: {topic}")), "no channel for {topic}");
+        assert!(
+            text.contains(&format!("address: {topic}")),
+            "no channel for {topic}"
+        );
     }
     // Every `$ref` to a file under schemas/ names a file that exists.
     let mut refs = 0;
     for (i, _) in text.match_indices("../schemas/") {
         let rest = &text[i + "../schemas/".len()..];
-        let file = &rest[..rest.find(|c: char| c == '\'' || c == '"' || c == '#' || c.is_whitespace()).unwrap()];
-        assert!(root().join("schemas").join(file).is_file(), "asyncapi.yaml refers to a missing schemas/{file}");
+        let file = &rest[..rest
+            .find(|c: char| c == '\'' || c == '"' || c == '#' || c.is_whitespace())
+            .unwrap()];
+        assert!(
+            root().join("schemas").join(file).is_file(),
+            "asyncapi.yaml refers to a missing schemas/{file}"
+        );
         refs += 1;
     }
     assert!(refs >= 3, "asyncapi.yaml refers to the schemas");
@@ -542,7 +638,10 @@ fn schema_files() -> BTreeMap<String, Value> {
             let text = fs::read_to_string(&path).unwrap();
             let value: Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-            out.insert(path.file_name().unwrap().to_string_lossy().into_owned(), value);
+            out.insert(
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                value,
+            );
         }
     }
     out
@@ -555,16 +654,23 @@ fn compile(name: &str) -> Validator {
     let mut opts = jsonschema::options();
     opts.with_draft(Draft::Draft202012);
     for schema in files.values() {
-        let id = schema["$id"].as_str().expect("every schema has an $id").to_string();
+        let id = schema["$id"]
+            .as_str()
+            .expect("every schema has an $id")
+            .to_string();
         opts.with_resource(id, Resource::from_contents(schema.clone()).unwrap());
     }
-    let schema = files.get(name).unwrap_or_else(|| panic!("no schemas/{name}"));
+    let schema = files
+        .get(name)
+        .unwrap_or_else(|| panic!("no schemas/{name}"));
     opts.build(schema)
         .unwrap_or_else(|e| panic!("schemas/{name} does not compile: {e}"))
 }
 
 fn errors(v: &Validator, instance: &Value) -> Vec<String> {
-    v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path)).collect()
+    v.iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect()
 }
 
 #[test]
@@ -582,7 +688,9 @@ fn every_schema_parses_and_compiles() {
             "{name} declares draft 2020-12"
         );
         assert!(
-            schema["$id"].as_str().is_some_and(|id| id.ends_with(&format!("/{name}"))),
+            schema["$id"]
+                .as_str()
+                .is_some_and(|id| id.ends_with(&format!("/{name}"))),
             "{name}: $id ends with its file name"
         );
         compile(name);
@@ -608,31 +716,100 @@ fn valid_events() -> Vec<Value> {
 
 fn invalid_events() -> Vec<(&'static str, Value)> {
     vec![
-        ("unknown type", json!({"type":"page_view","event_id":"e","ts":0,"cookie_id":"c","product_id":"p"})),
+        (
+            "unknown type",
+            json!({"type":"page_view","event_id":"e","ts":0,"cookie_id":"c","product_id":"p"}),
+        ),
         ("type not a string", json!({"type":1,"event_id":"e","ts":0})),
         ("no type", json!({"event_id":"e","ts":0,"crm_id":"C"})),
-        ("missing product_id", json!({"type":"product_view","event_id":"e","ts":0,"cookie_id":"c"})),
-        ("null required field", json!({"type":"product_view","event_id":"e","ts":0,"cookie_id":null,"product_id":"p"})),
-        ("missing event_id", json!({"type":"erase","ts":0,"crm_id":"C"})),
-        ("missing ts", json!({"type":"erase","event_id":"e","crm_id":"C"})),
-        ("empty id", json!({"type":"erase","event_id":"e","ts":0,"crm_id":""})),
-        ("id over 128 chars", json!({"type":"erase","event_id":"e","ts":0,"crm_id":"x".repeat(129)})),
-        ("ts without offset", json!({"type":"erase","event_id":"e","ts":"2026-11-22T10:15:00","crm_id":"C"})),
-        ("ts a date only", json!({"type":"erase","event_id":"e","ts":"2026-11-22","crm_id":"C"})),
-        ("ts fractional number", json!({"type":"erase","event_id":"e","ts":1.5,"crm_id":"C"})),
-        ("ts a boolean", json!({"type":"erase","event_id":"e","ts":true,"crm_id":"C"})),
-        ("price a string", json!({"type":"product_view","event_id":"e","ts":0,"cookie_id":"c","product_id":"p","price":"9"})),
-        ("quantity fractional", json!({"type":"add_to_cart","event_id":"e","ts":0,"cookie_id":"c","product_id":"p","quantity":2.5})),
-        ("source not a string", json!({"type":"identify","event_id":"e","ts":0,"cookie_id":"c","crm_id":"C","source":false})),
-        ("channel not web/store", json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"app","crm_id":"C","items":[{"product_id":"p"}]})),
-        ("empty items", json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":"C","items":[]})),
-        ("item without product_id", json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":"C","items":[{"price":1}]})),
-        ("purchase with no customer", json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","items":[{"product_id":"p"}]})),
-        ("purchase with null customer", json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":null,"cookie_id":null,"items":[{"product_id":"p"}]})),
-        ("discount 0", json!({"type":"promotion","event_id":"e","ts":0,"product_id":"p","discount_pct":0})),
-        ("discount over 100", json!({"type":"promotion","event_id":"e","ts":0,"product_id":"p","discount_pct":100.5})),
-        ("valid_until not a time", json!({"type":"promotion","event_id":"e","ts":0,"product_id":"p","valid_until":"soon"})),
-        ("consent not a boolean", json!({"type":"consent","event_id":"e","ts":0,"crm_id":"C","email":"yes"})),
+        (
+            "missing product_id",
+            json!({"type":"product_view","event_id":"e","ts":0,"cookie_id":"c"}),
+        ),
+        (
+            "null required field",
+            json!({"type":"product_view","event_id":"e","ts":0,"cookie_id":null,"product_id":"p"}),
+        ),
+        (
+            "missing event_id",
+            json!({"type":"erase","ts":0,"crm_id":"C"}),
+        ),
+        (
+            "missing ts",
+            json!({"type":"erase","event_id":"e","crm_id":"C"}),
+        ),
+        (
+            "empty id",
+            json!({"type":"erase","event_id":"e","ts":0,"crm_id":""}),
+        ),
+        (
+            "id over 128 chars",
+            json!({"type":"erase","event_id":"e","ts":0,"crm_id":"x".repeat(129)}),
+        ),
+        (
+            "ts without offset",
+            json!({"type":"erase","event_id":"e","ts":"2026-11-22T10:15:00","crm_id":"C"}),
+        ),
+        (
+            "ts a date only",
+            json!({"type":"erase","event_id":"e","ts":"2026-11-22","crm_id":"C"}),
+        ),
+        (
+            "ts fractional number",
+            json!({"type":"erase","event_id":"e","ts":1.5,"crm_id":"C"}),
+        ),
+        (
+            "ts a boolean",
+            json!({"type":"erase","event_id":"e","ts":true,"crm_id":"C"}),
+        ),
+        (
+            "price a string",
+            json!({"type":"product_view","event_id":"e","ts":0,"cookie_id":"c","product_id":"p","price":"9"}),
+        ),
+        (
+            "quantity fractional",
+            json!({"type":"add_to_cart","event_id":"e","ts":0,"cookie_id":"c","product_id":"p","quantity":2.5}),
+        ),
+        (
+            "source not a string",
+            json!({"type":"identify","event_id":"e","ts":0,"cookie_id":"c","crm_id":"C","source":false}),
+        ),
+        (
+            "channel not web/store",
+            json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"app","crm_id":"C","items":[{"product_id":"p"}]}),
+        ),
+        (
+            "empty items",
+            json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":"C","items":[]}),
+        ),
+        (
+            "item without product_id",
+            json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":"C","items":[{"price":1}]}),
+        ),
+        (
+            "purchase with no customer",
+            json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","items":[{"product_id":"p"}]}),
+        ),
+        (
+            "purchase with null customer",
+            json!({"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","crm_id":null,"cookie_id":null,"items":[{"product_id":"p"}]}),
+        ),
+        (
+            "discount 0",
+            json!({"type":"promotion","event_id":"e","ts":0,"product_id":"p","discount_pct":0}),
+        ),
+        (
+            "discount over 100",
+            json!({"type":"promotion","event_id":"e","ts":0,"product_id":"p","discount_pct":100.5}),
+        ),
+        (
+            "valid_until not a time",
+            json!({"type":"promotion","event_id":"e","ts":0,"product_id":"p","valid_until":"soon"}),
+        ),
+        (
+            "consent not a boolean",
+            json!({"type":"consent","event_id":"e","ts":0,"crm_id":"C","email":"yes"}),
+        ),
         ("not an object", json!(["product_view"])),
     ]
 }
@@ -681,7 +858,12 @@ fn the_trigger_schema_accepts_the_example_triggers() {
     let (mut null_category, mut promotion_with_null) = (false, false);
     for (n, line) in text.lines().enumerate() {
         let t: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("line {}: {e}", n + 1));
-        assert!(trigger.is_valid(&t), "line {}: {:?}", n + 1, errors(&trigger, &t));
+        assert!(
+            trigger.is_valid(&t),
+            "line {}: {:?}",
+            n + 1,
+            errors(&trigger, &t)
+        );
         kinds.insert(t["type"].as_str().unwrap().to_string());
         null_category |= t["category"].is_null();
         promotion_with_null |= t["promotion"]
@@ -698,12 +880,21 @@ fn the_trigger_schema_accepts_the_example_triggers() {
         t
     };
     for (why, t) in [
-        ("offset instead of Z", broken("fired_at", json!("2026-11-22T11:15:00+01:00"))),
-        ("zero milliseconds written", broken("fired_at", json!("2026-11-22T10:15:00.000Z"))),
+        (
+            "offset instead of Z",
+            broken("fired_at", json!("2026-11-22T11:15:00+01:00")),
+        ),
+        (
+            "zero milliseconds written",
+            broken("fired_at", json!("2026-11-22T10:15:00.000Z")),
+        ),
         ("epoch number", broken("fired_at", json!(1795342500000i64))),
         ("unknown type", broken("type", json!("abandoned_cart"))),
         ("unknown channel", broken("channels", json!(["push"]))),
-        ("six cookies", broken("cookie_ids", json!(["a", "b", "c", "d", "e", "f"]))),
+        (
+            "six cookies",
+            broken("cookie_ids", json!(["a", "b", "c", "d", "e", "f"])),
+        ),
         ("short id", broken("trigger_id", json!("5f0c9d1e"))),
         ("viewed_not_bought with promotion", {
             let mut t = broken("type", json!("viewed_not_bought"));
@@ -772,7 +963,10 @@ fn the_bundled_sample_validates_against_the_event_schema() {
         }
         let decoder_ok = pretext::decode::decode(line, 1 << 20).is_ok();
         if schema_ok != decoder_ok && disagree.len() < 10 {
-            disagree.push(format!("line {}: schema {schema_ok}, decoder {decoder_ok}", n + 1));
+            disagree.push(format!(
+                "line {}: schema {schema_ok}, decoder {decoder_ok}",
+                n + 1
+            ));
         }
     }
     assert!(total >= 1000, "the sample has only {total} lines");
@@ -780,7 +974,11 @@ fn the_bundled_sample_validates_against_the_event_schema() {
         invalid * 100 < total,
         "{invalid} of {total} sample lines fail schemas/event.json (at most 1% are deliberately bad)"
     );
-    assert!(disagree.is_empty(), "schema and decoder disagree:\n{}", disagree.join("\n"));
+    assert!(
+        disagree.is_empty(),
+        "schema and decoder disagree:\n{}",
+        disagree.join("\n")
+    );
 }
 
 #[test]
