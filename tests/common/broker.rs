@@ -55,58 +55,107 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// How a broker started by the tests keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// sqlite in the broker's temp dir: correct for seeks and end offsets,
+    /// and the data survives a broker restart.
+    Sqlite,
+    /// In memory: fast, but lost on restart, and tansu 0.6.0 mishandles
+    /// fetches that start inside a record batch (see DESIGN.md).
+    Memory,
+}
+
 /// A tansu broker on a free loopback port with sqlite storage in a temp
 /// dir, or the broker named by `PRETEXT_TEST_BROKER`. Killed on drop.
 pub struct Broker {
     pub addr: String,
     child: Option<Child>,
+    port: u16,
+    storage: Storage,
     _dir: tempfile::TempDir,
 }
 
 impl Broker {
     pub fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
         if let Ok(addr) = std::env::var("PRETEXT_TEST_BROKER") {
             return Broker {
                 addr,
                 child: None,
-                _dir: dir,
+                port: 0,
+                storage: Storage::Sqlite,
+                _dir: tempfile::tempdir().unwrap(),
             };
         }
-        let bin = tansu_bin();
+        Broker::start_own(Storage::Sqlite)
+    }
+
+    /// A broker process of this test's own, whatever `PRETEXT_TEST_BROKER`
+    /// says: fault tests pause, stop and restart it.
+    pub fn start_own(storage: Storage) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        // tansu reads the sqlite URL's path relative to its working
-        // directory (sqlite:///tmp/x opens ./tmp/x), so it runs in the dir.
-        let child = Command::new(&bin)
-            .current_dir(dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://broker.db"])
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let addr = format!("127.0.0.1:{port}");
-        let start = Instant::now();
-        while TcpStream::connect(&addr).is_err() {
-            if start.elapsed() > Duration::from_secs(30) {
-                let log = std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default();
-                panic!("tansu did not listen on {addr} within 30 s; its log:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = spawn_tansu(dir.path(), port, storage);
         Broker {
-            addr,
+            addr: format!("127.0.0.1:{port}"),
             child: Some(child),
+            port,
+            storage,
             _dir: dir,
         }
+    }
+
+    /// The broker process id (`None` for a broker named by `PRETEXT_TEST_BROKER`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn own_pid(&self) -> String {
+        self.pid()
+            .expect("a fault test needs a broker of its own (Broker::start_own)")
+            .to_string()
+    }
+
+    /// SIGSTOP: the broker stops answering, its connections stay open.
+    pub fn pause(&self) {
+        signal("-STOP", &self.own_pid());
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        signal("-CONT", &self.own_pid());
+    }
+
+    /// Stops the broker (SIGTERM, SIGKILL after 10 s) and waits for it.
+    pub fn stop(&mut self) {
+        let mut child = self
+            .child
+            .take()
+            .expect("a fault test needs a broker of its own (Broker::start_own)");
+        signal("-TERM", &child.id().to_string());
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a stopped broker again on the same port with the same
+    /// storage (with sqlite, the topics, messages and committed offsets are
+    /// still there).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the broker is still running");
+        self.child = Some(spawn_tansu(self._dir.path(), self.port, self.storage));
+    }
+
+    /// `stop`, then `start_again`.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
     }
 
     pub fn create_topics(&self, names: &[&str], partitions: i32) {
@@ -140,17 +189,7 @@ impl Broker {
 
     /// Produces (key, payload) pairs to `partition`, in order, and waits for them.
     pub fn produce_to(&self, topic: &str, partition: i32, messages: &[(Option<&str>, &[u8])]) {
-        let producer: BaseProducer = self.client().create().unwrap();
-        for (key, payload) in messages {
-            let mut rec: BaseRecord<'_, str, [u8]> =
-                BaseRecord::to(topic).payload(*payload).partition(partition);
-            if let Some(k) = key {
-                rec = rec.key(*k);
-            }
-            producer.send(rec).map_err(|(e, _)| e).unwrap();
-            producer.poll(Duration::ZERO);
-        }
-        producer.flush(Duration::from_secs(30)).unwrap();
+        produce_at(&self.addr, topic, partition, messages);
     }
 
     /// Every message of partition 0 of `topic` read within `timeout` once at
@@ -161,43 +200,148 @@ impl Broker {
         min: usize,
         timeout: Duration,
     ) -> Vec<(Option<String>, String)> {
-        let consumer: BaseConsumer = self
-            .client()
-            .set("group.id", unique("reader"))
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
-        let mut out = Vec::new();
-        let start = Instant::now();
-        let mut quiet_since = Instant::now();
-        while start.elapsed() < timeout {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    out.push((
-                        m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                    ));
-                    quiet_since = Instant::now();
+        consume_at(&self.addr, topic, min, timeout)
+    }
+}
+
+/// Produces (key, payload) pairs to `partition` of `topic` on the cluster
+/// at `bootstrap` (a tansu broker or a mock cluster), in order, and waits
+/// for them.
+pub fn produce_at(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    messages: &[(Option<&str>, &[u8])],
+) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for (key, payload) in messages {
+        let mut rec: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(topic).payload(*payload).partition(partition);
+        if let Some(k) = key {
+            rec = rec.key(*k);
+        }
+        // A full local queue is served, not fatal: large inputs fill it.
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "produce to {topic}: {e}"
+                    );
+                    rec = r;
+                    producer.poll(Duration::from_millis(50));
                 }
-                Some(Err(e)) => panic!("consume {topic}: {e}"),
-                None if out.len() >= min && quiet_since.elapsed() > Duration::from_secs(2) => break,
-                None => {}
             }
         }
-        out
+        producer.poll(Duration::ZERO);
     }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// Every message of partition 0 of `topic` on the cluster at `bootstrap`
+/// read within `timeout` once at least `min` have arrived: (key, payload)
+/// pairs.
+pub fn consume_at(
+    bootstrap: &str,
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+) -> Vec<(Option<String>, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    let mut quiet_since = Instant::now();
+    while start.elapsed() < timeout {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                out.push((
+                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                ));
+                quiet_since = Instant::now();
+            }
+            // Transient (a broker restarting, an injected fault): go on.
+            Some(Err(e)) => eprintln!("consume {topic}: {e}"),
+            None if out.len() >= min && quiet_since.elapsed() > Duration::from_secs(2) => break,
+            None => {}
+        }
+    }
+    out
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
+            // SIGKILL ends a stopped (SIGSTOP) process too.
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+fn signal(sig: &str, pid: &str) {
+    let status = Command::new("kill").args([sig, pid]).status().unwrap();
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+/// Starts tansu in `dir` on `port` and waits until it listens.
+fn spawn_tansu(dir: &Path, port: u16, storage: Storage) -> Child {
+    let bin = tansu_bin();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .unwrap();
+    let engine = match storage {
+        // tansu reads the sqlite URL's path relative to its working
+        // directory (sqlite:///tmp/x opens ./tmp/x), so it runs in the dir.
+        Storage::Sqlite => "sqlite://broker.db",
+        Storage::Memory => "memory://tansu/",
+    };
+    let mut child = Command::new(&bin)
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", engine])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        let exited = child.try_wait().unwrap();
+        if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.join("tansu.log")).unwrap_or_default();
+            panic!("tansu did not listen on {addr} (exit: {exited:?}); its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
 }
 
 fn tansu_bin() -> PathBuf {
@@ -299,6 +443,19 @@ impl Pretext {
         log: &Path,
         env: &[(&str, &str)],
     ) -> Pretext {
+        Pretext::start_wrapped(config, state_dir, log, env, &[])
+    }
+
+    /// As `start_with_env`, through a wrapper command (`wrapper[0]` runs
+    /// with `wrapper[1..]`, then the pretext binary and its arguments), e.g.
+    /// `prlimit --fsize=N --`.
+    pub fn start_wrapped(
+        config: &Path,
+        state_dir: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Pretext {
         let port = free_port();
         let http = format!("127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
@@ -306,7 +463,16 @@ impl Pretext {
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        let bin = env!("CARGO_BIN_EXE_pretext");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .env("PRETEXT__HTTP__LISTEN", &http)
@@ -341,6 +507,29 @@ impl Pretext {
         wait_for("pretext to exit", Duration::from_secs(30), || {
             self.child.try_wait().unwrap()
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited within `timeout`.
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn kill9(mut self) {
@@ -390,10 +579,26 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 
 /// Replays `lines` with `pretext replay --flush`; the trigger lines.
 pub fn replay(lines: &[String], dir: &Path, state_dir: Option<&Path>) -> Vec<String> {
+    replay_with(lines, dir, state_dir, true, &[])
+}
+
+/// Replays `lines` with `pretext replay` (`--flush` when `flush`), with
+/// `PRETEXT__…` overrides in `env`; the trigger lines.
+pub fn replay_with(
+    lines: &[String],
+    dir: &Path,
+    state_dir: Option<&Path>,
+    flush: bool,
+    env: &[(&str, &str)],
+) -> Vec<String> {
     let input = dir.join("replay-input.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pretext"));
-    cmd.args(["replay", "--flush", "--input"]).arg(&input);
+    cmd.arg("replay").envs(env.iter().copied());
+    if flush {
+        cmd.arg("--flush");
+    }
+    cmd.arg("--input").arg(&input);
     if let Some(s) = state_dir {
         cmd.arg("--state-dir").arg(s);
     }
