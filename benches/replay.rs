@@ -2,16 +2,20 @@
 //! the same run on the same file (these machines are shared and noisy, so
 //! only the ratio is meaningful across runs).
 //!
-//! `cargo bench --bench replay -- [EVENTS] [CUSTOMERS]` (defaults 1,000,000
-//! and 100,000). Prints events/s for both and the ratio, and the peak RSS.
+//! `cargo bench --bench replay -- [EVENTS] [CUSTOMERS...]` (defaults
+//! 1,000,000 events and 100,000 customers). For each customer count: a file
+//! is generated, parsed (serde_json into a `Value`, nothing else), then
+//! replayed by the release binary (`pretext replay --flush` with a state
+//! directory) in a child process, whose peak RSS is sampled from /proc.
+//! Several customer counts give the cost curve as the state grows.
 
-use std::io::{BufRead, BufReader, Write};
-use std::time::Instant;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use pretext::config::Config;
 use pretext::gen::GenArgs;
-use pretext::replay::{replay, ReplayOptions};
 
 #[derive(Parser)]
 struct Gen {
@@ -19,15 +23,91 @@ struct Gen {
     args: GenArgs,
 }
 
+struct Run {
+    customers: u64,
+    lines: u64,
+    baseline_s: f64,
+    replay_s: f64,
+    peak_rss_mib: u64,
+}
+
 fn main() {
-    let mut argv = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
-    let events: u64 = argv
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let customers: u64 = argv.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let mut argv = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .filter_map(|a| a.replace('_', "").parse::<u64>().ok());
+    let events = argv.next().unwrap_or(1_000_000);
+    let mut customers: Vec<u64> = argv.collect();
+    if customers.is_empty() {
+        customers.push(100_000);
+    }
+    println!(
+        "{:>10} {:>10} {:>14} {:>14} {:>7} {:>9}",
+        "events", "customers", "baseline ev/s", "pretext ev/s", "ratio", "peak RSS"
+    );
+    for c in customers {
+        let r = measure(events, c);
+        let base = r.lines as f64 / r.baseline_s;
+        let rate = r.lines as f64 / r.replay_s;
+        println!(
+            "{:>10} {:>10} {:>14.0} {:>14.0} {:>7.3} {:>5} MiB",
+            r.lines,
+            r.customers,
+            base,
+            rate,
+            rate / base,
+            r.peak_rss_mib
+        );
+    }
+}
+
+fn measure(events: u64, customers: u64) -> Run {
     let dir = tempfile::tempdir().expect("temp dir");
-    let input = dir.path().join("events.jsonl");
+    let input = generate(dir.path(), events, customers);
+    let (lines, baseline_s) = parse_only(&input);
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .arg("replay")
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("triggers.jsonl"))
+        .arg("--dead-letter")
+        .arg(dir.path().join("dead.jsonl"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--flush")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pretext replay");
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for pretext") {
+            break s;
+        }
+        peak_kib = peak_kib.max(vm_hwm_kib(&status_path).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let replay_s = start.elapsed().as_secs_f64();
+    let mut summary = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut err, &mut summary);
+    }
+    assert!(status.success(), "pretext replay failed: {summary}");
+    eprint!("{summary}");
+    Run {
+        customers,
+        lines,
+        baseline_s,
+        replay_s,
+        peak_rss_mib: peak_kib / 1024,
+    }
+}
+
+fn generate(dir: &Path, events: u64, customers: u64) -> PathBuf {
+    let input = dir.join("events.jsonl");
     let days = (events / 500_000).max(2).to_string();
     let gen = Gen::parse_from([
         "gen",
@@ -43,46 +123,11 @@ fn main() {
         input.to_str().expect("utf-8 path"),
     ]);
     pretext::gen::run(&gen.args).expect("generate events");
-    let bytes = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "input: {events} events, {customers} customers, {} MiB",
-        bytes >> 20
-    );
-
-    let (lines, baseline) = parse_only(&input);
-    let opts = ReplayOptions {
-        inputs: vec![input.clone()],
-        output: Some(dir.path().join("triggers.jsonl")),
-        dead_letter: Some(dir.path().join("dead.jsonl")),
-        state_dir: Some(dir.path().join("state")),
-        flush: true,
-    };
-    let start = Instant::now();
-    let summary = replay(&Config::default(), &opts).expect("replay");
-    let elapsed = start.elapsed().as_secs_f64();
-    let rate = lines as f64 / elapsed;
-    let base_rate = lines as f64 / baseline;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "parse-only baseline: {base_rate:>12.0} events/s ({baseline:.2} s)"
-    );
-    let _ = writeln!(
-        out,
-        "pretext replay:      {rate:>12.0} events/s ({elapsed:.2} s)"
-    );
-    let _ = writeln!(
-        out,
-        "ratio replay/baseline: {:.3} (baseline is {:.2}x faster)",
-        rate / base_rate,
-        base_rate / rate
-    );
-    let _ = writeln!(out, "peak RSS: {} MiB", peak_rss_mib());
-    let _ = write!(out, "{}", summary.render());
+    input
 }
 
 /// serde_json decode of every line into a `Value`, and nothing else.
-fn parse_only(path: &std::path::Path) -> (u64, f64) {
+fn parse_only(path: &Path) -> (u64, f64) {
     let start = Instant::now();
     let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(path).expect("input"));
     let mut line = Vec::new();
@@ -102,14 +147,14 @@ fn parse_only(path: &std::path::Path) -> (u64, f64) {
     (n, start.elapsed().as_secs_f64())
 }
 
-fn peak_rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// The peak resident set (VmHWM) of a running process, in KiB.
+fn vm_hwm_kib(status_path: &str) -> Option<u64> {
+    std::fs::read_to_string(status_path)
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb / 1024)
 }

@@ -7,6 +7,7 @@
 
 use std::sync::Mutex;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -16,6 +17,27 @@ use crate::decode::Reason;
 use crate::engine::{EngineStats, Suppressed};
 use crate::event::EVENT_TYPES;
 use crate::trigger::TriggerKind;
+
+/// The name of every metric pretext exports: what dashboards and alerts may
+/// use (tests/ops_static.rs and tests/live_e2e.rs hold them to it).
+pub const NAMES: [&str; 16] = [
+    "pretext_events_total",
+    "pretext_events_rejected_total",
+    "pretext_events_duplicate_total",
+    "pretext_events_ignored_erased_total",
+    "pretext_triggers_total",
+    "pretext_checks_suppressed_total",
+    "pretext_batch_duration_seconds",
+    "pretext_event_time_lag_seconds",
+    "pretext_watermark_seconds",
+    "pretext_pending_checks",
+    "pretext_consumer_lag_messages",
+    "pretext_state_size_bytes",
+    "pretext_state_keys",
+    "pretext_dead_letters_total",
+    "pretext_ready",
+    "pretext_produce_errors_total",
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -138,27 +160,23 @@ impl Metrics {
             last: Mutex::new(EngineStats::default()),
             registry,
         };
-        for c in [
-            &m.duplicates,
-            &m.ignored_erased,
-            &m.dead_letters,
-            &m.produce_errors,
-        ] {
-            m.registry.register(Box::new(c.clone()))?;
+        let others: [Box<dyn Collector>; 12] = [
+            Box::new(m.duplicates.clone()),
+            Box::new(m.ignored_erased.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.produce_errors.clone()),
+            Box::new(m.batch_duration.clone()),
+            Box::new(m.event_time_lag.clone()),
+            Box::new(m.watermark.clone()),
+            Box::new(m.pending_checks.clone()),
+            Box::new(m.state_size_bytes.clone()),
+            Box::new(m.state_keys.clone()),
+            Box::new(m.ready.clone()),
+            Box::new(m.consumer_lag.clone()),
+        ];
+        for c in others {
+            m.registry.register(c)?;
         }
-        m.registry.register(Box::new(m.batch_duration.clone()))?;
-        for g in [&m.event_time_lag, &m.watermark] {
-            m.registry.register(Box::new(g.clone()))?;
-        }
-        for g in [
-            &m.pending_checks,
-            &m.state_size_bytes,
-            &m.state_keys,
-            &m.ready,
-        ] {
-            m.registry.register(Box::new(g.clone()))?;
-        }
-        m.registry.register(Box::new(m.consumer_lag.clone()))?;
         Ok(m)
     }
 
@@ -221,6 +239,23 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn names_lists_exactly_the_exported_metrics() {
+        let m = Metrics::new().unwrap();
+        // Lag series exist per assigned partition; make one.
+        m.consumer_lag.with_label_values(&["t", "0"]).set(0);
+        let text = m.render();
+        let mut typed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        typed.sort_unstable();
+        let mut names = NAMES.to_vec();
+        names.sort_unstable();
+        assert_eq!(typed, names);
     }
 
     #[test]

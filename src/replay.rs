@@ -10,8 +10,9 @@ use flate2::read::MultiGzDecoder;
 
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
-use crate::decode::{decode, Reason};
+use crate::decode::{decode, Reason, Rejection};
 use crate::engine::{Engine, EngineError, EngineStats, TriggerSink};
+use crate::event::Event;
 use crate::trigger::{Trigger, TriggerKind};
 
 /// The bundled sample, replayed when no `--input` is given.
@@ -130,7 +131,30 @@ impl<W: Write> LineSink<W> {
     }
 }
 
-/// Replays the inputs through a fresh or persistent engine.
+/// A decoded line, as the reader thread hands it to the engine.
+enum Decoded {
+    Event(Event),
+    Rejected {
+        line_no: i64,
+        rejection: Rejection,
+        payload: Vec<u8>,
+    },
+}
+
+/// Consecutive lines of one input, decoded.
+struct Chunk {
+    input: String,
+    lines: Vec<Decoded>,
+}
+
+/// Lines per chunk: large enough that the channel costs nothing per line,
+/// small enough that little is decoded ahead.
+const CHUNK_LINES: usize = 1024;
+/// Chunks decoded ahead of the engine, at most.
+const CHUNKS_AHEAD: usize = 8;
+
+/// Replays the inputs through a fresh or persistent engine. One thread
+/// reads and decodes while this one applies, in input order.
 pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayError> {
     let temp;
     let state_dir: &Path = match &opts.state_dir {
@@ -144,6 +168,66 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayEr
         }
     };
     let mut engine = Engine::open(state_dir, config)?;
+    let max_bytes = config.input.max_message_bytes;
+    let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            if let Err(e) = read_inputs(&opts.inputs, max_bytes, &tx) {
+                // The engine side stops at the error, before end of input.
+                let _ = tx.send(Err(e));
+            }
+        });
+        apply_chunks(&mut engine, opts, rx)
+    })
+}
+
+/// Reads and decodes every input in order, a chunk at a time. Stops
+/// quietly when the engine side hung up (it reports its own error).
+fn read_inputs(
+    inputs: &[PathBuf],
+    max_bytes: usize,
+    tx: &std::sync::mpsc::SyncSender<Result<Chunk, ReplayError>>,
+) -> Result<(), ReplayError> {
+    let send_all = |name: &str, reader: &mut dyn Read| {
+        let mut chunk = Vec::with_capacity(CHUNK_LINES);
+        let send = |chunk: &mut Vec<Decoded>| {
+            let lines = std::mem::replace(chunk, Vec::with_capacity(CHUNK_LINES));
+            let input = name.to_string();
+            tx.send(Ok(Chunk { input, lines })).is_ok()
+        };
+        for_each_line(name, reader, &mut |line_no, line| {
+            chunk.push(match decode(line, max_bytes) {
+                Ok(event) => Decoded::Event(event),
+                Err(rejection) => Decoded::Rejected {
+                    line_no,
+                    rejection,
+                    payload: line.to_vec(),
+                },
+            });
+            Ok(chunk.len() < CHUNK_LINES || send(&mut chunk))
+        })?;
+        if !chunk.is_empty() {
+            send(&mut chunk);
+        }
+        Ok::<_, ReplayError>(())
+    };
+    if inputs.is_empty() {
+        send_all(SAMPLE_NAME, &mut &SAMPLE[..])?;
+    }
+    for path in inputs {
+        let name = path.display().to_string();
+        send_all(&name, &mut open_input(path)?)?;
+    }
+    Ok(())
+}
+
+/// Applies decoded chunks in order, dead-letters the rejections, and ends
+/// the replay: end of input, the optional flush, the last commit.
+fn apply_chunks(
+    engine: &mut Engine,
+    opts: &ReplayOptions,
+    rx: std::sync::mpsc::Receiver<Result<Chunk, ReplayError>>,
+) -> Result<Summary, ReplayError> {
     let out_name = display_output(&opts.output);
     let mut sink = LineSink {
         out: open_output(&opts.output)?,
@@ -151,39 +235,35 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayEr
     };
     let mut dead = DeadLetters::open(opts.dead_letter.as_deref())?;
     let mut summary = Summary::default();
-    let max_bytes = config.input.max_message_bytes;
-    let mut apply_line = |topic: &str, line_no: i64, line: &[u8]| -> Result<(), ReplayError> {
-        summary.messages += 1;
-        match decode(line, max_bytes) {
-            Ok(event) => {
-                engine.apply(&event, &mut sink)?;
-                sink.check(&out_name)?;
-                if engine.uncommitted_bytes() > COMMIT_EVERY_BYTES {
-                    engine.commit(&[])?;
+    for chunk in rx {
+        let chunk = chunk?;
+        for line in chunk.lines {
+            summary.messages += 1;
+            match line {
+                Decoded::Event(event) => {
+                    engine.apply(&event, &mut sink)?;
+                    sink.check(&out_name)?;
+                    if engine.uncommitted_bytes() > COMMIT_EVERY_BYTES {
+                        engine.commit(&[])?;
+                    }
+                }
+                Decoded::Rejected {
+                    line_no,
+                    rejection,
+                    payload,
+                } => {
+                    summary.rejected[reason_index(rejection.reason)] += 1;
+                    dead.write(&DeadLetter {
+                        error: &rejection.error,
+                        reason: rejection.reason,
+                        topic: &chunk.input,
+                        partition: 0,
+                        offset: line_no,
+                        payload: &payload,
+                    })?;
                 }
             }
-            Err(rejection) => {
-                summary.rejected[reason_index(rejection.reason)] += 1;
-                let letter = DeadLetter {
-                    error: &rejection.error,
-                    reason: rejection.reason,
-                    topic,
-                    partition: 0,
-                    offset: line_no,
-                    payload: line,
-                };
-                dead.write(&letter)?;
-            }
         }
-        Ok(())
-    };
-    if opts.inputs.is_empty() {
-        for_each_line(SAMPLE_NAME, SAMPLE, &mut apply_line)?;
-    }
-    for path in &opts.inputs {
-        let name = path.display().to_string();
-        let reader = open_input(path)?;
-        for_each_line(&name, reader, &mut apply_line)?;
     }
     engine.end_of_input(&mut sink)?;
     if opts.flush {
@@ -200,12 +280,13 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayEr
     Ok(summary)
 }
 
-/// Calls `f(name, line_number, line)` for each line: 1-based numbers, the
-/// newline stripped, a blank line is a message, a final newline is not.
-fn for_each_line<R: Read>(
+/// Calls `f(line_number, line)` for each line until it returns false:
+/// 1-based numbers, the newline stripped, a blank line is a message, a final
+/// newline is not. `name` names the input in errors.
+fn for_each_line(
     name: &str,
-    reader: R,
-    f: &mut impl FnMut(&str, i64, &[u8]) -> Result<(), ReplayError>,
+    reader: &mut dyn Read,
+    f: &mut dyn FnMut(i64, &[u8]) -> Result<bool, ReplayError>,
 ) -> Result<(), ReplayError> {
     let mut reader = BufReader::with_capacity(1 << 20, reader);
     let mut line = Vec::with_capacity(4096);
@@ -225,7 +306,9 @@ fn for_each_line<R: Read>(
         if line.last() == Some(&b'\n') {
             line.pop();
         }
-        f(name, line_no, &line)?;
+        if !f(line_no, &line)? {
+            return Ok(());
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 
 #[path = "common/broker.rs"]
 mod broker;
+#[path = "common/metric_names.rs"]
+mod metric_names;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -116,29 +118,14 @@ fn triggers_arrive_as_a_replay_of_the_same_input_gives_them() {
         m.contains("pretext_consumer_lag_messages{").then_some(m)
     });
     assert_eq!(metric_sum(&metrics, "pretext_consumer_lag_messages"), 0.0);
+    // What the dashboard and the alerts query, the running binary exports.
+    for name in metric_names::used_by_dashboard_and_alerts() {
+        let typed = format!("# TYPE {name} ");
+        assert!(metrics.contains(&typed), "{name} missing:\n{metrics}");
+    }
     let status = pretext.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
 }
-
-/// Every metric name, as the ops dashboard and alerts know them.
-const METRICS: [&str; 16] = [
-    "pretext_events_total",
-    "pretext_events_rejected_total",
-    "pretext_events_duplicate_total",
-    "pretext_events_ignored_erased_total",
-    "pretext_triggers_total",
-    "pretext_checks_suppressed_total",
-    "pretext_batch_duration_seconds",
-    "pretext_event_time_lag_seconds",
-    "pretext_watermark_seconds",
-    "pretext_pending_checks",
-    "pretext_consumer_lag_messages",
-    "pretext_state_size_bytes",
-    "pretext_state_keys",
-    "pretext_dead_letters_total",
-    "pretext_ready",
-    "pretext_produce_errors_total",
-];
 
 /// Before any partition is assigned (here: no broker listens at all) the
 /// process is healthy, not ready, and exports every series it can at 0;
@@ -155,7 +142,10 @@ fn http_answers_before_assignment_not_ready() {
     assert_eq!(http_get(&pretext.http, "/readyz").map(|r| r.0), Some(503));
     let metrics = pretext.metrics().unwrap();
     // Lag series appear per assigned partition, so not yet.
-    for name in METRICS.iter().filter(|n| !n.contains("consumer_lag")) {
+    let names = metric_names::used_by_dashboard_and_alerts();
+    assert!(names.len() >= 12, "the dashboard and alerts name {names:?}");
+    let all = pretext::metrics::NAMES.iter().map(|n| n.to_string());
+    for name in all.chain(names).filter(|n| !n.contains("consumer_lag")) {
         let typed = format!("# TYPE {name} ");
         assert!(metrics.contains(&typed), "{name} missing:\n{metrics}");
     }

@@ -16,30 +16,13 @@ use std::path::{Path, PathBuf};
 use jsonschema::{Draft, Resource, Validator};
 use serde_json::{json, Value};
 
-/// Every metric pretext exports (authoritative; the dashboard and the alerts
-/// may use only these). `every_exported_metric_is_listed` keeps it in step
-/// with src/metrics.rs.
-const METRICS: &[&str] = &[
-    "pretext_events_total",
-    "pretext_events_rejected_total",
-    "pretext_events_duplicate_total",
-    "pretext_events_ignored_erased_total",
-    "pretext_triggers_total",
-    "pretext_checks_suppressed_total",
-    "pretext_batch_duration_seconds",
-    "pretext_event_time_lag_seconds",
-    "pretext_watermark_seconds",
-    "pretext_pending_checks",
-    "pretext_consumer_lag_messages",
-    "pretext_state_size_bytes",
-    "pretext_state_keys",
-    "pretext_dead_letters_total",
-    "pretext_ready",
-    "pretext_produce_errors_total",
-];
+#[path = "common/metric_names.rs"]
+mod metric_names;
 
-/// Histograms, whose series carry a `_bucket`, `_sum` or `_count` suffix.
-const HISTOGRAMS: &[&str] = &["pretext_batch_duration_seconds"];
+use metric_names::metric_names;
+/// Every metric pretext exports (a unit test in src/metrics.rs holds the
+/// list to what the registry renders).
+use pretext::metrics::NAMES as METRICS;
 
 const EVENT_TYPES: &[&str] = &[
     "product_view",
@@ -487,50 +470,6 @@ fn the_dockerfile_builds_and_runs_as_the_charts_user() {
             ".dockerignore excludes {needed}"
         );
     }
-}
-
-/// Every `pretext_[a-z_]+` word in a text, histogram suffixes stripped.
-fn metric_names(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for (i, _) in text.match_indices("pretext_") {
-        // A match inside a longer identifier (`xpretext_`) is not a name.
-        if text[..i]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            continue;
-        }
-        let end = text[i..]
-            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
-            .map_or(text.len(), |e| i + e);
-        let mut name = text[i..end].trim_end_matches('_').to_string();
-        for h in HISTOGRAMS {
-            for suffix in ["_bucket", "_sum", "_count"] {
-                if name == format!("{h}{suffix}") {
-                    name = h.to_string();
-                }
-            }
-        }
-        names.insert(name);
-    }
-    names
-}
-
-#[test]
-fn every_exported_metric_is_listed() {
-    let source = read("src/metrics.rs");
-    let exported: BTreeSet<String> = source
-        .split('"')
-        .skip(1)
-        .step_by(2)
-        .filter(|s| {
-            s.starts_with("pretext_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-        })
-        .map(str::to_owned)
-        .collect();
-    let listed: BTreeSet<String> = METRICS.iter().map(|s| s.to_string()).collect();
-    assert_eq!(exported, listed, "src/metrics.rs and METRICS differ");
 }
 
 #[test]

@@ -49,6 +49,19 @@ pub fn read_str(key: &[u8]) -> Option<(String, &[u8])> {
     None
 }
 
+/// The length of the first encoded string of `key`, terminator included.
+pub fn first_str_len(key: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 1 < key.len() {
+        match (key[i], key[i + 1]) {
+            (ESCAPE, TERMINATOR) => return Some(i + 2),
+            (ESCAPE, _) => i += 2,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// Reads one encoded time from the front of `key`; returns it and the rest.
 pub fn read_ts(key: &[u8]) -> Option<(Millis, &[u8])> {
     let bytes: [u8; 8] = key.get(..8)?.try_into().ok()?;
@@ -109,6 +122,15 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_str_len_spans_the_first_string_and_its_terminator() {
+        let k = pair_key("p\0x", "crm");
+        let n = first_str_len(&k).unwrap();
+        assert_eq!(&k[..n], str_key("p\0x").as_slice());
+        assert_eq!(first_str_len(b"no terminator"), None);
+        assert_eq!(first_str_len(&str_key("")), Some(2));
+    }
 
     #[test]
     fn strings_sort_like_their_encoding() {

@@ -5,14 +5,24 @@
 //! the engine the two things it needs: a batch of events (and, in live mode,
 //! the input offsets that go with it) lands all or nothing, and hot keys read
 //! and written many times in a batch cost one RocksDB write.
+//!
+//! The overlay is a hash map (point lookups dominate: one per event and
+//! family); only the families the engine scans also keep their written keys
+//! in order. The timer family is small (one key per pending check) and
+//! scanned after every event, so it is resident: held whole in memory, read
+//! from disk once at open, and written through at commit like the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
+    ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
+use rustc_hash::FxHashMap;
+
+use super::keys::first_str_len;
 
 /// The kinds of state, one column family each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +85,25 @@ impl Cf {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// Families the engine range-scans (besides the resident timers): their
+    /// uncommitted keys are also kept in order.
+    fn scanned(self) -> bool {
+        matches!(
+            self,
+            Cf::Meta | Cf::DedupByTime | Cf::CustomerProducts | Cf::Interest
+        )
+    }
+
+    /// Families scanned one leading string (product, customer) at a time.
+    fn scanned_by_first_string(self) -> bool {
+        matches!(self, Cf::CustomerProducts | Cf::Interest)
+    }
+
+    /// Families held whole in memory.
+    fn resident(self) -> bool {
+        self == Cf::Timers
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +131,59 @@ pub struct StateSize {
     pub keys: u64,
 }
 
-type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// What an overlay entry costs besides its bytes (hash slot, vector headers,
+/// allocator rounding), so that `uncommitted_bytes` tracks memory.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// One family's uncommitted writes; `None` is a deletion.
+#[derive(Default)]
+struct Overlay {
+    writes: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The keys of `writes` in order, for scanned families only.
+    order: Option<BTreeSet<Vec<u8>>>,
+}
+
+impl Overlay {
+    fn for_cf(cf: Cf) -> Overlay {
+        Overlay {
+            writes: FxHashMap::default(),
+            order: cf.scanned().then(BTreeSet::new),
+        }
+    }
+
+    /// Records a write; returns the change in the bytes held.
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> isize {
+        let added = value.as_ref().map_or(0, Vec::len) as isize;
+        if let Some(order) = &mut self.order {
+            if !self.writes.contains_key(&key) {
+                order.insert(key.clone());
+            }
+        }
+        let key_len = key.len();
+        match self.writes.insert(key, value) {
+            Some(old) => added - old.map_or(0, |v| v.len()) as isize,
+            None => {
+                added + (key_len * (1 + self.order.is_some() as usize) + ENTRY_OVERHEAD) as isize
+            }
+        }
+    }
+
+    /// Entries with `lower <= key < upper`, in key order.
+    fn range<'a>(
+        &'a self,
+        lower: &'a [u8],
+        upper: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        let upper = upper.map_or(Bound::Unbounded, Bound::Excluded);
+        self.order
+            .iter()
+            .flat_map(move |o| o.range::<[u8], _>((Bound::Included(lower), upper)))
+            .map(|k| {
+                let v = self.writes.get(k).and_then(|v| v.as_deref());
+                (k.as_slice(), v)
+            })
+    }
+}
 
 /// Key-value pairs, as scans return them.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -111,6 +192,8 @@ pub struct Store {
     db: DB,
     overlays: Vec<Overlay>,
     overlay_bytes: usize,
+    /// Every live entry of the resident families, committed or not.
+    resident: BTreeMap<Vec<u8>, Vec<u8>>,
     path: PathBuf,
 }
 
@@ -124,16 +207,23 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // One budget for the memtables of every family, so memory does not
+        // grow with the number of families.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = Cf::ALL
             .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
+            .map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(open_err)?;
-        Ok(Store {
+        let mut store = Store {
             db,
-            overlays: vec![Overlay::new(); Cf::ALL.len()],
+            overlays: Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect(),
             overlay_bytes: 0,
+            resident: BTreeMap::new(),
             path: dir.to_path_buf(),
-        })
+        };
+        store.resident = store.committed(Cf::Timers)?.into_iter().collect();
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
@@ -150,7 +240,10 @@ impl Store {
 
     /// The value at `key`, as of every write so far (committed or not).
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        if let Some(v) = self.overlays[cf.index()].get(key) {
+        if cf.resident() {
+            return Ok(self.resident.get(key).cloned());
+        }
+        if let Some(v) = self.overlays[cf.index()].writes.get(key) {
             return Ok(v.clone());
         }
         self.db
@@ -162,13 +255,22 @@ impl Store {
     }
 
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay_bytes += key.len() + value.len();
-        self.overlays[cf.index()].insert(key, Some(value));
+        if cf.resident() {
+            self.resident.insert(key.clone(), value.clone());
+        }
+        self.write(cf, key, Some(value));
     }
 
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
-        self.overlay_bytes += key.len();
-        self.overlays[cf.index()].insert(key, None);
+        if cf.resident() {
+            self.resident.remove(&key);
+        }
+        self.write(cf, key, None);
+    }
+
+    fn write(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let delta = self.overlays[cf.index()].write(key, value);
+        self.overlay_bytes = self.overlay_bytes.saturating_add_signed(delta);
     }
 
     /// Up to `limit` live entries with `lower <= key < upper` (no upper bound
@@ -180,6 +282,16 @@ impl Store {
         upper: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StateError> {
+        if cf.resident() {
+            let upper = upper.map_or(Bound::Unbounded, Bound::Excluded);
+            return Ok(self
+                .resident
+                .range::<[u8], _>((Bound::Included(lower), upper))
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect());
+        }
+        debug_assert!(cf.scanned(), "{} is not a scanned family", cf.name());
         let mut opts = ReadOptions::default();
         if let Some(u) = upper {
             opts.set_iterate_upper_bound(u.to_vec());
@@ -189,15 +301,7 @@ impl Store {
             opts,
             IteratorMode::From(lower, Direction::Forward),
         );
-        let overlay = self.overlays[cf.index()]
-            .range::<[u8], _>((
-                std::ops::Bound::Included(lower),
-                match upper {
-                    Some(u) => std::ops::Bound::Excluded(u),
-                    None => std::ops::Bound::Unbounded,
-                },
-            ))
-            .map(|(k, v)| (k.as_slice(), v.as_deref()));
+        let overlay = self.overlays[cf.index()].range(lower, upper);
         merge(cf, disk, overlay, limit)
     }
 
@@ -209,10 +313,16 @@ impl Store {
     /// Writes every uncommitted change in one atomic write batch.
     pub fn commit(&mut self) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
-        let overlays = std::mem::replace(&mut self.overlays, vec![Overlay::new(); Cf::ALL.len()]);
+        let fresh = Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect();
+        let overlays = std::mem::replace(&mut self.overlays, fresh);
         for (cf, overlay) in Cf::ALL.into_iter().zip(overlays) {
             let handle = self.handle(cf);
-            for (k, v) in overlay {
+            let mut writes: Vec<_> = overlay.writes.into_iter().collect();
+            // The memtable is a skip list: keys inserted in order reuse the
+            // previous insert's search path, in random order each pays a
+            // full search with its cache misses.
+            writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (k, v) in writes {
                 match v {
                     Some(v) => batch.put_cf(handle, k, v),
                     None => batch.delete_cf(handle, k),
@@ -253,8 +363,11 @@ impl Store {
 
     /// Every committed entry of a column family, for tests and audits.
     pub fn committed(&self, cf: Cf) -> Result<Entries, StateError> {
+        let mut opts = ReadOptions::default();
+        // Across every prefix, not within the first key's.
+        opts.set_total_order_seek(true);
         self.db
-            .iterator_cf(self.handle(cf), IteratorMode::Start)
+            .iterator_cf_opt(self.handle(cf), opts, IteratorMode::Start)
             .map(|r| {
                 r.map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .map_err(|source| StateError::Read {
@@ -266,15 +379,46 @@ impl Store {
     }
 }
 
-fn cf_options() -> Options {
+/// The memtables of all families together, at most.
+const MEMTABLE_BUDGET: usize = 128 << 20;
+/// Data, index and filter blocks cached, shared by all families.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+
+fn cf_options(cf: Cf, cache: &Cache) -> Options {
     let mut opts = Options::default();
+    if cf.scanned_by_first_string() {
+        // Fan-out and erase seek one product's or one customer's keys: a
+        // prefix bloom filter lets those seeks skip files without them.
+        opts.set_prefix_extractor(SliceTransform::create(
+            "pretext.first_string",
+            first_string,
+            Some(has_first_string),
+        ));
+    }
+    // A bloom filter over the memtable's keys answers most point lookups
+    // of absent keys without searching the memtable.
+    opts.set_memtable_prefix_bloom_ratio(0.05);
+    opts.set_memtable_whole_key_filtering(true);
     let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Index and filter blocks count against the cache rather than growing
+    // with the state; L0's stay pinned, since every lookup reads them.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     // Point lookups of absent keys (new cookies, unseen event ids, customers
     // without a tombstone) dominate; a bloom filter answers them from memory.
     table.set_bloom_filter(10.0, false);
     opts.set_block_based_table_factory(&table);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts
+}
+
+fn first_string(key: &[u8]) -> &[u8] {
+    first_str_len(key).map_or(key, |n| &key[..n])
+}
+
+fn has_first_string(key: &[u8]) -> bool {
+    first_str_len(key).is_some()
 }
 
 /// Merges a RocksDB iterator with the overlay's range: the overlay wins on
