@@ -740,9 +740,8 @@ fn good_events(len: usize) -> Vec<Good> {
         None,
     );
     push(
-        format!(
-            r#"{{"type":"product_view","event_id":"g1","ts":"2026-11-22T10:00:30Z","cookie_id":"ck1","crm_id":"C1","product_id":"P1","category":"coats","price":120}}"#
-        ),
+        r#"{"type":"product_view","event_id":"g1","ts":"2026-11-22T10:00:30Z","cookie_id":"ck1","crm_id":"C1","product_id":"P1","category":"coats","price":120}"#
+            .to_string(),
         vnb("C1", "P1"),
     );
     push(
