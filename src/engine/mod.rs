@@ -15,10 +15,13 @@ pub mod records;
 pub mod stats;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::event::{Body, Event, Millis};
 use crate::state::keys::{push_str, push_ts, read_timer, str_key};
+use crate::state::store::Expired;
 use crate::state::{Cf, StateError, StateSize, Store};
 use crate::trigger::Trigger;
 
@@ -80,6 +83,7 @@ const META_MAX_TS: &[u8] = b"max_ts";
 const META_IDLE_WM: &[u8] = b"idle_watermark";
 const META_PENDING: &[u8] = b"pending_checks";
 const META_GC_HOUR: &[u8] = b"gc_hour";
+const META_DEDUP_HORIZON: &[u8] = b"dedup_horizon";
 const META_FINGERPRINT: &[u8] = b"fingerprint";
 const META_OFFSET_PREFIX: &[u8] = b"offset/";
 
@@ -100,15 +104,19 @@ pub struct Engine {
     /// goes to `overdue` instead, and fires first, in order.
     swept_to: Millis,
     overdue: Vec<(Millis, String, String)>,
-    /// Event ids older than this were collected already.
-    gc_from: Millis,
+    /// Applied event times below this no longer make a duplicate. Moved
+    /// once per hour of event time, so live mode and replay agree; shared
+    /// with the compaction filter that drops what lies wholly below it.
+    dedup_horizon: Millis,
+    published_horizon: Arc<AtomicI64>,
 }
 
 impl Engine {
     /// Opens the state at `dir`, creating it when absent. A state written
     /// under another configuration fingerprint is refused.
     pub fn open(dir: &Path, config: &Config) -> Result<Engine, EngineError> {
-        let mut store = Store::open(dir)?;
+        let published_horizon = Arc::new(AtomicI64::new(Millis::MIN));
+        let mut store = Store::open_with_expiry(dir, Some(dedup_expiry(&published_horizon)))?;
         let current = config.fingerprint();
         match store.get(Cf::Meta, META_FINGERPRINT)? {
             Some(stored) if stored != current.as_bytes() => {
@@ -130,6 +138,8 @@ impl Engine {
             ..EngineStats::default()
         };
         let earliest_due = first_timer_at_or_after(&store, Millis::MIN)?;
+        let dedup_horizon = read(META_DEDUP_HORIZON)?.unwrap_or(Millis::MIN);
+        published_horizon.store(dedup_horizon, Ordering::Relaxed);
         Ok(Engine {
             max_ts: read(META_MAX_TS)?,
             idle_watermark: read(META_IDLE_WM)?,
@@ -140,7 +150,8 @@ impl Engine {
             earliest_due,
             swept_to: Millis::MIN,
             overdue: Vec::new(),
-            gc_from: Millis::MIN,
+            dedup_horizon,
+            published_horizon,
         })
     }
 
@@ -168,7 +179,7 @@ impl Engine {
         self.stats.count_event(event.body.type_name());
         self.route(event, sink)?;
         self.fire_due(self.watermark(), sink)?;
-        self.collect_garbage()?;
+        self.collect_garbage();
         Ok(Outcome::Applied)
     }
 
@@ -247,6 +258,7 @@ impl Engine {
         put(META_IDLE_WM, self.idle_watermark);
         put(META_PENDING, Some(self.stats.pending_checks));
         put(META_GC_HOUR, Some(self.gc_hour));
+        put(META_DEDUP_HORIZON, Some(self.dedup_horizon));
         self.store.commit()?;
         Ok(())
     }
@@ -444,65 +456,50 @@ impl Engine {
         Ok(())
     }
 
+    /// The times of applied events with this id that can still make a
+    /// duplicate.
     fn dedup_times(&self, key: &[u8]) -> Result<Vec<Millis>, StateError> {
-        match self.store.get(Cf::Dedup, key)? {
-            Some(b) => decode(Cf::Dedup.name(), &b),
-            None => Ok(Vec::new()),
-        }
+        let Some(b) = self.store.get(Cf::Dedup, key)? else {
+            return Ok(Vec::new());
+        };
+        let mut times: Vec<Millis> = decode(Cf::Dedup.name(), &b)?;
+        times.retain(|&t| t >= self.dedup_horizon);
+        Ok(times)
     }
 
     fn record_dedup(&mut self, key: Vec<u8>, mut times: Vec<Millis>, ts: Millis) {
-        let mut by_time = Vec::with_capacity(8 + key.len());
-        push_ts(&mut by_time, ts);
-        by_time.extend_from_slice(&key);
-        self.store.put(Cf::DedupByTime, by_time, Vec::new());
         times.push(ts);
         self.store.put(Cf::Dedup, key, encode(&times));
     }
 
-    /// Once per hour of event time, forgets event ids that no event within
-    /// the allowed lateness can duplicate any more. Driven by event time
-    /// only, so a replay collects exactly as live mode does.
-    fn collect_garbage(&mut self) -> Result<(), StateError> {
-        let Some(max_ts) = self.max_ts else {
-            return Ok(());
-        };
+    /// Once per hour of event time, moves the dedup horizon: event ids that
+    /// no event within the allowed lateness can duplicate any more stop
+    /// counting, and compaction drops them. Driven by event time only, so
+    /// a replay forgets exactly as live mode does.
+    fn collect_garbage(&mut self) {
+        let Some(max_ts) = self.max_ts else { return };
         let hour = max_ts.div_euclid(HOUR);
         if hour <= self.gc_hour {
-            return Ok(());
+            return;
         }
         self.gc_hour = hour;
-        let horizon = max_ts
+        self.dedup_horizon = max_ts
             .saturating_sub(self.params.allowed_lateness)
             .saturating_sub(self.params.dedup_window);
-        let upper = ts_key(horizon);
-        // Ids older than the last horizon were collected already; starting
-        // there keeps the scan off their deletions.
-        let lower = ts_key(self.gc_from);
-        self.gc_from = horizon;
-        loop {
-            let old = self
-                .store
-                .scan(Cf::DedupByTime, &lower, Some(&upper), SCAN_CHUNK)?;
-            if old.is_empty() {
-                return Ok(());
-            }
-            for (key, _) in old {
-                let id_key = key[8..].to_vec();
-                let times: Vec<Millis> = self
-                    .dedup_times(&id_key)?
-                    .into_iter()
-                    .filter(|&t| t >= horizon)
-                    .collect();
-                if times.is_empty() {
-                    self.store.delete(Cf::Dedup, id_key);
-                } else {
-                    self.store.put(Cf::Dedup, id_key, encode(&times));
-                }
-                self.store.delete(Cf::DedupByTime, key);
-            }
-        }
+        self.published_horizon
+            .store(self.dedup_horizon, Ordering::Relaxed);
     }
+}
+
+/// The compaction filter of `Dedup`: an entry is dead once all its times
+/// lie below the published horizon (readers ignore those times already).
+fn dedup_expiry(horizon: &Arc<AtomicI64>) -> (Cf, Expired) {
+    let horizon = Arc::clone(horizon);
+    let expired = move |value: &[u8]| {
+        let h = horizon.load(Ordering::Relaxed);
+        decode::<Vec<Millis>>(Cf::Dedup.name(), value).is_ok_and(|t| t.iter().all(|&t| t < h))
+    };
+    (Cf::Dedup, Box::new(expired))
 }
 
 /// Event ids are kept hashed: 128 bits make a collision across a day of

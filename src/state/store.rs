@@ -16,11 +16,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
+use rocksdb::compaction_filter::Decision as CompactionDecision;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
     ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::keys::first_str_len;
 
@@ -31,8 +32,6 @@ pub enum Cf {
     Meta,
     /// Applied event ids (hashed) → their event times.
     Dedup,
-    /// (event time, id hash) → (): the expiry index of `Dedup`.
-    DedupByTime,
     /// cookie → its CRM link.
     Links,
     /// cookie → events kept while it has no link.
@@ -52,10 +51,9 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 11] = [
+    pub const ALL: [Cf; 10] = [
         Cf::Meta,
         Cf::Dedup,
-        Cf::DedupByTime,
         Cf::Links,
         Cf::Anon,
         Cf::Customers,
@@ -70,7 +68,6 @@ impl Cf {
         match self {
             Cf::Meta => "meta",
             Cf::Dedup => "dedup",
-            Cf::DedupByTime => "dedup_by_time",
             Cf::Links => "links",
             Cf::Anon => "anon",
             Cf::Customers => "customers",
@@ -89,10 +86,7 @@ impl Cf {
     /// Families the engine range-scans (besides the resident timers): their
     /// uncommitted keys are also kept in order.
     fn scanned(self) -> bool {
-        matches!(
-            self,
-            Cf::Meta | Cf::DedupByTime | Cf::CustomerProducts | Cf::Interest
-        )
+        matches!(self, Cf::Meta | Cf::CustomerProducts | Cf::Interest)
     }
 
     /// Families scanned one leading string (product, customer) at a time.
@@ -168,6 +162,20 @@ impl Overlay {
         }
     }
 
+    /// Drops the uncommitted write of `key`; returns the change in bytes.
+    fn forget(&mut self, key: &[u8]) -> isize {
+        if let Some(order) = &mut self.order {
+            order.remove(key);
+        }
+        match self.writes.remove(key) {
+            Some(v) => {
+                let copies = 1 + self.order.is_some() as usize;
+                -((key.len() * copies + v.map_or(0, |v| v.len()) + ENTRY_OVERHEAD) as isize)
+            }
+            None => 0,
+        }
+    }
+
     /// Entries with `lower <= key < upper`, in key order.
     fn range<'a>(
         &'a self,
@@ -194,12 +202,30 @@ pub struct Store {
     overlay_bytes: usize,
     /// Every live entry of the resident families, committed or not.
     resident: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Resident keys first written in this batch and absent from disk: a
+    /// deletion of one just drops the write (a timer that comes and goes
+    /// within a batch never reaches RocksDB).
+    fresh: FxHashSet<Vec<u8>>,
     path: PathBuf,
 }
+
+/// Tells from a value of the expiring family whether it is dead: compaction
+/// drops such entries. It must only ever drop what readers ignore already,
+/// since when compaction runs is up to RocksDB.
+pub type Expired = Box<dyn Fn(&[u8]) -> bool + Send>;
 
 impl Store {
     /// Opens (creating when absent) the state at `dir`.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
+        Store::open_with_expiry(dir, None)
+    }
+
+    /// As `open`, with entries of `expiry`'s family that its test calls dead
+    /// dropped whenever RocksDB compacts them.
+    pub fn open_with_expiry(
+        dir: &Path,
+        expiry: Option<(Cf, Expired)>,
+    ) -> Result<Store, StateError> {
         let open_err = |source| StateError::Open {
             path: dir.to_path_buf(),
             source,
@@ -211,15 +237,30 @@ impl Store {
         // grow with the number of families.
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let cfs = Cf::ALL
+        let mut expiry = expiry;
+        let cfs: Vec<_> = Cf::ALL
             .iter()
-            .map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache)));
+            .map(|&cf| {
+                let mut opts = cf_options(cf, &cache);
+                if let Some((_, expired)) = expiry.take_if(|(e, _)| *e == cf) {
+                    opts.set_compaction_filter("pretext.expiry", move |_, _: &[u8], v: &[u8]| {
+                        if expired(v) {
+                            CompactionDecision::Remove
+                        } else {
+                            CompactionDecision::Keep
+                        }
+                    });
+                }
+                ColumnFamilyDescriptor::new(cf.name(), opts)
+            })
+            .collect();
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(open_err)?;
         let mut store = Store {
             db,
             overlays: Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect(),
             overlay_bytes: 0,
             resident: BTreeMap::new(),
+            fresh: FxHashSet::default(),
             path: dir.to_path_buf(),
         };
         store.resident = store.committed(Cf::Timers)?.into_iter().collect();
@@ -256,6 +297,11 @@ impl Store {
 
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
         if cf.resident() {
+            let on_disk = self.resident.contains_key(&key)
+                || self.overlays[cf.index()].writes.contains_key(&key);
+            if !on_disk {
+                self.fresh.insert(key.clone());
+            }
             self.resident.insert(key.clone(), value.clone());
         }
         self.write(cf, key, Some(value));
@@ -264,6 +310,11 @@ impl Store {
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
         if cf.resident() {
             self.resident.remove(&key);
+            if self.fresh.remove(&key) {
+                let delta = self.overlays[cf.index()].forget(&key);
+                self.overlay_bytes = self.overlay_bytes.saturating_add_signed(delta);
+                return;
+            }
         }
         self.write(cf, key, None);
     }
@@ -313,8 +364,9 @@ impl Store {
     /// Writes every uncommitted change in one atomic write batch.
     pub fn commit(&mut self) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
-        let fresh = Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect();
-        let overlays = std::mem::replace(&mut self.overlays, fresh);
+        let empty = Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect();
+        let overlays = std::mem::replace(&mut self.overlays, empty);
+        self.fresh.clear();
         for (cf, overlay) in Cf::ALL.into_iter().zip(overlays) {
             let handle = self.handle(cf);
             let mut writes: Vec<_> = overlay.writes.into_iter().collect();
@@ -506,6 +558,44 @@ mod tests {
         assert_eq!(keys(&bounded), vec![&b"b"[..], b"e"]);
         let limited = s.scan(Cf::Timers, b"", None, 2).unwrap();
         assert_eq!(keys(&limited), vec![&b"a"[..], b"b"]);
+    }
+
+    #[test]
+    fn a_resident_key_put_and_deleted_in_one_batch_never_reaches_disk() {
+        let (_d, mut s) = store();
+        s.put(Cf::Timers, b"kept".to_vec(), vec![]);
+        s.put(Cf::Timers, b"gone".to_vec(), vec![]);
+        s.commit().unwrap();
+        let before = s.uncommitted_bytes();
+        s.put(Cf::Timers, b"brief".to_vec(), vec![]);
+        s.delete(Cf::Timers, b"brief".to_vec());
+        assert_eq!(s.uncommitted_bytes(), before, "nothing left to write");
+        s.delete(Cf::Timers, b"gone".to_vec());
+        s.put(Cf::Timers, b"gone".to_vec(), vec![]);
+        s.delete(Cf::Timers, b"gone".to_vec());
+        s.commit().unwrap();
+        assert_eq!(
+            s.committed_keys(Cf::Timers).unwrap(),
+            vec![b"kept".to_vec()]
+        );
+        let all = s.scan(Cf::Timers, b"", None, 10).unwrap();
+        assert_eq!(keys(&all), vec![&b"kept"[..]]);
+    }
+
+    #[test]
+    fn compaction_drops_what_the_expiry_calls_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let expired: Expired = Box::new(|v: &[u8]| v == b"dead");
+        let mut s = Store::open_with_expiry(dir.path(), Some((Cf::Dedup, expired))).unwrap();
+        s.put(Cf::Dedup, b"a".to_vec(), b"dead".to_vec());
+        s.put(Cf::Dedup, b"b".to_vec(), b"live".to_vec());
+        s.put(Cf::Links, b"c".to_vec(), b"dead".to_vec());
+        s.commit().unwrap();
+        for cf in [Cf::Dedup, Cf::Links] {
+            s.db.compact_range_cf(s.handle(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+        assert_eq!(s.committed_keys(Cf::Dedup).unwrap(), vec![b"b".to_vec()]);
+        assert_eq!(s.committed_keys(Cf::Links).unwrap(), vec![b"c".to_vec()]);
     }
 
     #[test]
