@@ -9,6 +9,9 @@ use clap::{ArgAction, Parser, Subcommand};
 use pretext::config::{Config, LogFormat};
 use pretext::replay::{replay, ReplayOptions};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pretext",
