@@ -20,7 +20,7 @@ pub const SAMPLE_NAME: &str = "examples/sample.jsonl";
 pub const SAMPLE: &[u8] = include_bytes!("../examples/sample.jsonl");
 
 /// Commit the state this often, so a long replay holds a bounded overlay.
-const COMMIT_EVERY_BYTES: usize = 64 << 20;
+const COMMIT_EVERY_BYTES: usize = 32 << 20;
 /// Rejections described one by one on stderr when no dead-letter file is given.
 const REJECTIONS_SHOWN: u64 = 20;
 

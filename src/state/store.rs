@@ -8,9 +8,9 @@
 //!
 //! The overlay is a hash map (point lookups dominate: one per event and
 //! family); only the families the engine scans also keep their written keys
-//! in order. The timer family is small (one key per pending check) and
-//! scanned after every event, so it is resident: held whole in memory, read
-//! from disk once at open, and written through at commit like the rest.
+//! in order. The timer and tombstone families are small and read after
+//! every event, so they are resident: held whole in memory, read from disk
+//! once at open, and written through at commit like the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -94,9 +94,12 @@ impl Cf {
         matches!(self, Cf::CustomerProducts | Cf::Interest)
     }
 
-    /// Families held whole in memory.
+    /// Families held whole in memory: small ones read on every event.
+    /// Timers: one key per pending check, scanned after each event.
+    /// Tombstones: one key per erased customer, looked up for each event
+    /// naming a customer (almost always absent).
     fn resident(self) -> bool {
-        self == Cf::Timers
+        matches!(self, Cf::Timers | Cf::Tombstones)
     }
 }
 
@@ -200,12 +203,13 @@ pub struct Store {
     db: DB,
     overlays: Vec<Overlay>,
     overlay_bytes: usize,
-    /// Every live entry of the resident families, committed or not.
-    resident: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Every live entry of the resident families, committed or not (by
+    /// family index; empty for the others).
+    resident: Vec<BTreeMap<Vec<u8>, Vec<u8>>>,
     /// Resident keys first written in this batch and absent from disk: a
     /// deletion of one just drops the write (a timer that comes and goes
     /// within a batch never reaches RocksDB).
-    fresh: FxHashSet<Vec<u8>>,
+    fresh: Vec<FxHashSet<Vec<u8>>>,
     path: PathBuf,
 }
 
@@ -259,11 +263,14 @@ impl Store {
             db,
             overlays: Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect(),
             overlay_bytes: 0,
-            resident: BTreeMap::new(),
-            fresh: FxHashSet::default(),
+            resident: vec![BTreeMap::new(); Cf::ALL.len()],
+            fresh: vec![FxHashSet::default(); Cf::ALL.len()],
             path: dir.to_path_buf(),
         };
-        store.resident = store.committed(Cf::Timers)?.into_iter().collect();
+        for cf in Cf::ALL.into_iter().filter(|cf| cf.resident()) {
+            let entries = store.committed(cf)?;
+            store.resident[cf.index()].extend(entries);
+        }
         Ok(store)
     }
 
@@ -282,7 +289,7 @@ impl Store {
     /// The value at `key`, as of every write so far (committed or not).
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         if cf.resident() {
-            return Ok(self.resident.get(key).cloned());
+            return Ok(self.resident[cf.index()].get(key).cloned());
         }
         if let Some(v) = self.overlays[cf.index()].writes.get(key) {
             return Ok(v.clone());
@@ -297,20 +304,21 @@ impl Store {
 
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
         if cf.resident() {
-            let on_disk = self.resident.contains_key(&key)
-                || self.overlays[cf.index()].writes.contains_key(&key);
+            let i = cf.index();
+            let on_disk =
+                self.resident[i].contains_key(&key) || self.overlays[i].writes.contains_key(&key);
             if !on_disk {
-                self.fresh.insert(key.clone());
+                self.fresh[i].insert(key.clone());
             }
-            self.resident.insert(key.clone(), value.clone());
+            self.resident[i].insert(key.clone(), value.clone());
         }
         self.write(cf, key, Some(value));
     }
 
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
         if cf.resident() {
-            self.resident.remove(&key);
-            if self.fresh.remove(&key) {
+            self.resident[cf.index()].remove(&key);
+            if self.fresh[cf.index()].remove(&key) {
                 let delta = self.overlays[cf.index()].forget(&key);
                 self.overlay_bytes = self.overlay_bytes.saturating_add_signed(delta);
                 return;
@@ -335,8 +343,7 @@ impl Store {
     ) -> Result<Entries, StateError> {
         if cf.resident() {
             let upper = upper.map_or(Bound::Unbounded, Bound::Excluded);
-            return Ok(self
-                .resident
+            return Ok(self.resident[cf.index()]
                 .range::<[u8], _>((Bound::Included(lower), upper))
                 .take(limit)
                 .map(|(k, v)| (k.clone(), v.clone()))
@@ -366,7 +373,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         let empty = Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect();
         let overlays = std::mem::replace(&mut self.overlays, empty);
-        self.fresh.clear();
+        self.fresh.iter_mut().for_each(FxHashSet::clear);
         for (cf, overlay) in Cf::ALL.into_iter().zip(overlays) {
             let handle = self.handle(cf);
             let mut writes: Vec<_> = overlay.writes.into_iter().collect();
@@ -432,7 +439,7 @@ impl Store {
 }
 
 /// The memtables of all families together, at most.
-const MEMTABLE_BUDGET: usize = 128 << 20;
+const MEMTABLE_BUDGET: usize = 96 << 20;
 /// Data, index and filter blocks cached, shared by all families.
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
 
