@@ -114,8 +114,14 @@ fn raw_consumer(bootstrap: &str, topic: &str, n: usize) -> f64 {
 /// until its metrics count `n` input messages handled.
 fn pretext_run(dir: &std::path::Path, broker: &Broker, topics: &Topics, n: usize) -> f64 {
     let (config, state) = write_config(dir, &broker.addr, topics, &unique("group"));
+    // The test harness's config uses small batches; the bench runs
+    // pretext's default batch bounds.
+    let batch = pretext::config::Config::default()
+        .kafka
+        .batch_max_messages
+        .to_string();
     let env = [
-        ("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "5000"),
+        ("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", batch.as_str()),
         ("PRETEXT__LOG__LEVEL", "warn"),
     ];
     let pretext = Pretext::start_with_env(&config, &state, &dir.join("pretext.log"), &env);

@@ -290,7 +290,7 @@ impl Default for Kafka {
             brokers: "127.0.0.1:9092".into(),
             group_id: "pretext".into(),
             client: BTreeMap::new(),
-            batch_max_messages: 5000,
+            batch_max_messages: 20000,
             batch_max_wait: Dur(100),
             producer_max_in_flight: 10_000,
             shutdown_timeout: Dur::secs(20),
@@ -957,7 +957,7 @@ mod tests {
         assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(c.kafka.group_id, "pretext");
         assert!(c.kafka.client.is_empty());
-        assert_eq!(c.kafka.batch_max_messages, 5000);
+        assert_eq!(c.kafka.batch_max_messages, 20000);
         assert_eq!(c.kafka.batch_max_wait, Dur(100));
         assert_eq!(c.kafka.producer_max_in_flight, 10_000);
         assert_eq!(c.kafka.shutdown_timeout, Dur(20_000));
