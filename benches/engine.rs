@@ -11,6 +11,10 @@ use pretext::engine::Engine;
 use pretext::event::Event;
 use pretext::trigger::Trigger;
 
+// The allocator the binary uses, so per-event costs match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_795_341_600_000;
 
 fn event(line: &str) -> Event {
