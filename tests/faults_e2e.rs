@@ -146,6 +146,11 @@ fn await_triggers(
         if expected.is_subset(&got) {
             return got;
         }
+        if Instant::now() >= deadline && std::env::var("PRETEXT_FAULT_DEBUG").is_ok() {
+            let keep = format!("/tmp/pretext-fault-{}.log", std::process::id());
+            let _ = std::fs::copy(log, &keep);
+            eprintln!("log kept in {keep}");
+        }
         assert!(
             Instant::now() < deadline,
             "{} of {} expected triggers missing ({} received); log tail:\n{}",
@@ -345,8 +350,12 @@ fn survives_a_broker_fault(fault: impl FnOnce(&mut Broker, &mut Pretext)) {
     let (first, rest) = lines.split_at(lines.len() / 2);
     broker.produce(&topics.input, &keyed(first));
     let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
+    let mut env = exact_with_batch("20");
+    if debug_kafka(&config) {
+        env.push(("PRETEXT__LOG__LEVEL", "info,librdkafka=debug,rdkafka=debug"));
+    }
     let log = dir.path().join("pretext.log");
-    let mut pretext = Pretext::start_with_env(&config, &state, &log, &exact_with_batch("20"));
+    let mut pretext = Pretext::start_with_env(&config, &state, &log, &env);
     let pid = pretext.pid();
     wait_applying(&pretext);
 
@@ -357,15 +366,17 @@ fn survives_a_broker_fault(fault: impl FnOnce(&mut Broker, &mut Pretext)) {
         "pretext exited during the fault; log tail:\n{}",
         log_tail(&log, 40)
     );
+    let watch = Watch::new(&log);
     broker.produce(&topics.input, &keyed(rest));
     let got = await_triggers(
         &broker.addr,
         &topics.triggers,
         &exp.ids,
-        Duration::from_secs(180),
+        Duration::from_secs(env_number("PRETEXT_FAULT_RECOVERY_SECS").unwrap_or(180)),
         &log,
     );
     wait_caught_up(&pretext);
+    watch.check();
     assert!(pretext.running(), "pretext recovers without a restart");
     assert_eq!(pretext.pid(), pid);
     let assigned = log_text(&log).matches("partitions assigned").count();
@@ -375,14 +386,52 @@ fn survives_a_broker_fault(fault: impl FnOnce(&mut Broker, &mut Pretext)) {
     assert_same_state(&state, &exp.state);
 }
 
+/// With `PRETEXT_FAULT_DEBUG=cgrp,...`, librdkafka's debug contexts go
+/// into the config's `kafka.client` (and so into pretext's log), and the
+/// log is kept in `/tmp/pretext-fault-<pid>.log`.
+fn debug_kafka(config: &Path) -> bool {
+    let Ok(contexts) = std::env::var("PRETEXT_FAULT_DEBUG") else {
+        return false;
+    };
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "[kafka.client]\n",
+        &format!("[kafka.client]\n\"debug\" = \"{contexts}\"\n"),
+    );
+    std::fs::write(config, text).unwrap();
+    true
+}
+
 /// SIGSTOP for longer than `session.timeout.ms` (6 s in the tests' config),
 /// then SIGCONT: the connections stay open but nothing answers, so the
 /// group session lapses while pretext waits on fetches and deliveries.
+///
+/// pretext does its part (librdkafka revokes on the session timeout, the
+/// batch is committed, the partitions are handed over and the consumer
+/// rejoins as a new member), but tansu 0.6.0's group coordinator never
+/// completes that rejoin: its JoinGroup answers name as leader the member
+/// id of the lapsed session, which no client holds any more, and every
+/// SyncGroup fails (REBALANCE_IN_PROGRESS, then UNKNOWN_MEMBER_ID), for as
+/// long as we waited (3 min). `mock_broker_unresponsive_past_the_session_timeout`
+/// covers the same fault on librdkafka's mock cluster, where it recovers.
 #[test]
+#[ignore = "tansu 0.6.0: after a lapsed session its coordinator never completes the rejoin (docs/faults.md)"]
 fn broker_paused_past_the_session_timeout_then_resumed() {
     survives_a_broker_fault(|broker, pretext| {
         broker.pause();
         std::thread::sleep(Duration::from_secs(10));
+        let alive = pretext.running();
+        broker.resume();
+        assert!(alive, "pretext exited while the broker was paused");
+    });
+}
+
+/// SIGSTOP for 4 s, within the session timeout, then SIGCONT: requests
+/// stall, the session holds, pretext goes on.
+#[test]
+fn broker_paused_within_the_session_timeout_then_resumed() {
+    survives_a_broker_fault(|broker, pretext| {
+        broker.pause();
+        std::thread::sleep(Duration::from_secs(4));
         let alive = pretext.running();
         broker.resume();
         assert!(alive, "pretext exited while the broker was paused");
@@ -400,6 +449,37 @@ fn broker_restarted_while_pretext_runs() {
         broker.start_again();
         assert!(alive, "pretext exited while the broker was down");
     });
+}
+
+/// Tells a tansu flake from a pretext failure when a run exits: tansu 0.6.0
+/// on sqlite sometimes answers a produce with an unknown server error
+/// (seen once in about ten runs, with an offset commit in flight), which
+/// librdkafka's idempotent producer does not retry ("message sequence
+/// gap"), so the delivery fails and pretext exits 1, as designed.
+struct Watch<'a> {
+    log: &'a Path,
+}
+
+impl<'a> Watch<'a> {
+    fn new(log: &'a Path) -> Watch<'a> {
+        Watch { log }
+    }
+
+    fn check(&self) {
+        let text = log_text(self.log);
+        if text.contains("not delivered") {
+            panic!(
+                "pretext exited on a failed delivery{}; log tail:\n{}",
+                if text.contains("Unknown broker error") {
+                    " (tansu answered a produce with an unknown server error: the tansu \
+                     flake of docs/faults.md, not a recovery failure)"
+                } else {
+                    ""
+                },
+                log_tail(self.log, 40)
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -536,8 +616,10 @@ fn mock_fatal_produce_error_exits_and_a_restart_loses_nothing() {
 
 /// Offset commits to Kafka fail (they are for monitoring only: the offsets
 /// that count are in the state) and fetches fail, the last with
-/// OFFSET_OUT_OF_RANGE, which resets the consumer to the earliest offset:
-/// pretext skips what it already applied.
+/// OFFSET_OUT_OF_RANGE. Were that to reset the consumer to the earliest
+/// offset, pretext would skip what it already applied; in the runs so far
+/// librdkafka retried the fetch at its position instead (the test prints
+/// whether a reset was seen).
 #[test]
 fn mock_commit_and_fetch_errors_lose_nothing_and_apply_nothing_twice() {
     let mock = Mock::new(6000);
@@ -591,6 +673,34 @@ fn mock_broker_down_past_the_session_timeout_then_up() {
     assert!(pretext.running());
     assert_eq!(pretext.pid(), pid);
     mock.check(pretext);
+}
+
+/// The mock broker answers nothing for 10 s (every response delayed), past
+/// the session timeout: the closest the mock comes to a SIGSTOP'd broker.
+/// The session lapses, pretext hands its partitions over, rejoins and
+/// resumes at the offsets stored with its state, without a restart.
+#[test]
+fn mock_broker_unresponsive_past_the_session_timeout() {
+    let mock = Mock::new(6000);
+    let mut pretext = mock.start();
+    wait_applying(&pretext);
+    let pid = pretext.pid();
+    mock.cluster
+        .broker_round_trip_time(1, Duration::from_secs(10))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    mock.cluster
+        .broker_round_trip_time(1, Duration::ZERO)
+        .unwrap();
+    assert!(pretext.running(), "{}", log_tail(&mock.log, 40));
+    assert_eq!(pretext.pid(), pid);
+    mock.check(pretext);
+    let text = log_text(&mock.log);
+    eprintln!(
+        "session lapsed: {}; partitions assigned {} times",
+        text.contains("SESSTMOUT"),
+        text.matches("partitions assigned").count()
+    );
 }
 
 // ---------------------------------------------------------------------------
