@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::event::{Body, Event, Millis};
 use crate::state::keys::{push_str, push_ts, read_timer, str_key};
-use crate::state::store::Expired;
+use crate::state::store::{Entries, Expired};
 use crate::state::{Cf, StateError, StateSize, Store};
 use crate::trigger::Trigger;
 
@@ -489,6 +489,22 @@ impl Engine {
         self.published_horizon
             .store(self.dedup_horizon, Ordering::Relaxed);
     }
+}
+
+/// The committed entries of `cf` that can affect a result, for comparing
+/// two states (a live run against a replay): every entry, except `Dedup`
+/// entries whose times all lie below the stored dedup horizon, which no
+/// reader sees and compaction drops at a time of RocksDB's choosing.
+pub fn comparable_entries(store: &Store, cf: Cf) -> Result<Entries, StateError> {
+    let mut entries = store.committed(cf)?;
+    if cf == Cf::Dedup {
+        let horizon = meta_i64(store, META_DEDUP_HORIZON)?.unwrap_or(Millis::MIN);
+        entries.retain(|(_, v)| {
+            decode::<Vec<Millis>>(Cf::Dedup.name(), v)
+                .map_or(true, |t| t.iter().any(|&t| t >= horizon))
+        });
+    }
+    Ok(entries)
 }
 
 /// The compaction filter of `Dedup`: an entry is dead once all its times
