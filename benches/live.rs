@@ -11,32 +11,24 @@
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
+mod common;
 
 use std::time::{Duration, Instant};
 
 use broker::{metric_sum, unique, write_config, Broker, Pretext, Storage, Topics};
-use clap::Parser;
-use pretext::gen::GenArgs;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-#[derive(Parser)]
-struct Gen {
-    #[command(flatten)]
-    args: GenArgs,
-}
-
 fn main() {
-    let mut argv = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .filter_map(|a| a.replace('_', "").parse::<u64>().ok());
+    let mut argv = common::numbers().into_iter();
     let events = argv.next().unwrap_or(500_000);
     let customers = argv.next().unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let lines = generate(dir.path(), events, customers);
+    let input = common::generate(dir.path(), events, customers, 2);
+    let text = std::fs::read_to_string(input).expect("read events");
+    let lines: Vec<&str> = text.lines().collect();
     let n = lines.len();
 
     let broker = Broker::start_own(Storage::Memory);
@@ -58,25 +50,6 @@ fn main() {
     println!("raw rdkafka consumer: {raw:>10.0} events/s (runs of {raw_s:.2} s and {raw_again_s:.2} s, before and after)");
     println!("pretext run:          {live:>10.0} events/s ({pretext_s:.2} s from start to the last event applied)");
     println!("ratio pretext/raw:    {:.3}", live / raw);
-}
-
-fn generate(dir: &std::path::Path, events: u64, customers: u64) -> Vec<String> {
-    let path = dir.join("events.jsonl");
-    let gen = Gen::parse_from([
-        "gen",
-        "--events",
-        &events.to_string(),
-        "--customers",
-        &customers.to_string(),
-        "--output",
-        path.to_str().expect("utf-8 path"),
-    ]);
-    pretext::gen::run(&gen.args).expect("generate events");
-    std::fs::read_to_string(&path)
-        .expect("read events")
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Seconds for a plain consumer to read `n` messages from offset 0,

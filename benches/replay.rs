@@ -10,18 +10,11 @@
 //! Several customer counts give the cost curve as the state grows.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use pretext::gen::GenArgs;
-
-#[derive(Parser)]
-struct Gen {
-    #[command(flatten)]
-    args: GenArgs,
-}
+mod common;
 
 struct Run {
     customers: u64,
@@ -32,10 +25,7 @@ struct Run {
 }
 
 fn main() {
-    let mut argv = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .filter_map(|a| a.replace('_', "").parse::<u64>().ok());
+    let mut argv = common::numbers().into_iter();
     let events = argv.next().unwrap_or(1_000_000);
     let mut customers: Vec<u64> = argv.collect();
     if customers.is_empty() {
@@ -63,7 +53,8 @@ fn main() {
 
 fn measure(events: u64, customers: u64) -> Run {
     let dir = tempfile::tempdir().expect("temp dir");
-    let input = generate(dir.path(), events, customers);
+    // Two days at least, ~500k events a day beyond that.
+    let input = common::generate(dir.path(), events, customers, (events / 500_000).max(2));
     let (lines, baseline_s) = parse_only(&input);
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pretext"))
@@ -104,26 +95,6 @@ fn measure(events: u64, customers: u64) -> Run {
         replay_s,
         peak_rss_mib: peak_kib / 1024,
     }
-}
-
-fn generate(dir: &Path, events: u64, customers: u64) -> PathBuf {
-    let input = dir.join("events.jsonl");
-    let days = (events / 500_000).max(2).to_string();
-    let gen = Gen::parse_from([
-        "gen",
-        "--events",
-        &events.to_string(),
-        "--customers",
-        &customers.to_string(),
-        "--products",
-        "5000",
-        "--days",
-        &days,
-        "--output",
-        input.to_str().expect("utf-8 path"),
-    ]);
-    pretext::gen::run(&gen.args).expect("generate events");
-    input
 }
 
 /// serde_json decode of every line into a `Value`, and nothing else.
