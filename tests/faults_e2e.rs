@@ -453,7 +453,8 @@ fn broker_restarted_while_pretext_runs() {
 
 /// Tells a tansu flake from a pretext failure when a run exits: tansu 0.6.0
 /// on sqlite sometimes answers a produce with an unknown server error
-/// (seen once in about ten runs, with an offset commit in flight), which
+/// (once in the first seven broker-fault runs here, with an offset commit
+/// in flight), which
 /// librdkafka's idempotent producer does not retry ("message sequence
 /// gap"), so the delivery fails and pretext exits 1, as designed.
 struct Watch<'a> {
