@@ -129,6 +129,13 @@ fn pretext_run(dir: &std::path::Path, broker: &Broker, topics: &Topics, n: usize
         std::thread::sleep(Duration::from_millis(50));
     }
     let elapsed = start.elapsed().as_secs_f64();
+    // Time inside batches (apply, produce, commit) against the whole run:
+    // the rest is waiting for input.
+    if let Some(m) = pretext.metrics() {
+        let busy = metric_sum(&m, "pretext_batch_duration_seconds_sum");
+        let batches = metric_sum(&m, "pretext_batch_duration_seconds_count");
+        println!("pretext in batches:   {busy:.2} s of {elapsed:.2} s ({batches} batches)");
+    }
     assert!(pretext.terminate().success(), "pretext exits 0 on SIGTERM");
     elapsed
 }
