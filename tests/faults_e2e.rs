@@ -146,6 +146,9 @@ fn await_triggers(
         if expected.is_subset(&got) {
             return got;
         }
+        if Instant::now() >= deadline {
+            Watch::new(log).check();
+        }
         if Instant::now() >= deadline && std::env::var("PRETEXT_FAULT_DEBUG").is_ok() {
             let keep = format!("/tmp/pretext-fault-{}.log", std::process::id());
             let _ = std::fs::copy(log, &keep);
@@ -255,9 +258,10 @@ fn env_number(name: &str) -> Option<u64> {
 /// `PRETEXT_CRASH_SEED` repeats it), at least 5 (`PRETEXT_CRASH_KILLS`, 20 in
 /// `scripts/crash-loop.sh`), restarting each time: the input is produced in
 /// as many chunks as there are runs, one before each, and each run gets a
-/// random batch size. A quarter of the kills land at any moment after the
-/// start (state opening, group joining, first fetch), the others at a random
-/// moment once the run is applying. At the end the trigger ids and the
+/// random batch size. A quarter of the kills land at any moment in the 4 s
+/// after the partitions are assigned (first fetch, applying, or idle once
+/// its chunk is done), the others at a random moment once the run is
+/// applying. At the end the trigger ids and the
 /// state equal an uninterrupted replay's.
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice() {
@@ -288,9 +292,13 @@ fn sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice() {
         let run_start = Instant::now();
         let pretext = Pretext::start_with_env(&config, &state, &log, &exact_with_batch(batch));
         let moment = if rng.below(4) == 0 {
+            // Not before the partitions are assigned: a member killed in
+            // the middle of a join wedges tansu 0.6.0's group (see
+            // docs/faults.md), which a real Kafka expires.
+            pretext.wait_ready();
             let ms = rng.below(4000);
             std::thread::sleep(Duration::from_millis(ms));
-            format!("{ms} ms after the start")
+            format!("{ms} ms after the partitions were assigned")
         } else {
             wait_applying(&pretext);
             let ms = rng.below(1500);
@@ -438,12 +446,16 @@ fn broker_paused_within_the_session_timeout_then_resumed() {
     });
 }
 
-/// The broker stopped for 8 s (past the session timeout) and started again
-/// on the same port with the same sqlite storage.
+/// The broker killed (SIGKILL) and, 8 s later (past the session timeout),
+/// started again on the same port with the same sqlite storage. A SIGKILL
+/// rather than a SIGTERM: tansu 0.6.0 shutting down answers produce
+/// requests in flight with an unknown server error, which librdkafka's
+/// idempotent producer does not retry, so pretext exits 1 (as designed for
+/// a failed delivery; a restart loses nothing): see docs/faults.md.
 #[test]
 fn broker_restarted_while_pretext_runs() {
     survives_a_broker_fault(|broker, pretext| {
-        broker.stop();
+        broker.kill();
         std::thread::sleep(Duration::from_secs(8));
         let alive = pretext.running();
         broker.start_again();
@@ -451,12 +463,11 @@ fn broker_restarted_while_pretext_runs() {
     });
 }
 
-/// Tells a tansu flake from a pretext failure when a run exits: tansu 0.6.0
-/// on sqlite sometimes answers a produce with an unknown server error
-/// (once in the first seven broker-fault runs here, with an offset commit
-/// in flight), which
-/// librdkafka's idempotent producer does not retry ("message sequence
-/// gap"), so the delivery fails and pretext exits 1, as designed.
+/// Tells a failed delivery from a recovery failure when a run exits:
+/// tansu 0.6.0 shutting down (SIGTERM) answers produce requests in flight
+/// with an unknown server error, which librdkafka's idempotent producer
+/// does not retry ("message sequence gap"), so the delivery fails and
+/// pretext exits 1, as designed (docs/faults.md).
 struct Watch<'a> {
     log: &'a Path,
 }
@@ -472,8 +483,8 @@ impl<'a> Watch<'a> {
             panic!(
                 "pretext exited on a failed delivery{}; log tail:\n{}",
                 if text.contains("Unknown broker error") {
-                    " (tansu answered a produce with an unknown server error: the tansu \
-                     flake of docs/faults.md, not a recovery failure)"
+                    " (tansu answered a produce with an unknown server error, as it does \
+                     when shutting down: docs/faults.md)"
                 } else {
                     ""
                 },

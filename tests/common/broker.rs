@@ -144,6 +144,16 @@ impl Broker {
         }
     }
 
+    /// Kills the broker (SIGKILL: a crash) and waits for it.
+    pub fn kill(&mut self) {
+        let mut child = self
+            .child
+            .take()
+            .expect("a fault test needs a broker of its own (Broker::start_own)");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Starts a stopped broker again on the same port with the same
     /// storage (with sqlite, the topics, messages and committed offsets are
     /// still there).
