@@ -12,7 +12,7 @@ use crate::trigger::{round2, trigger_id, PromotionInfo, Trigger, TriggerKind};
 use super::identity::Resolved;
 use super::params::Params;
 use super::records::{
-    decode, encode, in_cooldown, insert_sorted, Customer, Interest, KindCode, Pending,
+    decode, encode, in_cooldown, insert_sorted, load, Customer, Interest, KindCode, Pending,
 };
 use super::stats::{EngineStats, Suppressed};
 use super::TriggerSink;
@@ -74,10 +74,7 @@ impl CustomerStage<'_> {
     }
 
     fn load_customer(&self, crm_id: &str) -> Result<Customer, StateError> {
-        Ok(match self.store.get(Cf::Customers, &str_key(crm_id))? {
-            Some(b) => decode(Cf::Customers.name(), &b)?,
-            None => Customer::default(),
-        })
+        Ok(load(self.store, Cf::Customers, &str_key(crm_id))?.unwrap_or_default())
     }
 
     fn update_customer(
@@ -108,10 +105,7 @@ impl CustomerStage<'_> {
         crm_id: &str,
         product_id: &str,
     ) -> Result<Option<Interest>, StateError> {
-        self.store
-            .get(Cf::Interest, &pair_key(product_id, crm_id))?
-            .map(|b| decode(Cf::Interest.name(), &b))
-            .transpose()
+        load(self.store, Cf::Interest, &pair_key(product_id, crm_id))
     }
 
     /// Loads the interest record, registering a new one in the customer's

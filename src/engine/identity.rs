@@ -9,7 +9,7 @@ use crate::event::{Millis, ViewKind};
 use crate::state::keys::str_key;
 use crate::state::{Cf, StateError, Store};
 
-use super::records::{decode, encode, Kept, KeptEvents, Link};
+use super::records::{encode, load, Kept, KeptEvents, Link};
 
 /// An event of a customer, as the identity stage hands it on.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,10 +52,7 @@ impl Identity<'_> {
     }
 
     fn link(&self, cookie_id: &str) -> Result<Option<Link>, StateError> {
-        self.store
-            .get(Cf::Links, &str_key(cookie_id))?
-            .map(|b| decode(Cf::Links.name(), &b))
-            .transpose()
+        load(self.store, Cf::Links, &str_key(cookie_id))
     }
 
     /// Applies a link carried by an event stamped `ts`. The link with the
@@ -104,10 +101,9 @@ impl Identity<'_> {
         out: &mut Vec<Resolved>,
     ) -> Result<(), StateError> {
         let key = str_key(cookie_id);
-        let Some(bytes) = self.store.get(Cf::Anon, &key)? else {
+        let Some(kept) = load::<KeptEvents>(self.store, Cf::Anon, &key)? else {
             return Ok(());
         };
-        let kept: KeptEvents = decode(Cf::Anon.name(), &bytes)?;
         self.store.delete(Cf::Anon, key);
         let from = link_ts.saturating_sub(self.lookback);
         for ev in kept.events.into_iter().filter(|e| e.ts() >= from) {
@@ -120,10 +116,7 @@ impl Identity<'_> {
     /// event time, then arrival) beyond the buffer's capacity.
     pub fn keep(&mut self, cookie_id: &str, event: Kept) -> Result<(), StateError> {
         let key = str_key(cookie_id);
-        let mut kept: KeptEvents = match self.store.get(Cf::Anon, &key)? {
-            Some(b) => decode(Cf::Anon.name(), &b)?,
-            None => KeptEvents::default(),
-        };
+        let mut kept: KeptEvents = load(self.store, Cf::Anon, &key)?.unwrap_or_default();
         kept.events.push(event);
         while kept.events.len() > self.buffer_cap {
             let oldest = kept

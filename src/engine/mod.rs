@@ -28,7 +28,7 @@ use crate::trigger::Trigger;
 use customer::CustomerStage;
 use identity::{Identity, Resolved};
 use params::Params;
-use records::{decode, encode, Kept};
+use records::{decode, encode, load, Kept};
 pub use stats::{EngineStats, Suppressed};
 
 /// Where the engine hands the triggers it fires, in firing order.
@@ -459,10 +459,9 @@ impl Engine {
     /// The times of applied events with this id that can still make a
     /// duplicate.
     fn dedup_times(&self, key: &[u8]) -> Result<Vec<Millis>, StateError> {
-        let Some(b) = self.store.get(Cf::Dedup, key)? else {
+        let Some(mut times) = load::<Vec<Millis>>(&self.store, Cf::Dedup, key)? else {
             return Ok(Vec::new());
         };
-        let mut times: Vec<Millis> = decode(Cf::Dedup.name(), &b)?;
         times.retain(|&t| t >= self.dedup_horizon);
         Ok(times)
     }

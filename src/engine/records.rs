@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Millis, ViewKind};
-use crate::state::StateError;
+use crate::state::{Cf, StateError, Store};
 
 const VERSION: u8 = 1;
 
@@ -27,6 +27,15 @@ pub fn decode<T: DeserializeOwned>(cf: &'static str, bytes: &[u8]) -> Result<T, 
         Some((v, _)) => Err(corrupt(format!("unknown record version {v}"))),
         None => Err(corrupt("empty record".into())),
     }
+}
+
+/// The record at `key` of `cf`, decoded in place.
+pub fn load<T: DeserializeOwned>(
+    store: &Store,
+    cf: Cf,
+    key: &[u8],
+) -> Result<Option<T>, StateError> {
+    store.read(cf, key, |bytes| decode(cf.name(), bytes))
 }
 
 /// A cookie's link to a customer: the one with the greatest `ts` wins.

@@ -288,18 +288,31 @@ impl Store {
 
     /// The value at `key`, as of every write so far (committed or not).
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.read(cf, key, |v| Ok(v.to_vec()))
+    }
+
+    /// `f` of the value at `key`, as `get` sees it, read in place: no copy
+    /// of the value is made, from the overlay or from RocksDB.
+    pub fn read<T>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> Result<T, StateError>,
+    ) -> Result<Option<T>, StateError> {
         if cf.resident() {
-            return Ok(self.resident[cf.index()].get(key).cloned());
+            return self.resident[cf.index()].get(key).map(|v| f(v)).transpose();
         }
         if let Some(v) = self.overlays[cf.index()].writes.get(key) {
-            return Ok(v.clone());
+            return v.as_deref().map(f).transpose();
         }
-        self.db
-            .get_cf(self.handle(cf), key)
+        let pinned = self
+            .db
+            .get_pinned_cf(self.handle(cf), key)
             .map_err(|source| StateError::Read {
                 cf: cf.name(),
                 source,
-            })
+            })?;
+        pinned.as_deref().map(f).transpose()
     }
 
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
