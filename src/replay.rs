@@ -280,13 +280,16 @@ fn apply_chunks(
     Ok(summary)
 }
 
+/// What `for_each_line` calls: (line number, line) → go on?
+type LineHandler<'a> = dyn FnMut(i64, &[u8]) -> Result<bool, ReplayError> + 'a;
+
 /// Calls `f(line_number, line)` for each line until it returns false:
 /// 1-based numbers, the newline stripped, a blank line is a message, a final
 /// newline is not. `name` names the input in errors.
 fn for_each_line(
     name: &str,
     reader: &mut dyn Read,
-    f: &mut dyn FnMut(i64, &[u8]) -> Result<bool, ReplayError>,
+    f: &mut LineHandler<'_>,
 ) -> Result<(), ReplayError> {
     let mut reader = BufReader::with_capacity(1 << 20, reader);
     let mut line = Vec::with_capacity(4096);
