@@ -105,15 +105,7 @@ fn base(kind: &str, n: usize) -> Vec<(&'static str, String)> {
     f
 }
 
-const TYPES: [&str; 7] = [
-    "product_view",
-    "add_to_cart",
-    "identify",
-    "purchase",
-    "promotion",
-    "consent",
-    "erase",
-];
+use pretext::event::EVENT_TYPES as TYPES;
 
 /// The contract's required fields of each type (beyond the common ones).
 fn required(kind: &str) -> &'static [&'static str] {

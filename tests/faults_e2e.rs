@@ -18,12 +18,11 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::{
-    consume_at, free_port, http_get, metric_sum, produce_at, replay_with, unique, wait_for,
-    write_config, Broker, Pretext, Storage, Topics,
+    consume_at, free_port, http_get, keyed, metric_sum, produce_at, replay_with, trigger_ids,
+    unique, wait_for, write_config, Broker, Pretext, Storage, Topics,
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use serde_json::Value;
 
 const HOUR: i64 = 3_600_000;
 
@@ -60,22 +59,6 @@ fn expected(lines: &[String], dir: &Path) -> Expected {
         ids.len()
     );
     Expected { ids, state }
-}
-
-fn trigger_ids(lines: &[String]) -> BTreeSet<String> {
-    lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["trigger_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
-}
-
-fn keyed(lines: &[String]) -> Vec<(Option<&str>, &[u8])> {
-    lines.iter().map(|l| (Some("k"), l.as_bytes())).collect()
 }
 
 /// A day before now, on a whole minute.
@@ -431,22 +414,21 @@ fn debug_kafka(config: &Path) -> bool {
 #[test]
 #[ignore = "tansu 0.6.0: after a lapsed session its coordinator never completes the rejoin (docs/faults.md)"]
 fn broker_paused_past_the_session_timeout_then_resumed() {
-    survives_a_broker_fault(|broker, pretext| {
-        broker.pause();
-        std::thread::sleep(Duration::from_secs(10));
-        let alive = pretext.running();
-        broker.resume();
-        assert!(alive, "pretext exited while the broker was paused");
-    });
+    survives_a_broker_pause(Duration::from_secs(10));
 }
 
 /// SIGSTOP for 4 s, within the session timeout, then SIGCONT: requests
 /// stall, the session holds, pretext goes on.
 #[test]
 fn broker_paused_within_the_session_timeout_then_resumed() {
+    survives_a_broker_pause(Duration::from_secs(4));
+}
+
+/// SIGSTOP for `pause`, then SIGCONT; pretext must live through it.
+fn survives_a_broker_pause(pause: Duration) {
     survives_a_broker_fault(|broker, pretext| {
         broker.pause();
-        std::thread::sleep(Duration::from_secs(4));
+        std::thread::sleep(pause);
         let alive = pretext.running();
         broker.resume();
         assert!(alive, "pretext exited while the broker was paused");

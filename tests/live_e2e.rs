@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use broker::{
-    free_port, http_get, metric_sum, replay, unique, wait_for, write_config, Broker, Interloper,
-    Pretext, Topics,
+    free_port, http_get, keyed, metric_sum, replay, trigger_ids, unique, wait_for, write_config,
+    Broker, Interloper, Pretext, Topics,
 };
 use serde_json::{json, Value};
 
@@ -32,22 +32,6 @@ fn view(id: &str, ts: i64, cookie: &str, crm: &str, product: &str) -> String {
     json!({"type":"product_view","event_id":id,"ts":ts,"cookie_id":cookie,"crm_id":crm,
            "product_id":product,"category":"coats"})
     .to_string()
-}
-
-fn keyed(lines: &[String]) -> Vec<(Option<&str>, &[u8])> {
-    lines.iter().map(|l| (Some("k"), l.as_bytes())).collect()
-}
-
-fn trigger_ids(lines: &[String]) -> BTreeSet<String> {
-    lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["trigger_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
 }
 
 #[test]

@@ -24,15 +24,7 @@ use metric_names::metric_names;
 /// list to what the registry renders).
 use pretext::metrics::NAMES as METRICS;
 
-const EVENT_TYPES: &[&str] = &[
-    "product_view",
-    "add_to_cart",
-    "identify",
-    "purchase",
-    "promotion",
-    "consent",
-    "erase",
-];
+use pretext::event::EVENT_TYPES;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

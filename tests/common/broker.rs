@@ -688,3 +688,21 @@ impl Drop for Interloper {
         }
     }
 }
+
+/// The `trigger_id` of each trigger line.
+pub fn trigger_ids(lines: &[String]) -> std::collections::BTreeSet<String> {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["trigger_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Lines as (key, payload) pairs to produce, all with the key "k".
+pub fn keyed(lines: &[String]) -> Vec<(Option<&str>, &[u8])> {
+    lines.iter().map(|l| (Some("k"), l.as_bytes())).collect()
+}
