@@ -115,8 +115,12 @@ pub enum StateError {
         cf: &'static str,
         source: rocksdb::Error,
     },
-    #[error("state write failed: {0}")]
-    Write(rocksdb::Error),
+    /// Most often the disk is full or the directory became unwritable.
+    #[error("cannot write state at {path} (disk full or not writable?): {source}")]
+    Write {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
     #[error("corrupt state record in {cf}: {detail}")]
     Corrupt { cf: &'static str, detail: String },
 }
@@ -406,7 +410,12 @@ impl Store {
         // The WAL stays on: a killed process must find state and offsets
         // from the same batch. Syncing each batch is left to the OS.
         wo.set_sync(false);
-        self.db.write_opt(batch, &wo).map_err(StateError::Write)
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|source| StateError::Write {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Size and key count estimates from RocksDB (committed data only).
