@@ -798,25 +798,24 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// `None` when this machine does not let the test mount (not root, or a
-    /// container without the capability).
-    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+    /// Fails the test where mounting is not allowed (not root, or a
+    /// container without CAP_SYS_ADMIN): a fault test that cannot inject its
+    /// fault must not pass. Run these as root, as CI does.
+    fn mount(path: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(path).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(path)
             .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs here: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Tmpfs {
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs for this fault test (it needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs {
             path: path.to_path_buf(),
-        })
+        }
     }
 
     fn remount(&self, options: &str) {
@@ -847,9 +846,7 @@ fn state_on_a_read_only_mount_is_refused_then_resumed() {
     let broker = Broker::start();
     let topics = Topics::create(&broker);
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("fs"), "256m") else {
-        return;
-    };
+    let fs = Tmpfs::mount(&dir.path().join("fs"), "256m");
     let lines = generated(dir.path(), 6000, 4);
     let exp = expected(&lines, dir.path());
     let (first, rest) = lines.split_at(lines.len() / 2);
@@ -976,9 +973,7 @@ fn disk_full_mid_stream(full: Full, dir: &Path, state: PathBuf) {
 #[test]
 fn state_disk_full_exits_then_resumes_once_cleared() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("fs"), "3m") else {
-        return;
-    };
+    let fs = Tmpfs::mount(&dir.path().join("fs"), "3m");
     let state = fs.path.join("state");
     disk_full_mid_stream(Full::Tmpfs(fs), dir.path(), state);
 }
