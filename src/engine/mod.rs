@@ -498,10 +498,7 @@ pub fn comparable_entries(store: &Store, cf: Cf) -> Result<Entries, StateError> 
     let mut entries = store.committed(cf)?;
     if cf == Cf::Dedup {
         let horizon = meta_i64(store, META_DEDUP_HORIZON)?.unwrap_or(Millis::MIN);
-        entries.retain(|(_, v)| {
-            decode::<Vec<Millis>>(Cf::Dedup.name(), v)
-                .map_or(true, |t| t.iter().any(|&t| t >= horizon))
-        });
+        entries.retain(|(_, v)| !dedup_entry_dead(v, horizon));
     }
     Ok(entries)
 }
@@ -510,11 +507,14 @@ pub fn comparable_entries(store: &Store, cf: Cf) -> Result<Entries, StateError> 
 /// lie below the published horizon (readers ignore those times already).
 fn dedup_expiry(horizon: &Arc<AtomicI64>) -> (Cf, Expired) {
     let horizon = Arc::clone(horizon);
-    let expired = move |value: &[u8]| {
-        let h = horizon.load(Ordering::Relaxed);
-        decode::<Vec<Millis>>(Cf::Dedup.name(), value).is_ok_and(|t| t.iter().all(|&t| t < h))
-    };
+    let expired = move |value: &[u8]| dedup_entry_dead(value, horizon.load(Ordering::Relaxed));
     (Cf::Dedup, Box::new(expired))
+}
+
+/// A `Dedup` value whose times all lie below `horizon`: no reader counts
+/// it. An undecodable value is kept (and reported by the reader).
+fn dedup_entry_dead(value: &[u8], horizon: Millis) -> bool {
+    decode::<Vec<Millis>>(Cf::Dedup.name(), value).is_ok_and(|t| t.iter().all(|&t| t < horizon))
 }
 
 /// Event ids are kept hashed: 128 bits make a collision across a day of

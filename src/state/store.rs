@@ -137,7 +137,6 @@ pub struct StateSize {
 const ENTRY_OVERHEAD: usize = 64;
 
 /// One family's uncommitted writes; `None` is a deletion.
-#[derive(Default)]
 struct Overlay {
     writes: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
     /// The keys of `writes` in order, for scanned families only.
@@ -160,12 +159,10 @@ impl Overlay {
                 order.insert(key.clone());
             }
         }
-        let key_len = key.len();
+        let key_cost = self.key_cost(key.len());
         match self.writes.insert(key, value) {
             Some(old) => added - old.map_or(0, |v| v.len()) as isize,
-            None => {
-                added + (key_len * (1 + self.order.is_some() as usize) + ENTRY_OVERHEAD) as isize
-            }
+            None => added + key_cost,
         }
     }
 
@@ -175,12 +172,15 @@ impl Overlay {
             order.remove(key);
         }
         match self.writes.remove(key) {
-            Some(v) => {
-                let copies = 1 + self.order.is_some() as usize;
-                -((key.len() * copies + v.map_or(0, |v| v.len()) + ENTRY_OVERHEAD) as isize)
-            }
+            Some(v) => -(self.key_cost(key.len()) + v.map_or(0, |v| v.len()) as isize),
             None => 0,
         }
+    }
+
+    /// What an entry costs besides its value: the key, once more when it is
+    /// also kept in order, and the per-entry overhead.
+    fn key_cost(&self, key_len: usize) -> isize {
+        (key_len * (1 + self.order.is_some() as usize) + ENTRY_OVERHEAD) as isize
     }
 
     /// Entries with `lower <= key < upper`, in key order.
@@ -322,9 +322,10 @@ impl Store {
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
         if cf.resident() {
             let i = cf.index();
-            let on_disk =
+            // Neither live nor deleted in this batch: absent from disk too.
+            let known =
                 self.resident[i].contains_key(&key) || self.overlays[i].writes.contains_key(&key);
-            if !on_disk {
+            if !known {
                 self.fresh[i].insert(key.clone());
             }
             self.resident[i].insert(key.clone(), value.clone());
