@@ -18,13 +18,11 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::{
-    consume_at, free_port, http_get, keyed, metric_sum, produce_at, replay_with, trigger_ids,
-    unique, wait_for, write_config, Broker, Pretext, Storage, Topics,
+    consume_at, free_port, generated, http_get, keyed, metric_sum, produce_at, replay_with, t0,
+    trigger_ids, unique, wait_for, write_config, Broker, Pretext, Storage, Topics,
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-
-const HOUR: i64 = 3_600_000;
 
 /// Live mode and a replay end in the same place without `--flush` when the
 /// watermark is the highest applied event time in both (no allowed
@@ -59,43 +57,6 @@ fn expected(lines: &[String], dir: &Path) -> Expected {
         ids.len()
     );
     Expected { ids, state }
-}
-
-/// A day before now, on a whole minute.
-fn t0() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    (now - 24 * HOUR) / 60_000 * 60_000
-}
-
-/// `pretext gen` events (bad lines, duplicates and late events included)
-/// spread over a day that ended a day ago.
-fn generated(dir: &Path, events: usize, seed: u64) -> Vec<String> {
-    let start = pretext::time::format_ts(t0() - 24 * HOUR);
-    let out = dir.join("gen.jsonl");
-    let status = Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args([
-            "gen",
-            "--customers",
-            "500",
-            "--days",
-            "1",
-            "--start",
-            &start,
-        ])
-        .args(["--events", &events.to_string(), "--seed", &seed.to_string()])
-        .arg("--output")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::read_to_string(out)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
 }
 
 /// Events applied by this run of the process, from its /metrics.

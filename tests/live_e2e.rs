@@ -7,26 +7,16 @@ mod broker;
 mod metric_names;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use broker::{
-    free_port, http_get, keyed, metric_sum, replay, trigger_ids, unique, wait_for, write_config,
-    Broker, Interloper, Pretext, Topics,
+    free_port, generated, http_get, keyed, metric_sum, replay, t0, trigger_ids, unique, wait_for,
+    write_config, Broker, Interloper, Pretext, Topics,
 };
 use serde_json::{json, Value};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
-
-/// A day before now, on a whole minute: old enough that the idle advance
-/// (W follows the wall clock when input stops) fires every check.
-fn t0() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    (now - 24 * HOUR) / MIN * MIN
-}
 
 fn view(id: &str, ts: i64, cookie: &str, crm: &str, product: &str) -> String {
     json!({"type":"product_view","event_id":id,"ts":ts,"cookie_id":cookie,"crm_id":crm,
@@ -220,7 +210,7 @@ fn kill_9_and_sigterm_mid_stream_then_restart_apply_every_input_once() {
     let broker = Broker::start();
     let topics = Topics::create(&broker);
     let dir = tempfile::tempdir().unwrap();
-    let lines = generated(dir.path(), 20_000);
+    let lines = generated(dir.path(), 20_000, 42);
     let replay_state = dir.path().join("replay-state");
     let expected = trigger_ids(&replay(&lines, dir.path(), Some(&replay_state)));
     assert!(expected.len() > 100);
@@ -433,32 +423,4 @@ fn without_ansi(text: &str) -> String {
         }
     }
     out
-}
-
-/// `pretext gen` events spread over a day that ended a day ago.
-fn generated(dir: &std::path::Path, events: u64) -> Vec<String> {
-    let start = pretext::time::format_ts(t0() - 24 * HOUR);
-    let out = dir.join("gen.jsonl");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args([
-            "gen",
-            "--events",
-            &events.to_string(),
-            "--customers",
-            "500",
-            "--days",
-            "1",
-            "--start",
-            &start,
-            "--output",
-        ])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::read_to_string(out)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
 }

@@ -706,3 +706,42 @@ pub fn trigger_ids(lines: &[String]) -> std::collections::BTreeSet<String> {
 pub fn keyed(lines: &[String]) -> Vec<(Option<&str>, &[u8])> {
     lines.iter().map(|l| (Some("k"), l.as_bytes())).collect()
 }
+
+/// A day before now, on a whole minute: old enough that the idle advance
+/// (W follows the wall clock when input stops) fires every check.
+pub fn t0() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (hour, min) = (3_600_000, 60_000);
+    (now - 24 * hour) / min * min
+}
+
+/// `pretext gen` events of 500 customers (bad lines, duplicates and late
+/// events included) spread over a day that ended a day ago.
+pub fn generated(dir: &Path, events: usize, seed: u64) -> Vec<String> {
+    let start = pretext::time::format_ts(t0() - 24 * 3_600_000);
+    let out = dir.join("gen.jsonl");
+    let status = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args([
+            "gen",
+            "--customers",
+            "500",
+            "--days",
+            "1",
+            "--start",
+            &start,
+        ])
+        .args(["--events", &events.to_string(), "--seed", &seed.to_string()])
+        .arg("--output")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
