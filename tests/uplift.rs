@@ -54,7 +54,10 @@ const PROMO: &str = "promo_on_viewed_item";
 fn arm(kind: &str, group: &str, n: usize, x: usize) -> (Vec<Value>, Vec<Value>) {
     let ids: Vec<String> = (0..n).map(|i| format!("{kind}-{group}-{i}")).collect();
     let triggers = ids.iter().map(|id| trigger(id, kind, group)).collect();
-    let conversions = ids[..x].iter().map(|id| conversion(id, kind, group)).collect();
+    let conversions = ids[..x]
+        .iter()
+        .map(|id| conversion(id, kind, group))
+        .collect();
     (triggers, conversions)
 }
 
@@ -209,7 +212,10 @@ fn figures_per_type_and_total_match_independent_calculations() {
         "  absolute uplift  +24.58 pp (95% CI +10.68 pp to +37.06 pp)",
         "unmatched conversions: 0",
     ] {
-        assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in\n{text}"
+        );
     }
     assert!(text.contains("Katz log interval"), "{text}");
 }
@@ -320,7 +326,11 @@ fn a_bad_line_is_named_by_file_and_line_and_exits_1() {
     let o = files.run("text");
     assert_eq!(o.status.code(), Some(1));
     let name = files.triggers.display().to_string();
-    assert!(stderr(&o).contains(&format!("cannot open {name}")), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("cannot open {name}")),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -470,8 +470,16 @@ fn small_sample_warning(x1: u64, n1: u64, x2: u64, n2: u64) -> Option<String> {
     if e >= stats::MIN_EXPECTED {
         return None;
     }
-    let group = if group == 0 { "treated group" } else { "holdout" };
-    let cell = if conv { "conversions" } else { "non-conversions" };
+    let group = if group == 0 {
+        "treated group"
+    } else {
+        "holdout"
+    };
+    let cell = if conv {
+        "conversions"
+    } else {
+        "non-conversions"
+    };
     Some(format!(
         "too small for the intervals to mean much: at the pooled rate the {group} \
          would expect {e:.1} {cell} (fewer than 5)"
@@ -605,7 +613,11 @@ fn text_row(s: &mut String, row: &Row) {
             g.triggers, g.conversions
         );
     }
-    let _ = writeln!(s, "  absolute uplift  {}", text_figure(&row.absolute, " pp"));
+    let _ = writeln!(
+        s,
+        "  absolute uplift  {}",
+        text_figure(&row.absolute, " pp")
+    );
     let _ = writeln!(s, "  relative uplift  {}", text_figure(&row.relative, "%"));
     if let Some(w) = &row.warning {
         let _ = writeln!(s, "  warning: {w}");
@@ -781,7 +793,16 @@ mod tests {
     #[test]
     fn newcombe_matches_the_published_examples() {
         let cases: [(u64, u64, u64, u64, f64, f64, f64, f64); 5] = [
-            (56, 70, 48, 80, 0.2, 0.0524, 0.3339, 0.052_431_472_402_364_98),
+            (
+                56,
+                70,
+                48,
+                80,
+                0.2,
+                0.0524,
+                0.3339,
+                0.052_431_472_402_364_98,
+            ),
             (9, 10, 3, 10, 0.6, 0.1705, 0.8090, 0.170_522_723_934_502_9),
             (5, 56, 0, 29, 5.0 / 56.0, -0.0381, 0.1926, -0.038_137_147_9),
             (0, 10, 0, 20, 0.0, -0.1611, 0.2775, -0.161_125_158_052_819_4),
@@ -811,7 +832,10 @@ mod tests {
         ];
         for (x, n, lo, hi) in cases {
             let i = wilson(x, n, Z95).unwrap();
-            assert!(close(i.low, lo, 1e-12) && close(i.high, hi, 1e-12), "{x}/{n}: {i:?}");
+            assert!(
+                close(i.low, lo, 1e-12) && close(i.high, hi, 1e-12),
+                "{x}/{n}: {i:?}"
+            );
         }
         assert_eq!(wilson(0, 0, Z95), None);
     }
@@ -823,18 +847,45 @@ mod tests {
     #[test]
     fn katz_matches_an_independent_implementation() {
         let cases = [
-            (56, 70, 48, 80, 1.076_626_422_763_192_8, 1.651_248_511_266_387_3),
+            (
+                56,
+                70,
+                48,
+                80,
+                1.076_626_422_763_192_8,
+                1.651_248_511_266_387_3,
+            ),
             (9, 10, 3, 10, 1.138_350_357_447_669_9, 7.906_177_514_784_793),
-            (450, 9000, 40, 1000, 0.910_678_172_074_601_7, 1.715_754_311_361_711),
-            (30, 200, 12, 100, 0.669_117_836_281_910_2, 2.335_164_174_792_216),
+            (
+                450,
+                9000,
+                40,
+                1000,
+                0.910_678_172_074_601_7,
+                1.715_754_311_361_711,
+            ),
+            (
+                30,
+                200,
+                12,
+                100,
+                0.669_117_836_281_910_2,
+                2.335_164_174_792_216,
+            ),
         ];
         for (x1, n1, x2, n2, lo, hi) in cases {
             let f = katz_relative(x1, n1, x2, n2, Z95);
             let ratio = (x1 as f64 / n1 as f64) / (x2 as f64 / n2 as f64);
             assert!(close(f.value.unwrap(), ratio - 1.0, 1e-12));
             let i = ci(&f);
-            assert!(close(i.low, lo - 1.0, 1e-9), "{x1}/{n1} vs {x2}/{n2}: {i:?}");
-            assert!(close(i.high, hi - 1.0, 1e-9), "{x1}/{n1} vs {x2}/{n2}: {i:?}");
+            assert!(
+                close(i.low, lo - 1.0, 1e-9),
+                "{x1}/{n1} vs {x2}/{n2}: {i:?}"
+            );
+            assert!(
+                close(i.high, hi - 1.0, 1e-9),
+                "{x1}/{n1} vs {x2}/{n2}: {i:?}"
+            );
         }
     }
 
@@ -886,8 +937,10 @@ mod tests {
     fn the_tally_counts_duplicates_once_and_rejects_contradictions() {
         let mut t = Tally::default();
         let vnb = "viewed_not_bought";
-        t.add_trigger(record("a", vnb, "treated"), Arm::Treated).unwrap();
-        t.add_trigger(record("a", vnb, "treated"), Arm::Treated).unwrap();
+        t.add_trigger(record("a", vnb, "treated"), Arm::Treated)
+            .unwrap();
+        t.add_trigger(record("a", vnb, "treated"), Arm::Treated)
+            .unwrap();
         let e = t
             .add_trigger(record("b", vnb, "treated"), Arm::Holdout)
             .unwrap_err();
@@ -896,7 +949,9 @@ mod tests {
             .add_trigger(record("a", "promo_on_viewed_item", "treated"), Arm::Treated)
             .unwrap_err();
         assert!(e.contains("trigger_id a was read before"), "{e}");
-        assert!(t.add_trigger(record("c", "other", "treated"), Arm::Treated).is_err());
+        assert!(t
+            .add_trigger(record("c", "other", "treated"), Arm::Treated)
+            .is_err());
         t.add_conversion(record("a", vnb, "treated")).unwrap();
         t.add_conversion(record("a", vnb, "treated")).unwrap();
         t.add_conversion(record("zz", vnb, "holdout")).unwrap();
@@ -904,7 +959,11 @@ mod tests {
         let c = t.counts[TriggerKind::ViewedNotBought.index()][0];
         assert_eq!((c.triggers, c.conversions), (1, 1));
         assert_eq!(
-            (t.duplicate_triggers, t.duplicate_conversions, t.unmatched_conversions),
+            (
+                t.duplicate_triggers,
+                t.duplicate_conversions,
+                t.unmatched_conversions
+            ),
             (1, 1, 1)
         );
     }
@@ -919,10 +978,16 @@ mod tests {
 
     #[test]
     fn a_bad_line_names_its_column() {
-        let e = parse_record(br#"{"trigger_id":"a","type":"viewed_not_bought"}"#, "trigger")
-            .err()
-            .unwrap();
-        assert!(e.starts_with("not a trigger record: missing field `group`"), "{e}");
+        let e = parse_record(
+            br#"{"trigger_id":"a","type":"viewed_not_bought"}"#,
+            "trigger",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.starts_with("not a trigger record: missing field `group`"),
+            "{e}"
+        );
         assert!(e.contains("(column"), "{e}");
     }
 }
