@@ -313,7 +313,18 @@ fn a_bad_line_is_named_by_file_and_line_and_exits_1() {
 
     // A treated trigger in the holdout file: the files were swapped.
     write(&files.conversions, b"");
-    write(&files.holdout, &jsonl(&[trigger("t", VNB, "treated")]));
+    // A holdout file named .gz that is not gzip.
+    write(&files.holdout, &jsonl(&[trigger("t", VNB, "holdout")]));
+    let o = files.run("text");
+    assert_eq!(o.status.code(), Some(1));
+    let name = files.holdout.display().to_string();
+    assert!(
+        stderr(&o).contains(&format!("{name} line 1: cannot read: invalid gzip header")),
+        "{}",
+        stderr(&o)
+    );
+
+    write_gz(&files.holdout, &jsonl(&[trigger("t", VNB, "treated")]));
     let o = files.run("text");
     assert_eq!(o.status.code(), Some(1));
     assert!(

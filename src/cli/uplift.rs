@@ -542,24 +542,35 @@ impl Report {
         let mut w = Vec::new();
         if self.unmatched_conversions > 0 {
             w.push(format!(
-                "{} unmatched conversions: their trigger_id is in neither trigger file, \
+                "{} unmatched conversion{}: their trigger_id is in neither trigger file, \
                  so they count for no group (a trigger file cut short, or from another run?)",
-                self.unmatched_conversions
+                self.unmatched_conversions,
+                plural(self.unmatched_conversions)
             ));
         }
         if self.duplicate_triggers > 0 {
             w.push(format!(
-                "{} duplicate triggers (a trigger_id read again) counted once",
-                self.duplicate_triggers
+                "{} duplicate trigger{} (a trigger_id read again) counted once",
+                self.duplicate_triggers,
+                plural(self.duplicate_triggers)
             ));
         }
         if self.duplicate_conversions > 0 {
             w.push(format!(
-                "{} duplicate conversions (a trigger converted again) counted once",
-                self.duplicate_conversions
+                "{} duplicate conversion{} (a trigger converted again) counted once",
+                self.duplicate_conversions,
+                plural(self.duplicate_conversions)
             ));
         }
         w
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 
@@ -792,7 +803,9 @@ mod tests {
     /// implementation of the same formula.
     #[test]
     fn newcombe_matches_the_published_examples() {
-        let cases: [(u64, u64, u64, u64, f64, f64, f64, f64); 5] = [
+        // x1, n1, x2, n2, difference, published low and high, low in full.
+        type Case = (u64, u64, u64, u64, f64, f64, f64, f64);
+        let cases: [Case; 5] = [
             (
                 56,
                 70,
