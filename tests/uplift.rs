@@ -26,9 +26,9 @@ fn stderr(o: &Output) -> String {
 }
 
 /// A trigger record as CONTRACT section 4 shows it.
-fn trigger(id: &str, kind: &str, group: &str) -> Value {
+fn trigger(id: &str, kind: &str, group: &str, crm_id: &str) -> Value {
     json!({
-        "trigger_id": id, "type": kind, "crm_id": format!("C-{id}"),
+        "trigger_id": id, "type": kind, "crm_id": crm_id,
         "product_id": "SKU-1", "category": "coats", "intent_score": 3.71,
         "view_count": 3, "last_viewed_at": "2026-11-22T10:15:00Z",
         "fired_at": "2026-11-22T11:15:00Z", "cookie_ids": ["ck_9"],
@@ -37,9 +37,9 @@ fn trigger(id: &str, kind: &str, group: &str) -> Value {
 }
 
 /// A conversion record as CONTRACT section 8 shows it.
-fn conversion(id: &str, kind: &str, group: &str) -> Value {
+fn conversion(id: &str, kind: &str, group: &str, crm_id: &str) -> Value {
     json!({
-        "trigger_id": id, "type": kind, "group": group, "crm_id": format!("C-{id}"),
+        "trigger_id": id, "type": kind, "group": group, "crm_id": crm_id,
         "product_id": "SKU-1", "fired_at": "2026-11-22T11:15:00Z",
         "order_id": format!("O-{id}"), "channel": "store",
         "converted_at": "2026-11-23T17:02:00Z"
@@ -50,13 +50,19 @@ const VNB: &str = "viewed_not_bought";
 const PROMO: &str = "promo_on_viewed_item";
 
 /// `n` triggers of (kind, group), the first `x` of them converted: the
-/// trigger records and the conversion records.
+/// trigger records and the conversion records. Two triggers per customer,
+/// customers 0, 1, ... of the group whatever the type.
 fn arm(kind: &str, group: &str, n: usize, x: usize) -> (Vec<Value>, Vec<Value>) {
-    let ids: Vec<String> = (0..n).map(|i| format!("{kind}-{group}-{i}")).collect();
-    let triggers = ids.iter().map(|id| trigger(id, kind, group)).collect();
+    let ids: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("{kind}-{group}-{i}"), format!("{group}-C{}", i / 2)))
+        .collect();
+    let triggers = ids
+        .iter()
+        .map(|(id, crm)| trigger(id, kind, group, crm))
+        .collect();
     let conversions = ids[..x]
         .iter()
-        .map(|id| conversion(id, kind, group))
+        .map(|(id, crm)| conversion(id, kind, group, crm))
         .collect();
     (triggers, conversions)
 }
@@ -168,6 +174,8 @@ fn figures_per_type_and_total_match_independent_calculations() {
     assert_eq!(vnb["treated"]["triggers"], 70);
     assert_eq!(vnb["treated"]["conversions"], 56);
     assert_eq!(vnb["holdout"]["triggers"], 80);
+    assert_eq!(vnb["treated"]["customers"], 35);
+    assert_eq!(vnb["holdout"]["customers"], 40);
     assert_eq!(vnb["holdout"]["conversions"], 48);
     assert_close(&vnb["treated"]["rate"], 0.8);
     assert_ci(&vnb["treated"]["rate_ci"], 0.691_834, 0.876_953);
@@ -192,6 +200,10 @@ fn figures_per_type_and_total_match_independent_calculations() {
     assert_eq!(total["treated"]["conversions"], 65);
     assert_eq!(total["holdout"]["triggers"], 90);
     assert_eq!(total["holdout"]["conversions"], 51);
+    // The promo customers are among the viewed_not_bought ones.
+    assert_eq!(total["treated"]["customers"], 35);
+    assert_eq!(total["holdout"]["customers"], 40);
+    assert_eq!(doc["by_type"][1]["holdout"]["customers"], 5);
     assert_ci(&total["absolute_uplift"]["ci"], 0.106_776, 0.370_641);
     assert_ci(&total["relative_uplift"]["ci"], 0.163_286, 0.767_278);
     assert_eq!(doc["unmatched_conversions"], 0);
@@ -204,8 +216,8 @@ fn figures_per_type_and_total_match_independent_calculations() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     for line in [
-        "  treated          70           56    80.00%  69.18% to 87.70%",
-        "  holdout          80           48    60.00%  49.05% to 70.04%",
+        "  treated          70         35           56    80.00%  69.18% to 87.70%",
+        "  holdout          80         40           48    60.00%  49.05% to 70.04%",
         "  absolute uplift  +20.00 pp (95% CI +5.24 pp to +33.39 pp)",
         "  relative uplift  +33.33% (95% CI +7.66% to +65.12%)",
         "  relative uplift  +200.00% (95% CI +13.84% to +690.62%)",
@@ -241,9 +253,9 @@ fn a_small_holdout_warns_and_unmatched_conversions_are_counted() {
     let (holdout, _) = arm(VNB, "holdout", 2, 0);
     conv.push(conv[0].clone());
     for id in ["gone-1", "gone-2"] {
-        conv.push(conversion(id, VNB, "treated"));
+        conv.push(conversion(id, VNB, "treated", "C-gone"));
     }
-    conv.push(conversion("gone-3", PROMO, "holdout"));
+    conv.push(conversion("gone-3", PROMO, "holdout", "C-gone"));
     let files = Files {
         triggers: dir.path().join("t.jsonl"),
         holdout: dir.path().join("h.jsonl"),
@@ -298,7 +310,7 @@ fn a_small_holdout_warns_and_unmatched_conversions_are_counted() {
 #[test]
 fn a_bad_line_is_named_by_file_and_line_and_exits_1() {
     let files = newcombe_examples();
-    let mut bytes = jsonl(&[conversion("x", VNB, "treated")]);
+    let mut bytes = jsonl(&[conversion("x", VNB, "treated", "C1")]);
     bytes.extend_from_slice(b"\n{\"trigger_id\": \"y\", \"type\": \n");
     write(&files.conversions, &bytes);
     let o = files.run("text");
@@ -314,7 +326,10 @@ fn a_bad_line_is_named_by_file_and_line_and_exits_1() {
     // A treated trigger in the holdout file: the files were swapped.
     write(&files.conversions, b"");
     // A holdout file named .gz that is not gzip.
-    write(&files.holdout, &jsonl(&[trigger("t", VNB, "holdout")]));
+    write(
+        &files.holdout,
+        &jsonl(&[trigger("t", VNB, "holdout", "C1")]),
+    );
     let o = files.run("text");
     assert_eq!(o.status.code(), Some(1));
     let name = files.holdout.display().to_string();
@@ -324,7 +339,10 @@ fn a_bad_line_is_named_by_file_and_line_and_exits_1() {
         stderr(&o)
     );
 
-    write_gz(&files.holdout, &jsonl(&[trigger("t", VNB, "treated")]));
+    write_gz(
+        &files.holdout,
+        &jsonl(&[trigger("t", VNB, "treated", "C1")]),
+    );
     let o = files.run("text");
     assert_eq!(o.status.code(), Some(1));
     assert!(

@@ -9,7 +9,7 @@
 //! `stats`); docs/experiments.md explains how to read them.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -257,6 +257,7 @@ fn parse_kind(s: &str) -> Result<TriggerKind, String> {
 #[derive(Deserialize)]
 struct Record {
     trigger_id: String,
+    crm_id: String,
     #[serde(rename = "type")]
     kind: String,
     group: String,
@@ -265,6 +266,7 @@ struct Record {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Counts {
     triggers: u64,
+    customers: u64,
     conversions: u64,
 }
 
@@ -280,6 +282,10 @@ struct Tally {
     seen: HashMap<String, Seen>,
     /// [type index][0 treated, 1 holdout]
     counts: [[Counts; 2]; TriggerKind::ALL.len()],
+    /// The distinct crm_ids with a trigger: [type index][group], and per
+    /// group over all types.
+    customers: [[HashSet<String>; 2]; TriggerKind::ALL.len()],
+    all_customers: [HashSet<String>; 2],
     duplicate_triggers: u64,
     duplicate_conversions: u64,
     unmatched_conversions: u64,
@@ -318,6 +324,8 @@ impl Tally {
                     converted: false,
                 });
                 self.counts[kind.index()][arm as usize].triggers += 1;
+                self.customers[kind.index()][arm as usize].insert(rec.crm_id.clone());
+                self.all_customers[arm as usize].insert(rec.crm_id);
             }
         }
         Ok(())
@@ -421,6 +429,8 @@ pub struct Row {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GroupRate {
     pub triggers: u64,
+    /// Distinct customers among the triggers: how clustered they are.
+    pub customers: u64,
     pub conversions: u64,
     pub rate: Option<f64>,
     pub rate_ci: Option<Interval>,
@@ -430,6 +440,7 @@ impl GroupRate {
     fn of(c: Counts) -> GroupRate {
         GroupRate {
             triggers: c.triggers,
+            customers: c.customers,
             conversions: c.conversions,
             rate: (c.triggers > 0).then(|| c.conversions as f64 / c.triggers as f64),
             rate_ci: stats::wilson(c.conversions, c.triggers, Z95),
@@ -520,7 +531,10 @@ impl Report {
         let by_type = TriggerKind::ALL
             .into_iter()
             .map(|kind| {
-                let c = tally.counts[kind.index()];
+                let mut c = tally.counts[kind.index()];
+                for (c, set) in c.iter_mut().zip(&tally.customers[kind.index()]) {
+                    c.customers = set.len() as u64;
+                }
                 for (s, c) in sum.iter_mut().zip(c) {
                     s.triggers += c.triggers;
                     s.conversions += c.conversions;
@@ -528,6 +542,9 @@ impl Report {
                 Row::new(kind.as_str(), c[0], c[1])
             })
             .collect();
+        for (s, set) in sum.iter_mut().zip(&tally.all_customers) {
+            s.customers = set.len() as u64;
+        }
         Report {
             by_type,
             total: Row::new("total", sum[0], sum[1]),
@@ -607,8 +624,8 @@ fn text_row(s: &mut String, row: &Row) {
     let _ = writeln!(s, "{}", row.label);
     let _ = writeln!(
         s,
-        "  {:<8} {:>10} {:>12} {:>9}  95% CI",
-        "group", "triggers", "conversions", "rate"
+        "  {:<8} {:>10} {:>10} {:>12} {:>9}  95% CI",
+        "group", "triggers", "customers", "conversions", "rate"
     );
     for (name, g) in [("treated", &row.treated), ("holdout", &row.holdout)] {
         let (rate, ci) = match (g.rate, g.rate_ci) {
@@ -620,8 +637,8 @@ fn text_row(s: &mut String, row: &Row) {
         };
         let _ = writeln!(
             s,
-            "  {name:<8} {:>10} {:>12} {rate:>9}  {ci}",
-            g.triggers, g.conversions
+            "  {name:<8} {:>10} {:>10} {:>12} {rate:>9}  {ci}",
+            g.triggers, g.customers, g.conversions
         );
     }
     let _ = writeln!(
@@ -706,6 +723,7 @@ struct JsonRow<'a> {
 #[derive(Serialize)]
 struct JsonGroup {
     triggers: u64,
+    customers: u64,
     conversions: u64,
     rate: Option<f64>,
     rate_ci: Option<[f64; 2]>,
@@ -734,6 +752,7 @@ fn json_ci(ci: Option<Interval>) -> Option<[f64; 2]> {
 fn json_group(g: &GroupRate) -> JsonGroup {
     JsonGroup {
         triggers: g.triggers,
+        customers: g.customers,
         conversions: g.conversions,
         rate: g.rate.map(round6),
         rate_ci: json_ci(g.rate_ci),
@@ -941,6 +960,7 @@ mod tests {
     fn record(id: &str, kind: &str, group: &str) -> Record {
         Record {
             trigger_id: id.into(),
+            crm_id: format!("C-{id}"),
             kind: kind.into(),
             group: group.into(),
         }
@@ -992,7 +1012,7 @@ mod tests {
     #[test]
     fn a_bad_line_names_its_column() {
         let e = parse_record(
-            br#"{"trigger_id":"a","type":"viewed_not_bought"}"#,
+            br#"{"trigger_id":"a","crm_id":"C1","type":"viewed_not_bought"}"#,
             "trigger",
         )
         .err()
