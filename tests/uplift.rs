@@ -184,7 +184,19 @@ fn figures_per_type_and_total_match_independent_calculations() {
     assert_ci(&vnb["absolute_uplift"]["ci"], 0.052_431, 0.333_873);
     assert_close(&vnb["relative_uplift"]["estimate"], 1.0 / 3.0);
     assert_ci(&vnb["relative_uplift"]["ci"], 0.076_626, 0.651_249);
-    assert_eq!(vnb["warning"], Value::Null);
+    // Two triggers per customer, both converted or neither: the variance
+    // doubles (design effect 2), and the clustered intervals widen.
+    let c = &vnb["clustered"];
+    assert_close(&c["design_effect"]["treated"], 2.0);
+    assert_close(&c["design_effect"]["holdout"], 2.0);
+    assert_ci(&c["absolute_uplift"]["ci"], -0.001_519, 0.401_519);
+    assert_ci(&c["relative_uplift"]["ci"], -0.014_639, 0.804_189);
+    let w = vnb["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "no small-sample warning: {w:?}");
+    assert!(
+        w[0].as_str().unwrap().contains("design effect 2.00"),
+        "{w:?}"
+    );
 
     let promo = &doc["by_type"][1];
     assert_eq!(promo["type"], PROMO);
@@ -192,7 +204,7 @@ fn figures_per_type_and_total_match_independent_calculations() {
     assert_close(&promo["relative_uplift"]["estimate"], 2.0);
     assert_ci(&promo["relative_uplift"]["ci"], 0.138_350, 6.906_178);
     // Pooled 12/20: each group of 10 expects 4 non-conversions.
-    let w = promo["warning"].as_str().unwrap();
+    let w = promo["warnings"][0].as_str().unwrap();
     assert!(w.contains("expect 4.0 non-conversions"), "{w}");
 
     let total = &doc["total"];
@@ -206,6 +218,11 @@ fn figures_per_type_and_total_match_independent_calculations() {
     assert_eq!(doc["by_type"][1]["holdout"]["customers"], 5);
     assert_ci(&total["absolute_uplift"]["ci"], 0.106_776, 0.370_641);
     assert_ci(&total["relative_uplift"]["ci"], 0.163_286, 0.767_278);
+    assert_ci(
+        &total["clustered"]["absolute_uplift"]["ci"],
+        0.064_947,
+        0.426_720,
+    );
     assert_eq!(doc["unmatched_conversions"], 0);
     assert!(doc["methods"]["absolute_uplift"]
         .as_str()
@@ -222,6 +239,9 @@ fn figures_per_type_and_total_match_independent_calculations() {
         "  relative uplift  +33.33% (95% CI +7.66% to +65.12%)",
         "  relative uplift  +200.00% (95% CI +13.84% to +690.62%)",
         "  absolute uplift  +24.58 pp (95% CI +10.68 pp to +37.06 pp)",
+        "  clustered by customer (design effect: treated 2.00, holdout 2.00)",
+        "    absolute uplift  +20.00 pp (95% CI -0.15 pp to +40.15 pp)",
+        "    relative uplift  +33.33% (95% CI -1.46% to +80.42%)",
         "unmatched conversions: 0",
     ] {
         assert!(
@@ -300,10 +320,17 @@ fn a_small_holdout_warns_and_unmatched_conversions_are_counted() {
     let rel = &doc["total"]["relative_uplift"];
     assert_eq!(rel["estimate"], Value::Null);
     assert_eq!(rel["note"], "undefined: the holdout rate is 0");
-    assert!(doc["total"]["warning"]
+    assert!(doc["total"]["warnings"][0]
         .as_str()
         .unwrap()
         .contains("too small"));
+    let c = &doc["total"]["clustered"];
+    assert_eq!(c["design_effect"]["holdout"], Value::Null);
+    assert_eq!(
+        c["absolute_uplift"]["note"],
+        "no interval: a rate of 0 or 1"
+    );
+    assert_eq!(c["relative_uplift"]["estimate"], Value::Null);
     assert_eq!(doc["warnings"].as_array().unwrap().len(), 2);
 }
 
