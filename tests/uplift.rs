@@ -88,7 +88,8 @@ fn write_gz(path: &Path, bytes: &[u8]) {
 }
 
 struct Files {
-    _dir: tempfile::TempDir,
+    /// The directory that holds the files, when they own it.
+    _dir: Option<tempfile::TempDir>,
     triggers: PathBuf,
     holdout: PathBuf,
     conversions: PathBuf,
@@ -138,7 +139,7 @@ fn newcombe_examples() -> Files {
         triggers: dir.path().join("triggers.jsonl"),
         holdout: dir.path().join("holdout.jsonl.gz"),
         conversions: dir.path().join("conversions.jsonl"),
-        _dir: dir,
+        _dir: Some(dir),
     };
     write(&files.triggers, &jsonl(&treated));
     write_gz(&files.holdout, &jsonl(&holdout));
@@ -280,7 +281,7 @@ fn a_small_holdout_warns_and_unmatched_conversions_are_counted() {
         triggers: dir.path().join("t.jsonl"),
         holdout: dir.path().join("h.jsonl"),
         conversions: dir.path().join("c.jsonl"),
-        _dir: dir,
+        _dir: Some(dir),
     };
     write(&files.triggers, &jsonl(&treated));
     write(&files.holdout, &jsonl(&holdout));
@@ -400,4 +401,97 @@ fn bad_arguments_exit_2() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--holdout"), "{}", stderr(&o));
+}
+
+/// The whole path: generated events replayed with a 30% holdout, the
+/// three files read back. The report's counts are the replay's own, and the
+/// files' recounted.
+#[test]
+fn a_replay_with_a_holdout_reads_back_in_uplift() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let events = p("events.jsonl");
+    let gen = pretext()
+        .args([
+            "gen",
+            "--events",
+            "20000",
+            "--customers",
+            "400",
+            "--days",
+            "3",
+        ])
+        .arg("--output")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(gen.status.success(), "{}", stderr(&gen));
+    write(
+        &p("experiment.toml"),
+        b"[holdout]\npercent = 30\nsalt = \"uplift-test\"\n",
+    );
+    let replay = pretext()
+        .args(["replay", "--flush", "--input"])
+        .arg(&events)
+        .arg("--config")
+        .arg(p("experiment.toml"))
+        .arg("--output")
+        .arg(p("t.jsonl"))
+        .arg("--holdout")
+        .arg(p("h.jsonl"))
+        .arg("--conversions")
+        .arg(p("c.jsonl"))
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    let files = Files {
+        triggers: p("t.jsonl"),
+        holdout: p("h.jsonl"),
+        conversions: p("c.jsonl"),
+        _dir: None, // `dir` holds them
+    };
+    let o = files.run("json");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["unmatched_conversions"], 0);
+    assert_eq!(doc["duplicate_triggers"], 0);
+
+    let summary = stderr(&replay);
+    for what in ["triggers", "conversions"] {
+        let rows: Vec<String> = doc["by_type"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} (treated {}, holdout {})",
+                    r["type"].as_str().unwrap(),
+                    r["treated"][what],
+                    r["holdout"][what]
+                )
+            })
+            .collect();
+        let line = format!("{what}: {}\n", rows.join(", "));
+        assert!(summary.contains(&line), "no {line:?} in\n{summary}");
+    }
+    let read = |path: PathBuf| -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let total = &doc["total"];
+    assert_eq!(total["treated"]["triggers"], read(p("t.jsonl")).len());
+    assert_eq!(total["holdout"]["triggers"], read(p("h.jsonl")).len());
+    let conversions = read(p("c.jsonl"));
+    for group in ["treated", "holdout"] {
+        let n = conversions.iter().filter(|c| c["group"] == group).count();
+        assert!(n > 0, "{group} triggers convert in the generated data");
+        assert_eq!(total[group]["conversions"], n);
+    }
+    // 30% of customers held out, give or take chance.
+    let held = num(&total["holdout"]["customers"]);
+    let share = held / (held + num(&total["treated"]["customers"]));
+    assert!((0.2..0.4).contains(&share), "holdout share {share}");
 }
