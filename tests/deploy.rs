@@ -11,15 +11,20 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
 use pretext::config::Config;
+use pretext::engine::EngineStats;
 
 /// The Kubernetes version the manifests are rendered for and validated
 /// against: the newest kubernetes-validate 1.37 ships, and the one helm
@@ -151,8 +156,31 @@ static SECURED: Case = Case {
     ],
 };
 
-fn cases() -> [&'static Case; 5] {
-    [&DEFAULT, &MOVED, &MONITORED, &REPLICATED, &SECURED]
+/// A holdout experiment with a frequency cap, and the queries served with a
+/// token from a Secret (CONTRACT sections 8 and 9).
+static EXPERIMENT: Case = Case {
+    name: "holdout, frequency cap and query token",
+    sets: &[
+        "config.holdout.percent=12.5",
+        "config.holdout.salt=xmas-2026",
+        "config.pressure.max_triggers=3",
+        "config.pressure.window=12h",
+        "config.measurement.attribution_window=3d",
+        "config.topics.holdout=crm.holdout",
+        "config.topics.conversions=crm.conversions",
+        "http.queryToken.existingSecret=pretext-query",
+    ],
+};
+
+fn cases() -> [&'static Case; 6] {
+    [
+        &DEFAULT,
+        &MOVED,
+        &MONITORED,
+        &REPLICATED,
+        &SECURED,
+        &EXPERIMENT,
+    ]
 }
 
 fn with_sets(cmd: &mut Command, case: &Case) {
@@ -873,9 +901,14 @@ fn promtool_unit_tests_fire_each_alert_and_only_when_due() {
     assert_eq!(quiet, alerts, "alerts with a quiet case");
 }
 
-/// Every `expr` of a dashboard panel, Grafana's variables replaced by
-/// values Prometheus accepts.
-fn dashboard_queries() -> Vec<(String, String)> {
+/// Every `expr` of a dashboard panel, by panel title, Grafana's variables
+/// replaced by the values given.
+fn dashboard_queries_for(
+    namespace: &str,
+    pod: &str,
+    rate_interval: &str,
+    range: &str,
+) -> Vec<(String, String)> {
     let dashboard: Json = serde_json::from_str(&read("dashboards/pretext.json")).unwrap();
     let mut out = Vec::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
@@ -885,16 +918,19 @@ fn dashboard_queries() -> Vec<(String, String)> {
         {
             let expr = target["expr"].as_str().expect("a PromQL target");
             let expr = expr
-                .replace("$__rate_interval", "5m")
-                .replace("$__interval", "1m")
-                .replace("$__range", "1h")
-                .replace("$namespace", ".*")
-                .replace("$pod", ".*");
+                .replace("$__rate_interval", rate_interval)
+                .replace("$__range", range)
+                .replace("$namespace", namespace)
+                .replace("$pod", pod);
             assert!(!expr.contains('$'), "an unknown variable in {expr}");
             out.push((panel["title"].as_str().unwrap_or("").to_string(), expr));
         }
     }
     out
+}
+
+fn dashboard_queries() -> Vec<(String, String)> {
+    dashboard_queries_for(".*", ".*", "5m", "1h")
 }
 
 #[test]
@@ -1085,35 +1121,66 @@ fn check_jsonschema_agrees_with_the_decoder_on_the_sample() {
     );
 }
 
-/// `pretext replay --flush` of the bundled sample: (triggers, dead letters).
-fn replay_sample(dir: &Path) -> (Vec<u8>, Vec<u8>) {
-    let triggers = dir.join("triggers.jsonl");
-    let dead = dir.join("dead-letter.jsonl");
+/// What `pretext replay --flush` of the bundled sample writes, with a 30%
+/// holdout so that every output has records.
+struct Written {
+    triggers: Vec<u8>,
+    holdout: Vec<u8>,
+    conversions: Vec<u8>,
+    dead_letters: Vec<u8>,
+}
+
+fn replay_sample(dir: &Path) -> Written {
+    let config = dir.join("holdout.toml");
+    fs::write(&config, "[holdout]\npercent = 30\n").unwrap();
+    let path = |name: &str| dir.join(name);
     run(pretext()
-        .args(["replay", "--flush", "--output"])
-        .arg(&triggers)
+        .args(["replay", "--flush", "--config"])
+        .arg(&config)
+        .arg("--output")
+        .arg(path("triggers.jsonl"))
+        .arg("--holdout")
+        .arg(path("holdout.jsonl"))
+        .arg("--conversions")
+        .arg(path("conversions.jsonl"))
         .arg("--dead-letter")
-        .arg(&dead));
-    (fs::read(triggers).unwrap(), fs::read(dead).unwrap())
+        .arg(path("dead-letter.jsonl")));
+    let read = |name: &str| fs::read(path(name)).unwrap();
+    Written {
+        triggers: read("triggers.jsonl"),
+        holdout: read("holdout.jsonl"),
+        conversions: read("conversions.jsonl"),
+        dead_letters: read("dead-letter.jsonl"),
+    }
 }
 
 #[test]
 fn check_jsonschema_accepts_what_pretext_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let (triggers, dead) = replay_sample(dir.path());
+    let w = replay_sample(dir.path());
     for (schema, prefix, written) in [
-        ("trigger.json", "trigger", lines(&triggers)),
-        ("dead-letter.json", "dead", lines(&dead)),
+        ("trigger.json", "trigger", lines(&w.triggers)),
+        ("trigger.json", "holdout", lines(&w.holdout)),
+        ("conversion.json", "conversion", lines(&w.conversions)),
+        ("dead-letter.json", "dead", lines(&w.dead_letters)),
     ] {
         assert!(!written.is_empty(), "the sample replay wrote no {prefix}");
         let files = one_file_per_line(dir.path(), prefix, &written);
         let failed = check_jsonschema(schema, &files);
         assert!(
             failed.is_empty(),
-            "{schema} rejects {} of pretext's own: {failed:?}",
+            "{schema} rejects {} of pretext's own {prefix} records: {failed:?}",
             failed.len()
         );
     }
+    // Each output carries its own group.
+    for (written, group) in [(&w.triggers, "treated"), (&w.holdout, "holdout")] {
+        for line in lines(written) {
+            let t: Json = serde_json::from_slice(line).unwrap();
+            assert_eq!(t["group"], group, "{t}");
+        }
+    }
+    let triggers = w.triggers;
     // And rejects a trigger with a field out of the contract.
     let mut bad: Json = serde_json::from_slice(lines(&triggers)[0]).unwrap();
     bad["fired_at"] = Json::from("2026-11-22T11:15:00+01:00");
@@ -1200,4 +1267,287 @@ fn the_pod_runs_unprivileged_and_stops_in_time() {
         .and_then(|e| e["value"].as_str());
     assert_eq!(group, Some(config.kafka.group_id.as_str()));
     assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
+}
+
+#[test]
+fn the_experiment_values_reach_pretext_and_the_token_stays_secret() {
+    let docs = render(&EXPERIMENT);
+    let (toml, config) = rendered_config(&docs);
+    assert_eq!(config.holdout.percent, 12.5);
+    assert_eq!(config.holdout.salt, "xmas-2026");
+    assert_eq!(config.pressure.max_triggers, 3);
+    assert_eq!(config.pressure.window.0, 12 * 3_600_000);
+    assert_eq!(config.measurement.attribution_window.0, 3 * 86_400_000);
+    assert_eq!(config.topics.holdout, "crm.holdout");
+    assert_eq!(config.topics.conversions, "crm.conversions");
+    assert!(
+        !keys_of(&toml).contains("http.query_token"),
+        "the token is not in the ConfigMap"
+    );
+    let env = seq(&container(&docs)["env"]);
+    let token = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("PRETEXT__HTTP__QUERY_TOKEN"))
+        .expect("the query token variable");
+    let r = &token["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        (r["name"].as_str(), r["key"].as_str()),
+        (Some("pretext-query"), Some("token"))
+    );
+    assert!(token["value"].is_null());
+    // Without a Secret, no token and no variable: the queries are off.
+    let docs = render(&DEFAULT);
+    assert!(!seq(&container(&docs)["env"])
+        .iter()
+        .any(|e| e["name"].as_str() == Some("PRETEXT__HTTP__QUERY_TOKEN")));
+}
+
+// ------------------------------------------------ a real Prometheus server
+
+/// Serves the registry's exposition as /metrics on loopback, as pretext's
+/// HTTP endpoint does, until dropped.
+struct Exporter {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Exporter {
+    fn start(metrics: Arc<pretext::metrics::Metrics>) -> Exporter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s1, s2) = (stop.clone(), stop.clone());
+        let m1 = metrics.clone();
+        let serve = std::thread::spawn(move || {
+            while !s1.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => answer(conn, &m1.render()),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        // Traffic: every type and group fires and converts, the cap holds
+        // some back, events arrive, batches take time.
+        let traffic = std::thread::spawn(move || {
+            let mut stats = EngineStats::default();
+            while !s2.load(Ordering::Relaxed) {
+                advance(&mut stats);
+                metrics.observe_engine(&stats);
+                metrics.batch_duration.observe(0.015);
+                metrics.dead_letters.inc();
+                metrics.ready.set(1);
+                metrics.watermark.set(1.795e9);
+                metrics.event_time_lag.set(2.5);
+                metrics.state_size_bytes.set(1 << 20);
+                metrics.state_keys.set(5000);
+                metrics
+                    .consumer_lag
+                    .with_label_values(&["pretext.web-events", "0"])
+                    .set(40);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Exporter {
+            port,
+            stop,
+            threads: vec![serve, traffic],
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn advance(stats: &mut EngineStats) {
+    for (k, by_group) in stats.triggers.iter_mut().enumerate() {
+        for (g, n) in by_group.iter_mut().enumerate() {
+            *n += 10 + 3 * k as u64 + g as u64;
+        }
+    }
+    for (k, by_group) in stats.conversions.iter_mut().enumerate() {
+        for (g, n) in by_group.iter_mut().enumerate() {
+            // The treated group converts more often than the holdout.
+            *n += 3 - g as u64 + k as u64;
+        }
+    }
+    for (i, n) in stats.suppressed.iter_mut().enumerate() {
+        *n += 1 + i as u64;
+    }
+    for (i, n) in stats.events.iter_mut().enumerate() {
+        *n += 100 + i as u64;
+    }
+    stats.duplicates += 2;
+    stats.ignored_erased += 1;
+    stats.pending_checks = 1200;
+}
+
+fn answer(mut conn: TcpStream, body: &str) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(body.as_bytes());
+}
+
+/// A `prometheus` server on loopback scraping `target` every second, with
+/// the labels the chart's ServiceMonitor gives; killed when dropped.
+struct Prometheus {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: u16) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: pretext\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{target}']\n        labels: {{namespace: {NAMESPACE}, service: pretext, pod: pretext-0}}\n"
+            ),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tool("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("prometheus starts");
+        Prometheus {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// An instant query through the HTTP API: the result vector.
+    fn query(&self, promql: &str) -> Result<Vec<Json>, String> {
+        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // HTTP/1.0: the server closes the connection after a plain body.
+        write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response)
+            .map_err(|e| e.to_string())?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: Json = serde_json::from_str(body).map_err(|e| format!("{e}: {response}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{promql}: {v}"));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Polls until Prometheus has `samples` scrapes of the target, at most 60 s.
+fn wait_for_scrapes(prom: &Prometheus, samples: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = prom
+            .query("count_over_time(pretext_ready[5m])")
+            .ok()
+            .and_then(|r| {
+                r.first()
+                    .and_then(|s| s["value"][1].as_str()?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        if n >= samples {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus scraped {n} times in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_real_prometheus_answers_every_dashboard_query_with_data() {
+    // Prometheus 2.42 (Debian's package) scrapes the registry's exposition
+    // under traffic; every panel query must return finite numbers.
+    let metrics = Arc::new(pretext::metrics::Metrics::new().unwrap());
+    let exporter = Exporter::start(metrics);
+    let prom = Prometheus::start(exporter.port);
+    wait_for_scrapes(&prom, 12);
+    let mut empty = Vec::new();
+    for (title, expr) in dashboard_queries_for(NAMESPACE, "pretext-0", "5s", "1m") {
+        let result = prom.query(&expr).unwrap_or_else(|e| panic!("{title}: {e}"));
+        let values: Vec<f64> = result
+            .iter()
+            .filter_map(|s| s["value"][1].as_str()?.parse().ok())
+            .collect();
+        if values.is_empty() || values.iter().any(|v: &f64| !v.is_finite()) {
+            empty.push(format!("{title}: {expr} -> {result:?}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "queries without data:\n{}",
+        empty.join("\n")
+    );
+    // The uplift panels see the treated group convert more than the holdout.
+    let uplift = dashboard_queries_for(NAMESPACE, "pretext-0", "5s", "1m")
+        .into_iter()
+        .find(|(t, _)| t == "Uplift (relative)")
+        .expect("an uplift panel");
+    let v: f64 = prom.query(&uplift.1).unwrap()[0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(v > 0.0, "relative uplift {v}");
 }

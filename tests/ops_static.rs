@@ -161,6 +161,7 @@ fn the_dashboard_and_alerts_use_only_exported_metrics() {
         "pretext_events_rejected_total",
         "pretext_triggers_total",
         "pretext_suppressed_total",
+        "pretext_conversions_total",
         "pretext_batch_duration_seconds",
         "pretext_event_time_lag_seconds",
         "pretext_watermark_seconds",
@@ -205,6 +206,8 @@ fn the_asyncapi_document_names_every_topic_and_existing_schemas() {
         "pretext.customers",
         "pretext.triggers",
         "pretext.dead-letter",
+        "pretext.holdout",
+        "pretext.conversions",
     ] {
         assert!(
             text.contains(&format!("address: {topic}")),
@@ -281,7 +284,15 @@ fn errors(v: &Validator, instance: &Value) -> Vec<String> {
 fn every_schema_parses_and_compiles() {
     let files = schema_files();
     let mut expected: BTreeSet<String> = EVENT_TYPES.iter().map(|t| format!("{t}.json")).collect();
-    expected.extend(["event.json", "trigger.json", "dead-letter.json"].map(String::from));
+    expected.extend(
+        [
+            "event.json",
+            "trigger.json",
+            "dead-letter.json",
+            "conversion.json",
+        ]
+        .map(String::from),
+    );
     let present: BTreeSet<String> = files.keys().cloned().collect();
     let absent: Vec<_> = expected.difference(&present).collect();
     assert!(absent.is_empty(), "schemas missing: {absent:?}");
@@ -508,9 +519,53 @@ fn the_trigger_schema_accepts_the_example_triggers() {
     ] {
         assert!(!trigger.is_valid(&t), "accepted ({why}): {t}");
     }
-    let mut missing = good.clone();
-    missing.as_object_mut().unwrap().remove("promotion");
-    assert!(!trigger.is_valid(&missing), "promotion is always present");
+    for field in ["promotion", "group"] {
+        let mut missing = good.clone();
+        missing.as_object_mut().unwrap().remove(field);
+        assert!(!trigger.is_valid(&missing), "{field} is always present");
+    }
+    let groups: BTreeSet<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["group"].to_string())
+        .collect();
+    assert_eq!(groups.len(), 2, "both groups are exemplified");
+    assert!(!trigger.is_valid(&broken("group", json!("control"))));
+}
+
+#[test]
+fn the_conversion_schema_accepts_the_contract_example() {
+    let conversion = compile("conversion.json");
+    let example = json!({"trigger_id": "5f0c9d1e2b7a4c18", "type": "viewed_not_bought",
+        "group": "treated", "crm_id": "C42", "product_id": "SKU-1",
+        "fired_at": "2026-11-22T11:15:00Z", "order_id": "O-981",
+        "channel": "store", "converted_at": "2026-11-23T17:02:00Z"});
+    assert!(
+        conversion.is_valid(&example),
+        "{:?}",
+        errors(&conversion, &example)
+    );
+    let broken = |field: &str, value: Value| {
+        let mut c = example.clone();
+        c[field] = value;
+        c
+    };
+    for (why, c) in [
+        ("unknown group", broken("group", json!("control"))),
+        ("unknown channel", broken("channel", json!("app"))),
+        (
+            "offset time",
+            broken("converted_at", json!("2026-11-23T18:02:00+01:00")),
+        ),
+        ("empty order", broken("order_id", json!(""))),
+        ("extra field", broken("revenue", json!(89.9))),
+    ] {
+        assert!(!conversion.is_valid(&c), "accepted ({why}): {c}");
+    }
+    for field in example.as_object().unwrap().keys() {
+        let mut c = example.clone();
+        c.as_object_mut().unwrap().remove(field);
+        assert!(!conversion.is_valid(&c), "{field} is always present");
+    }
 }
 
 #[test]
