@@ -371,6 +371,13 @@ fn each_value_set_renders_the_expected_resources() {
             want.insert(("PrometheusRule".into(), "pretext".into()));
         }
         assert_eq!(kinds, want, "{}", case.name);
+        // Kubernetes keeps the last of two variables of one name: never two.
+        let env: Vec<&str> = seq(&container(&docs)["env"])
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        let unique: BTreeSet<&str> = env.iter().copied().collect();
+        assert_eq!(unique.len(), env.len(), "{}: {env:?}", case.name);
         for doc in &docs {
             assert_eq!(
                 doc["metadata"]["labels"]["app.kubernetes.io/instance"].as_str(),
