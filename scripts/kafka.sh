@@ -28,6 +28,18 @@ home="${PRETEXT_KAFKA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/pretext/kafka-$versi
 
 die() { echo "kafka: $*" >&2; exit 1; }
 
+# Java 17+ and Maven; on a fresh Debian machine they are installed (as
+# root, or with sudo).
+need_tools() {
+  command -v mvn >/dev/null && command -v java >/dev/null && return 0
+  command -v apt-get >/dev/null || die "java and mvn are needed: install a JDK 17+ and Maven"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "kafka: apt-get install openjdk-17-jre-headless maven" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
+}
+
 install() {
   # The marker holds the pom's checksum: a changed pom installs again.
   local sum
@@ -35,8 +47,7 @@ install() {
   if [ -f "$home/.installed" ] && [ "$(cat "$home/.installed")" = "$sum" ]; then
     return 0
   fi
-  command -v mvn >/dev/null || die "mvn not found: install Maven (apt-get install maven)"
-  command -v java >/dev/null || die "java not found: install a JDK 17 or later"
+  need_tools
   echo "kafka: installing Apache Kafka $version from Maven Central into $home" >&2
   local tmp="$home.tmp.$$"
   rm -rf "$tmp"
@@ -73,6 +84,8 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
+# The log cleaner allocates this at start (default 128 MiB): small for a small heap.
+log.cleaner.dedupe.buffer.size=16777216
 EOF
   # Kafka logs to DATA/server.log; only warnings reach stdout.
   cat >"$data/log4j2.properties" <<EOF
@@ -114,7 +127,7 @@ start() {
   mkdir -p "$data"
   data="$(cd "$data" && pwd)"
   write_config "$data" "$port" "$cport"
-  local heap="${KAFKA_HEAP_OPTS:--Xms64m -Xmx320m}"
+  local heap="${KAFKA_HEAP_OPTS:--Xms32m -Xmx256m}"
   local jvm="${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true}"
   # shellcheck disable=SC2206 # word splitting of the flag lists is meant
   local java=(java $heap $jvm "-Dlog4j2.configurationFile=$data/log4j2.properties" -cp "$home/*")
