@@ -11,6 +11,7 @@
 mod customer;
 mod identity;
 pub mod params;
+pub mod query;
 pub mod records;
 pub mod stats;
 
