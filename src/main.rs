@@ -54,6 +54,8 @@ enum Command {
     },
     /// Generate realistic contract events (seeded, deterministic).
     Gen(pretext::gen::GenArgs),
+    /// Print what a state holds about a customer or a cookie (JSON).
+    Inspect(pretext::cli::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        Command::Inspect(args) => pretext::cli::inspect::main(&args),
     }
 }
 

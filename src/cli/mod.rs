@@ -1,0 +1,4 @@
+//! Subcommands of the `pretext` binary that live in the library, so that
+//! tests and the binary share them.
+
+pub mod inspect;
