@@ -1489,7 +1489,10 @@ cooldown = "12h"
         assert!(!Config::default().http.query_token.is_set());
         for (file, secret) in [
             ("[http]\nquery_token = \"short\"\n", "short"),
-            ("[http]\nquery_token = \"with a space 0123456789\"\n", "with a space"),
+            (
+                "[http]\nquery_token = \"with a space 0123456789\"\n",
+                "with a space",
+            ),
             ("[http]\nquery_token = 987654321\n", "987654321"),
         ] {
             let e = load_str(file, &[]).unwrap_err();
