@@ -180,6 +180,22 @@ fn inspect_answers_as_the_contract_says() {
 }
 
 #[test]
+fn the_group_follows_the_holdout_of_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = replayed_state(dir.path());
+    let all = dir.path().join("holdout.toml");
+    std::fs::write(&all, "[holdout]\npercent = 100\n").unwrap();
+    let path = all.to_str().unwrap();
+    let c1 = inspect_json(&state, &["--config", path, "--customer", "C1"]);
+    assert_eq!(c1["group"], "holdout");
+    let ck9 = inspect_json(&state, &["--config", path, "--cookie", "ck9"]);
+    assert_eq!(ck9["group"], "holdout");
+    // An anonymous cookie has no group.
+    let anon = inspect_json(&state, &["--config", path, "--cookie", "ck_anon"]);
+    assert!(anon.get("group").is_none());
+}
+
+#[test]
 fn inspect_rejects_bad_arguments_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let state = replayed_state(dir.path());
@@ -478,7 +494,7 @@ fn a_reader_sees_committed_batches_only() {
             .unwrap()
             .map_or(0, |a| a.products.len())
     };
-    let mut sink = Vec::new();
+    let mut sink = pretext::engine::Outputs::default();
     let t0 = 1_795_000_000_000;
     for batch in 0..5 {
         for i in 0..10 {
@@ -509,7 +525,7 @@ fn inspect_reads_the_state_of_a_running_writer() {
     let state = dir.path().join("state");
     let mut engine = Engine::open(&state, &config).unwrap();
     let config_arg = config_file.to_str().unwrap();
-    let mut sink = Vec::new();
+    let mut sink = pretext::engine::Outputs::default();
     let t0 = 1_795_000_000_000;
     engine
         .apply(&event("a", t0, "C7", "P1"), &mut sink)

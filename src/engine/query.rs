@@ -12,9 +12,10 @@ use crate::state::{Cf, Snapshot, StateError};
 use crate::time::format_ts;
 use crate::trigger::round2;
 
+use super::meta::Num;
 use super::params::Params;
+use super::pressure::Holdout;
 use super::records::{decode, insert_sorted, Customer, Interest, Kept, KeptEvents, KindCode, Link};
-use super::{META_IDLE_WM, META_MAX_TS};
 
 /// The default and the bounds of `limit`.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -70,26 +71,14 @@ pub struct ProductAnswer {
 #[derive(Debug, Clone)]
 pub struct Queries {
     params: Params,
-    // TODO(holdout): replace with `super::pressure::Holdout` once main has it.
-    holdout: HoldoutStub,
-}
-
-// TODO(holdout): stub until `engine::pressure::Holdout` lands on main; every
-// customer is "treated", which is right only for `holdout.percent = 0`.
-#[derive(Debug, Clone)]
-struct HoldoutStub;
-
-impl HoldoutStub {
-    fn group_of(&self, _crm_id: &str) -> &'static str {
-        "treated"
-    }
+    holdout: Holdout,
 }
 
 impl Queries {
     pub fn from_config(config: &Config) -> Queries {
         Queries {
             params: Params::from_config(config),
-            holdout: HoldoutStub,
+            holdout: Holdout::from_config(config),
         }
     }
 
@@ -132,7 +121,7 @@ impl Queries {
         Ok(Some(Answer {
             cookie_id: None,
             crm_id: Some(crm_id.to_string()),
-            group: Some(self.holdout.group_of(crm_id)),
+            group: Some(self.holdout.group_of(crm_id).as_str()),
             as_of: format_ts(w),
             channels: Some(customer.consent.channels()),
             cookie_ids: Some(customer.top_cookies(ANSWER_COOKIES)),
@@ -229,13 +218,15 @@ pub fn intent_score(params: &Params, interest: &Interest, t: Millis) -> f64 {
 /// W as the engine computes it (`Engine::watermark`), from what the last
 /// commit stored.
 fn watermark(state: &Snapshot<'_>, params: &Params) -> Result<Option<Millis>, StateError> {
-    let max_ts = meta_i64(state, META_MAX_TS)?;
-    let idle = meta_i64(state, META_IDLE_WM)?;
+    let max_ts = meta_i64(state, Num::MaxTs)?;
+    let idle = meta_i64(state, Num::IdleWatermark)?;
     let from_events = max_ts.map(|m| m.saturating_sub(params.allowed_lateness));
     Ok(from_events.max(idle))
 }
 
-fn meta_i64(state: &Snapshot<'_>, key: &[u8]) -> Result<Option<Millis>, StateError> {
+/// A number of `meta`, in its codec (8 bytes, big-endian).
+fn meta_i64(state: &Snapshot<'_>, num: Num) -> Result<Option<Millis>, StateError> {
+    let key = num.key();
     state.read(Cf::Meta, key, |b| {
         let bytes: [u8; 8] = b.try_into().map_err(|_| StateError::Corrupt {
             cf: Cf::Meta.name(),
@@ -302,7 +293,9 @@ fn kept_interests(kept: &KeptEvents) -> Vec<(String, Interest)> {
                 .entry(product_id.clone())
                 .or_default()
                 .add_view(*ts, *kind),
-            Kept::Purchase { product_ids, ts } => {
+            Kept::Purchase {
+                product_ids, ts, ..
+            } => {
                 for p in product_ids {
                     insert_sorted(&mut by_product.entry(p.clone()).or_default().purchases, *ts);
                 }
@@ -370,6 +363,8 @@ mod tests {
                 Kept::Purchase {
                     product_ids: vec!["B".into(), "A".into()],
                     ts: 7,
+                    order_id: "O1".into(),
+                    channel: crate::event::Channel::Web,
                 },
                 Kept::View {
                     kind: KindCode::AddToCart,
