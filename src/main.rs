@@ -66,6 +66,8 @@ enum Command {
     /// Conversion rates of treated and holdout triggers and the uplift,
     /// with 95% confidence intervals, from a replay's output files.
     Uplift(pretext::cli::uplift::UpliftArgs),
+    /// Print what a state holds about a customer or a cookie (JSON).
+    Inspect(pretext::cli::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +123,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        Command::Inspect(args) => pretext::cli::inspect::main(&args),
     }
 }
 

@@ -14,6 +14,7 @@ mod identity;
 pub mod meta;
 pub mod params;
 pub mod pressure;
+pub mod query;
 pub mod records;
 pub mod stats;
 pub mod timers;

@@ -82,6 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: Arc::new(Metrics::new()?),
         state_open: Arc::new(AtomicBool::new(false)),
         assigned: Arc::new(AtomicBool::new(false)),
+        queries: http::query::QueryState::from_config(&config),
     };
     let addr = config.http.listen.clone();
     let listener = TcpListener::bind(&addr)
@@ -156,6 +157,7 @@ struct Output {
 impl Pipeline {
     fn open(config: Config, health: Health) -> Result<Pipeline, LiveError> {
         let engine = Engine::open(&config.state.dir, &config)?;
+        health.queries.open(engine.store().reader());
         let stored = engine.stored_offsets()?;
         info!(partitions = stored.len(), "state open");
         let positions: Positions = Arc::new(Mutex::new(
