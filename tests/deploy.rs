@@ -1196,7 +1196,10 @@ fn check_jsonschema_accepts_what_pretext_writes() {
     assert_eq!(check_jsonschema("trigger.json", &files).len(), 1);
 }
 
-/// The dotted keys of a TOML table, the kafka.client map as one key.
+/// librdkafka pass-through maps: free-form, each one key of the configuration.
+const PASS_THROUGH: [&str; 3] = ["kafka.client", "kafka.consumer", "kafka.producer"];
+
+/// The dotted keys of a TOML table, each pass-through map as one key.
 fn toml_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
     for (k, v) in table {
         let key = if prefix.is_empty() {
@@ -1205,7 +1208,9 @@ fn toml_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
             format!("{prefix}.{k}")
         };
         match v {
-            toml::Value::Table(inner) if key != "kafka.client" => toml_keys(&key, inner, out),
+            toml::Value::Table(inner) if !PASS_THROUGH.contains(&key.as_str()) => {
+                toml_keys(&key, inner, out)
+            }
             _ => {
                 out.insert(key);
             }
