@@ -961,6 +961,27 @@ fn promtool_parses_every_dashboard_query() {
     );
 }
 
+/// `promtool check metrics` on an exposition: whether it passed, and what
+/// it said (nothing when clean).
+fn promtool_check_metrics(exposition: &str) -> (bool, String) {
+    let mut child = tool("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    (out.status.success(), said)
+}
+
 #[test]
 fn promtool_check_metrics_accepts_the_exposition() {
     // The registry's exposition as /metrics serves it, with a lag series
@@ -980,49 +1001,20 @@ fn promtool_check_metrics_accepts_the_exposition() {
             .count()
             >= 16
     );
-    let mut child = tool("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let (ok, said) = promtool_check_metrics(&exposition);
     assert!(
-        out.status.success() && said.trim().is_empty(),
+        ok && said.trim().is_empty(),
         "promtool check metrics: {said}"
     );
 }
 
 #[test]
 fn promtool_check_metrics_reports_a_lint_problem() {
-    // Guards the check above: promtool flags a counter not named *_total.
+    // Guards the checks above: promtool flags a counter not named *_total.
     let bad = "# HELP pretext_things A counter.\n# TYPE pretext_things counter\npretext_things 1\n";
-    let mut child = tool("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(bad.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        !out.status.success(),
-        "promtool accepted a bad counter name"
-    );
+    let (ok, said) = promtool_check_metrics(bad);
+    assert!(!ok, "promtool accepted a bad counter name");
+    assert!(said.contains("_total"), "{said}");
 }
 
 // -------------------------------------------------------------- yamllint
@@ -1441,11 +1433,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = tool("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -1468,22 +1456,32 @@ impl Prometheus {
     /// An instant query through the HTTP API: the result vector.
     fn query(&self, promql: &str) -> Result<Vec<Json>, String> {
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        // HTTP/1.0: the server closes the connection after a plain body.
-        write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut response = String::new();
-        conn.read_to_string(&mut response)
-            .map_err(|e| e.to_string())?;
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let v: Json = serde_json::from_str(body).map_err(|e| format!("{e}: {response}"))?;
+        let (_, body) = http_get(self.port, &path)?;
+        let v: Json = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
         if v["status"] != "success" {
             return Err(format!("{promql}: {v}"));
         }
         Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
     }
+}
+
+/// A GET on loopback: the status code and the body.
+fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // HTTP/1.0: the server closes the connection after a plain body.
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head}"))?;
+    Ok((status, body.to_string()))
 }
 
 impl Drop for Prometheus {
@@ -1562,4 +1560,98 @@ fn a_real_prometheus_answers_every_dashboard_query_with_data() {
         .parse()
         .unwrap();
     assert!(v > 0.0, "relative uplift {v}");
+}
+
+/// A port on loopback that nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `pretext run` with no broker to reach: it serves HTTP while it waits for
+/// one. Killed when dropped.
+struct Live {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Live {
+    fn start() -> Live {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("pretext.toml");
+        fs::write(
+            &config,
+            format!(
+                "[kafka]\nbrokers = \"127.0.0.1:{}\"\n[state]\ndir = {:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"error\"\n",
+                free_port(),
+                dir.path().join("state").display().to_string(),
+            ),
+        )
+        .unwrap();
+        let child = pretext()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pretext run starts");
+        Live {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// GET `path`, retried until pretext serves HTTP (at most 30 s).
+    fn get(&mut self, path: &str) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(answer) = http_get(self.port, path) {
+                return answer;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("pretext run exited {status} before serving HTTP");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pretext serves no HTTP after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn promtool_check_metrics_accepts_a_live_pretexts_metrics() {
+    // The real binary's /metrics, before any broker answers: every metric
+    // but the per-partition lag (no partition assigned) is there.
+    let mut live = Live::start();
+    let (status, exposition) = live.get("/metrics");
+    assert_eq!(status, 200, "{exposition}");
+    assert_eq!(live.get("/readyz").0, 503, "not ready without a broker");
+    for name in pretext::metrics::NAMES {
+        if name != "pretext_consumer_lag_messages" {
+            assert!(
+                exposition.contains(&format!("# TYPE {name} ")),
+                "{name} missing from /metrics"
+            );
+        }
+    }
+    let (ok, said) = promtool_check_metrics(&exposition);
+    assert!(
+        ok && said.trim().is_empty(),
+        "promtool check metrics on /metrics: {said}"
+    );
 }
