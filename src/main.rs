@@ -60,6 +60,9 @@ enum Command {
     },
     /// Generate realistic contract events (seeded, deterministic).
     Gen(pretext::gen::GenArgs),
+    /// Conversion rates of treated and holdout triggers and the uplift,
+    /// with 95% confidence intervals, from a replay's output files.
+    Uplift(pretext::cli::uplift::UpliftArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +110,10 @@ fn main() -> ExitCode {
         }
         Command::Gen(args) => match pretext::gen::run(&args) {
             Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Uplift(args) => match pretext::cli::uplift::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
     }
