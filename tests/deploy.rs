@@ -26,6 +26,9 @@ use serde_yaml::Value as Yaml;
 use pretext::config::Config;
 use pretext::engine::EngineStats;
 
+#[path = "common/broker.rs"]
+mod broker;
+
 /// The Kubernetes version the manifests are rendered for and validated
 /// against: the newest kubernetes-validate 1.37 ships, and the one helm
 /// 3.22 is built for.
@@ -1653,5 +1656,108 @@ fn promtool_check_metrics_accepts_a_live_pretexts_metrics() {
     assert!(
         ok && said.trim().is_empty(),
         "promtool check metrics on /metrics: {said}"
+    );
+}
+
+/// One number of an instant query's first series, if any.
+fn scalar(prom: &Prometheus, promql: &str) -> Option<f64> {
+    let result = prom.query(promql).ok()?;
+    result.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// Dashboard panels whose value divides by the holdout's conversions.
+const OVER_HOLDOUT_CONVERSIONS: [&str; 2] = ["Uplift (relative)", "Relative uplift by type (7d)"];
+
+#[test]
+fn a_real_prometheus_scraping_a_live_pretext_answers_the_dashboard_after_traffic() {
+    // pretext run on a real Kafka broker, a 30% holdout and a cap of 3 a
+    // day; Prometheus scrapes it from before the traffic (the bundled
+    // sample) until after it, as the chart's ServiceMonitor would.
+    let kafka = broker::Broker::start();
+    let topics = broker::Topics::create(&kafka);
+    let (holdout, conversions) = (broker::unique("holdout"), broker::unique("conversions"));
+    kafka.create_topics(&[&holdout, &conversions], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let group = broker::unique("group");
+    let (config, state) = broker::write_config(dir.path(), &kafka.addr, &topics, &group);
+    let env = [
+        ("PRETEXT__HOLDOUT__PERCENT", "30"),
+        ("PRETEXT__PRESSURE__MAX_TRIGGERS", "3"),
+        ("PRETEXT__TOPICS__HOLDOUT", holdout.as_str()),
+        ("PRETEXT__TOPICS__CONVERSIONS", conversions.as_str()),
+    ];
+    let log = dir.path().join("pretext.log");
+    let live = broker::Pretext::start_with_env(&config, &state, &log, &env);
+    live.wait_ready();
+    let port: u16 = live.http.rsplit_once(':').unwrap().1.parse().unwrap();
+    let prom = Prometheus::start(port);
+    wait_for_scrapes(&prom, 3);
+
+    let sample = fs::read(root().join("examples/sample.jsonl")).unwrap();
+    let messages: Vec<(Option<&str>, &[u8])> =
+        lines(&sample).into_iter().map(|l| (None, l)).collect();
+    kafka.produce(&topics.input, &messages);
+    // Applied, duplicate or rejected: every message counted, then scraped.
+    let counted = "sum(pretext_events_total) + sum(pretext_events_duplicate_total) \
+                   + sum(pretext_events_rejected_total)";
+    broker::wait_for(
+        "prometheus to see the sample applied",
+        Duration::from_secs(120),
+        || (scalar(&prom, counted)? >= messages.len() as f64).then_some(()),
+    );
+    broker::wait_for(
+        "triggers and conversions scraped",
+        Duration::from_secs(60),
+        || {
+            let fired = scalar(&prom, "sum(pretext_triggers_total)")?;
+            let converted = scalar(&prom, "sum(pretext_conversions_total)")?;
+            (fired > 0.0 && converted > 0.0).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    let holdout_converted =
+        scalar(&prom, r#"sum(pretext_conversions_total{group="holdout"})"#).unwrap_or(0.0);
+    // The experiment is visible: about 30% of the triggers in the holdout,
+    // some held back by the cap.
+    let share = scalar(
+        &prom,
+        r#"sum(pretext_triggers_total{group="holdout"}) / sum(pretext_triggers_total)"#,
+    )
+    .unwrap_or(0.0);
+    let capped = scalar(
+        &prom,
+        r#"sum(pretext_suppressed_total{reason="frequency_cap"})"#,
+    )
+    .unwrap_or(0.0);
+    eprintln!("holdout share {share:.3}, capped {capped}, holdout conversions {holdout_converted}");
+    assert!((0.15..0.45).contains(&share), "holdout share {share}");
+    assert!(capped > 0.0, "the cap held nothing back");
+    let mut failed = Vec::new();
+    for (title, expr) in dashboard_queries_for(NAMESPACE, "pretext-0", "1m", "10m") {
+        let result = prom.query(&expr).unwrap_or_else(|e| panic!("{title}: {e}"));
+        let values: Vec<f64> = result
+            .iter()
+            .filter_map(|s| s["value"][1].as_str()?.parse().ok())
+            .collect();
+        // A ratio over a group with no conversion yet is not a number:
+        // only where the holdout has none may such a panel show none.
+        let may_be_undefined =
+            holdout_converted == 0.0 && OVER_HOLDOUT_CONVERSIONS.contains(&title.as_str());
+        if values.is_empty() || !(may_be_undefined || values.iter().any(|v| v.is_finite())) {
+            failed.push(format!("{title}: {expr} -> {result:?}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "dashboard queries without data after traffic:\n{}\npretext log: {}",
+        failed.join("\n"),
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
