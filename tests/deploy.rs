@@ -1733,6 +1733,18 @@ fn a_real_prometheus_scraping_a_live_pretext_answers_the_dashboard_after_traffic
     eprintln!("holdout share {share:.3}, capped {capped}, holdout conversions {holdout_converted}");
     assert!((0.15..0.45).contains(&share), "holdout share {share}");
     assert!(capped > 0.0, "the cap held nothing back");
+    // And its /metrics after traffic, every series present (the lag of the
+    // assigned partition too), passes promtool's lint.
+    let exposition = live.metrics().expect("/metrics answers");
+    assert!(
+        exposition.contains("pretext_consumer_lag_messages{"),
+        "{exposition}"
+    );
+    let (ok, said) = promtool_check_metrics(&exposition);
+    assert!(
+        ok && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
     let mut failed = Vec::new();
     for (title, expr) in dashboard_queries_for(NAMESPACE, "pretext-0", "1m", "10m") {
         let result = prom.query(&expr).unwrap_or_else(|e| panic!("{title}: {e}"));
