@@ -57,6 +57,9 @@ enum Command {
         /// At the end, fire every pending check as of its own check time.
         #[arg(long)]
         flush: bool,
+        /// No progress on stderr and no rate in the summary.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Generate realistic contract events (seeded, deterministic).
     Gen(pretext::gen::GenArgs),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             config,
             state_dir,
             flush,
+            quiet,
         } => {
             let config = match load_config(config) {
                 Ok(c) => c,
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
                 conversions,
                 state_dir,
                 flush,
+                quiet,
             };
             match replay(&config, &opts) {
                 Ok(summary) => {
