@@ -43,6 +43,12 @@ enum Command {
         /// Where rejected lines go, as dead-letter JSON Lines.
         #[arg(long, value_name = "FILE")]
         dead_letter: Option<PathBuf>,
+        /// Where triggers of holdout customers go (else only counted).
+        #[arg(long, value_name = "FILE")]
+        holdout: Option<PathBuf>,
+        /// Where conversion records go (else only counted).
+        #[arg(long, value_name = "FILE")]
+        conversions: Option<PathBuf>,
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Keep the state here (else a temporary directory, removed at exit).
@@ -54,6 +60,9 @@ enum Command {
     },
     /// Generate realistic contract events (seeded, deterministic).
     Gen(pretext::gen::GenArgs),
+    /// Conversion rates of treated and holdout triggers and the uplift,
+    /// with 95% confidence intervals, from a replay's output files.
+    Uplift(pretext::cli::uplift::UpliftArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +80,8 @@ fn main() -> ExitCode {
             input,
             output,
             dead_letter,
+            holdout,
+            conversions,
             config,
             state_dir,
             flush,
@@ -84,6 +95,8 @@ fn main() -> ExitCode {
                 inputs: input,
                 output,
                 dead_letter,
+                holdout,
+                conversions,
                 state_dir,
                 flush,
             };
@@ -97,6 +110,10 @@ fn main() -> ExitCode {
         }
         Command::Gen(args) => match pretext::gen::run(&args) {
             Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Uplift(args) => match pretext::cli::uplift::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
     }

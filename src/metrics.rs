@@ -13,20 +13,23 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use crate::engine::stats::ByKindGroup;
+
 use crate::decode::Reason;
 use crate::engine::{EngineStats, Suppressed};
 use crate::event::EVENT_TYPES;
-use crate::trigger::TriggerKind;
+use crate::trigger::{Group, TriggerKind};
 
 /// The name of every metric pretext exports: what dashboards and alerts may
 /// use (tests/ops_static.rs and tests/live_e2e.rs hold them to it).
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; 17] = [
     "pretext_events_total",
     "pretext_events_rejected_total",
     "pretext_events_duplicate_total",
     "pretext_events_ignored_erased_total",
     "pretext_triggers_total",
-    "pretext_checks_suppressed_total",
+    "pretext_conversions_total",
+    "pretext_suppressed_total",
     "pretext_batch_duration_seconds",
     "pretext_event_time_lag_seconds",
     "pretext_watermark_seconds",
@@ -45,7 +48,9 @@ pub struct Metrics {
     rejected: Vec<IntCounter>,
     duplicates: IntCounter,
     ignored_erased: IntCounter,
-    triggers: Vec<IntCounter>,
+    /// By `TriggerKind::index`, then `Group::index`.
+    triggers: Vec<Vec<IntCounter>>,
+    conversions: Vec<Vec<IntCounter>>,
     suppressed: Vec<IntCounter>,
     pub batch_duration: Histogram,
     pub event_time_lag: Gauge,
@@ -79,8 +84,18 @@ impl Metrics {
                     .collect::<Vec<_>>(),
             )
         };
+        let by_kind_group = |name: &str, help: &str| {
+            let vec = IntCounterVec::new(Opts::new(name, help), &["type", "group"])?;
+            registry.register(Box::new(vec.clone()))?;
+            let children = TriggerKind::ALL.iter().map(|k| {
+                Group::ALL
+                    .iter()
+                    .map(|g| vec.with_label_values(&[k.as_str(), g.as_str()]))
+                    .collect::<Vec<_>>()
+            });
+            Ok::<_, prometheus::Error>(children.collect::<Vec<_>>())
+        };
         let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-        let kinds: Vec<&str> = TriggerKind::ALL.iter().map(|k| k.as_str()).collect();
         let suppressed: Vec<&str> = Suppressed::ALL.iter().map(|s| s.as_str()).collect();
         let m = Metrics {
             events: counter_vec(
@@ -95,15 +110,17 @@ impl Metrics {
                 "reason",
                 &reasons,
             )?,
-            triggers: counter_vec(
+            triggers: by_kind_group(
                 "pretext_triggers_total",
-                "Triggers fired, by type",
-                "type",
-                &kinds,
+                "Triggers fired, by type and group (treated or holdout)",
+            )?,
+            conversions: by_kind_group(
+                "pretext_conversions_total",
+                "Triggers converted by a purchase within the attribution window, by type and group",
             )?,
             suppressed: counter_vec(
-                "pretext_checks_suppressed_total",
-                "Due viewed_not_bought checks that did not fire, by reason",
+                "pretext_suppressed_total",
+                "Triggers considered that did not fire, by reason",
                 "reason",
                 &suppressed,
             )?,
@@ -189,9 +206,15 @@ impl Metrics {
         for (i, c) in self.events.iter().enumerate() {
             add(c, stats.events[i], last.events[i]);
         }
-        for (i, c) in self.triggers.iter().enumerate() {
-            add(c, stats.triggers[i], last.triggers[i]);
-        }
+        let add_all = |cs: &[Vec<IntCounter>], now: &ByKindGroup, before: &ByKindGroup| {
+            for (k, row) in cs.iter().enumerate() {
+                for (g, c) in row.iter().enumerate() {
+                    add(c, now[k][g], before[k][g]);
+                }
+            }
+        };
+        add_all(&self.triggers, &stats.triggers, &last.triggers);
+        add_all(&self.conversions, &stats.conversions, &last.conversions);
         for (i, c) in self.suppressed.iter().enumerate() {
             add(c, stats.suppressed[i], last.suppressed[i]);
         }
@@ -231,8 +254,9 @@ mod tests {
         for name in [
             "pretext_events_total{type=\"erase\"} 0",
             "pretext_events_rejected_total{reason=\"bad_ts\"} 0",
-            "pretext_triggers_total{type=\"promo_on_viewed_item\"} 0",
-            "pretext_checks_suppressed_total{reason=\"cooldown\"} 0",
+            "pretext_triggers_total{group=\"holdout\",type=\"promo_on_viewed_item\"} 0",
+            "pretext_conversions_total{group=\"treated\",type=\"viewed_not_bought\"} 0",
+            "pretext_suppressed_total{reason=\"frequency_cap\"} 0",
             "pretext_events_duplicate_total 0",
             "pretext_batch_duration_seconds_count 0",
             "pretext_ready 0",
@@ -263,7 +287,8 @@ mod tests {
         let m = Metrics::new().unwrap();
         let mut s = EngineStats::default();
         s.events[0] = 5;
-        s.triggers[0] = 2;
+        s.triggers[0][1] = 2;
+        s.conversions[1][0] = 1;
         s.pending_checks = 3;
         m.observe_engine(&s);
         s.events[0] = 7;
@@ -273,7 +298,12 @@ mod tests {
             text.contains("pretext_events_total{type=\"product_view\"} 7"),
             "{text}"
         );
-        assert!(text.contains("pretext_triggers_total{type=\"viewed_not_bought\"} 2"));
+        assert!(
+            text.contains("pretext_triggers_total{group=\"holdout\",type=\"viewed_not_bought\"} 2")
+        );
+        assert!(text.contains(
+            "pretext_conversions_total{group=\"treated\",type=\"promo_on_viewed_item\"} 1"
+        ));
         assert!(text.contains("pretext_pending_checks 3"));
     }
 }

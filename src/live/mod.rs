@@ -29,11 +29,11 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason};
-use crate::engine::{Engine, EngineError, SourceOffset};
+use crate::engine::{Engine, EngineError, Outputs, SourceOffset};
 use crate::event::Millis;
 use crate::http::{self, Health};
 use crate::metrics::{Metrics, MetricsError};
-use crate::trigger::Trigger;
+use crate::trigger::Group;
 
 use sink::Sink;
 pub use source::InputMessage;
@@ -149,7 +149,7 @@ struct Pipeline {
 /// The output of a batch, produced before its offsets are stored.
 #[derive(Default)]
 struct Output {
-    triggers: Vec<Trigger>,
+    engine: Outputs,
     dead_letters: Vec<(Option<Vec<u8>>, String)>,
 }
 
@@ -235,7 +235,7 @@ impl Pipeline {
             }
             match decode(&m.payload, max_bytes) {
                 Ok(event) => {
-                    self.engine.apply(&event, &mut out.triggers)?;
+                    self.engine.apply(&event, &mut out.engine)?;
                 }
                 Err(rejection) => {
                     self.health.metrics.reject(rejection.reason);
@@ -289,18 +289,30 @@ impl Pipeline {
 
     fn publish(&self, out: &Output) -> Result<(), LiveError> {
         let topics = &self.config.topics;
-        for t in &out.triggers {
+        for t in &out.engine.triggers {
+            // Holdout triggers never reach the triggers topic.
+            let topic = match t.group {
+                Group::Treated => &topics.triggers,
+                Group::Holdout => &topics.holdout,
+            };
+            self.sink
+                .send(topic, Some(t.crm_id.as_bytes()), t.to_json().as_bytes())?;
+        }
+        for c in &out.engine.conversions {
             self.sink.send(
-                &topics.triggers,
-                Some(t.crm_id.as_bytes()),
-                t.to_json().as_bytes(),
+                &topics.conversions,
+                Some(c.crm_id.as_bytes()),
+                c.to_json().as_bytes(),
             )?;
         }
         for (key, letter) in &out.dead_letters {
             self.sink
                 .send(&topics.dead_letter, key.as_deref(), letter.as_bytes())?;
         }
-        if out.triggers.is_empty() && out.dead_letters.is_empty() {
+        if out.engine.triggers.is_empty()
+            && out.engine.conversions.is_empty()
+            && out.dead_letters.is_empty()
+        {
             return Ok(());
         }
         self.sink.flush()?;
@@ -316,12 +328,12 @@ impl Pipeline {
     fn idle_advance(&mut self) -> Result<(), LiveError> {
         let mut out = Output::default();
         let to = wall_clock_ms().saturating_sub(self.config.watermark.allowed_lateness.millis());
-        self.engine.advance_watermark(to, &mut out.triggers)?;
-        if out.triggers.is_empty() {
+        self.engine.advance_watermark(to, &mut out.engine)?;
+        if out.engine.triggers.is_empty() {
             return Ok(());
         }
         info!(
-            triggers = out.triggers.len(),
+            triggers = out.engine.triggers.len(),
             "idle watermark advance fired checks"
         );
         self.publish(&out)?;

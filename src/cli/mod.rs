@@ -1,0 +1,3 @@
+//! Subcommands that work on files rather than on the stream.
+
+pub mod uplift;
