@@ -88,7 +88,8 @@ fn write_gz(path: &Path, bytes: &[u8]) {
 }
 
 struct Files {
-    _dir: tempfile::TempDir,
+    /// The directory that holds the files, when they own it.
+    _dir: Option<tempfile::TempDir>,
     triggers: PathBuf,
     holdout: PathBuf,
     conversions: PathBuf,
@@ -138,7 +139,7 @@ fn newcombe_examples() -> Files {
         triggers: dir.path().join("triggers.jsonl"),
         holdout: dir.path().join("holdout.jsonl.gz"),
         conversions: dir.path().join("conversions.jsonl"),
-        _dir: dir,
+        _dir: Some(dir),
     };
     write(&files.triggers, &jsonl(&treated));
     write_gz(&files.holdout, &jsonl(&holdout));
@@ -184,7 +185,19 @@ fn figures_per_type_and_total_match_independent_calculations() {
     assert_ci(&vnb["absolute_uplift"]["ci"], 0.052_431, 0.333_873);
     assert_close(&vnb["relative_uplift"]["estimate"], 1.0 / 3.0);
     assert_ci(&vnb["relative_uplift"]["ci"], 0.076_626, 0.651_249);
-    assert_eq!(vnb["warning"], Value::Null);
+    // Two triggers per customer, both converted or neither: the variance
+    // doubles (design effect 2), and the clustered intervals widen.
+    let c = &vnb["clustered"];
+    assert_close(&c["design_effect"]["treated"], 2.0);
+    assert_close(&c["design_effect"]["holdout"], 2.0);
+    assert_ci(&c["absolute_uplift"]["ci"], -0.001_519, 0.401_519);
+    assert_ci(&c["relative_uplift"]["ci"], -0.014_639, 0.804_189);
+    let w = vnb["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "no small-sample warning: {w:?}");
+    assert!(
+        w[0].as_str().unwrap().contains("design effect 2.00"),
+        "{w:?}"
+    );
 
     let promo = &doc["by_type"][1];
     assert_eq!(promo["type"], PROMO);
@@ -192,7 +205,7 @@ fn figures_per_type_and_total_match_independent_calculations() {
     assert_close(&promo["relative_uplift"]["estimate"], 2.0);
     assert_ci(&promo["relative_uplift"]["ci"], 0.138_350, 6.906_178);
     // Pooled 12/20: each group of 10 expects 4 non-conversions.
-    let w = promo["warning"].as_str().unwrap();
+    let w = promo["warnings"][0].as_str().unwrap();
     assert!(w.contains("expect 4.0 non-conversions"), "{w}");
 
     let total = &doc["total"];
@@ -206,6 +219,11 @@ fn figures_per_type_and_total_match_independent_calculations() {
     assert_eq!(doc["by_type"][1]["holdout"]["customers"], 5);
     assert_ci(&total["absolute_uplift"]["ci"], 0.106_776, 0.370_641);
     assert_ci(&total["relative_uplift"]["ci"], 0.163_286, 0.767_278);
+    assert_ci(
+        &total["clustered"]["absolute_uplift"]["ci"],
+        0.064_947,
+        0.426_720,
+    );
     assert_eq!(doc["unmatched_conversions"], 0);
     assert!(doc["methods"]["absolute_uplift"]
         .as_str()
@@ -222,6 +240,9 @@ fn figures_per_type_and_total_match_independent_calculations() {
         "  relative uplift  +33.33% (95% CI +7.66% to +65.12%)",
         "  relative uplift  +200.00% (95% CI +13.84% to +690.62%)",
         "  absolute uplift  +24.58 pp (95% CI +10.68 pp to +37.06 pp)",
+        "  clustered by customer (design effect: treated 2.00, holdout 2.00)",
+        "    absolute uplift  +20.00 pp (95% CI -0.15 pp to +40.15 pp)",
+        "    relative uplift  +33.33% (95% CI -1.46% to +80.42%)",
         "unmatched conversions: 0",
     ] {
         assert!(
@@ -260,7 +281,7 @@ fn a_small_holdout_warns_and_unmatched_conversions_are_counted() {
         triggers: dir.path().join("t.jsonl"),
         holdout: dir.path().join("h.jsonl"),
         conversions: dir.path().join("c.jsonl"),
-        _dir: dir,
+        _dir: Some(dir),
     };
     write(&files.triggers, &jsonl(&treated));
     write(&files.holdout, &jsonl(&holdout));
@@ -300,10 +321,17 @@ fn a_small_holdout_warns_and_unmatched_conversions_are_counted() {
     let rel = &doc["total"]["relative_uplift"];
     assert_eq!(rel["estimate"], Value::Null);
     assert_eq!(rel["note"], "undefined: the holdout rate is 0");
-    assert!(doc["total"]["warning"]
+    assert!(doc["total"]["warnings"][0]
         .as_str()
         .unwrap()
         .contains("too small"));
+    let c = &doc["total"]["clustered"];
+    assert_eq!(c["design_effect"]["holdout"], Value::Null);
+    assert_eq!(
+        c["absolute_uplift"]["note"],
+        "no interval: a rate of 0 or 1"
+    );
+    assert_eq!(c["relative_uplift"]["estimate"], Value::Null);
     assert_eq!(doc["warnings"].as_array().unwrap().len(), 2);
 }
 
@@ -373,4 +401,97 @@ fn bad_arguments_exit_2() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--holdout"), "{}", stderr(&o));
+}
+
+/// The whole path: generated events replayed with a 30% holdout, the
+/// three files read back. The report's counts are the replay's own, and the
+/// files' recounted.
+#[test]
+fn a_replay_with_a_holdout_reads_back_in_uplift() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let events = p("events.jsonl");
+    let gen = pretext()
+        .args([
+            "gen",
+            "--events",
+            "20000",
+            "--customers",
+            "400",
+            "--days",
+            "3",
+        ])
+        .arg("--output")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(gen.status.success(), "{}", stderr(&gen));
+    write(
+        &p("experiment.toml"),
+        b"[holdout]\npercent = 30\nsalt = \"uplift-test\"\n",
+    );
+    let replay = pretext()
+        .args(["replay", "--flush", "--input"])
+        .arg(&events)
+        .arg("--config")
+        .arg(p("experiment.toml"))
+        .arg("--output")
+        .arg(p("t.jsonl"))
+        .arg("--holdout")
+        .arg(p("h.jsonl"))
+        .arg("--conversions")
+        .arg(p("c.jsonl"))
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    let files = Files {
+        triggers: p("t.jsonl"),
+        holdout: p("h.jsonl"),
+        conversions: p("c.jsonl"),
+        _dir: None, // `dir` holds them
+    };
+    let o = files.run("json");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["unmatched_conversions"], 0);
+    assert_eq!(doc["duplicate_triggers"], 0);
+
+    let summary = stderr(&replay);
+    for what in ["triggers", "conversions"] {
+        let rows: Vec<String> = doc["by_type"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} (treated {}, holdout {})",
+                    r["type"].as_str().unwrap(),
+                    r["treated"][what],
+                    r["holdout"][what]
+                )
+            })
+            .collect();
+        let line = format!("{what}: {}\n", rows.join(", "));
+        assert!(summary.contains(&line), "no {line:?} in\n{summary}");
+    }
+    let read = |path: PathBuf| -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let total = &doc["total"];
+    assert_eq!(total["treated"]["triggers"], read(p("t.jsonl")).len());
+    assert_eq!(total["holdout"]["triggers"], read(p("h.jsonl")).len());
+    let conversions = read(p("c.jsonl"));
+    for group in ["treated", "holdout"] {
+        let n = conversions.iter().filter(|c| c["group"] == group).count();
+        assert!(n > 0, "{group} triggers convert in the generated data");
+        assert_eq!(total[group]["conversions"], n);
+    }
+    // 30% of customers held out, give or take chance.
+    let held = num(&total["holdout"]["customers"]);
+    let share = held / (held + num(&total["treated"]["customers"]));
+    assert!((0.2..0.4).contains(&share), "holdout share {share}");
 }

@@ -9,7 +9,7 @@
 //! `stats`); docs/experiments.md explains how to read them.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -188,6 +188,88 @@ pub mod stats {
         }
     }
 
+    /// A rate Σx/Σn over customers and the variance of that ratio estimator
+    /// with customers as clusters (the delta method; the CR0 sandwich of a
+    /// regression on the group): Σ_c (x_c − R·n_c)² / N². `cells` are each
+    /// customer's (triggers, conversions), sorted so that the float sum is
+    /// the same whatever order the customers came in. None when N = 0.
+    pub fn clustered_rate(cells: &[(u64, u64)]) -> Option<(f64, f64)> {
+        let n: u64 = cells.iter().map(|c| c.0).sum();
+        let x: u64 = cells.iter().map(|c| c.1).sum();
+        if n == 0 {
+            return None;
+        }
+        let r = x as f64 / n as f64;
+        let ss: f64 = cells
+            .iter()
+            .map(|&(ni, xi)| (xi as f64 - r * ni as f64).powi(2))
+            .sum();
+        Some((r, ss / (n as f64 * n as f64)))
+    }
+
+    /// How much the clustering inflates the variance of a rate: the
+    /// clustered variance over the binomial one, R(1 − R)/N. None at a rate
+    /// of 0 or 1, where the binomial variance is 0.
+    pub fn design_effect(rate: f64, variance: f64, n: u64) -> Option<f64> {
+        let binomial = rate * (1.0 - rate) / n as f64;
+        (binomial > 0.0).then(|| variance / binomial)
+    }
+
+    /// R1 − R2 with a Wald interval on the clustered variances (rate,
+    /// variance pairs of `clustered_rate`). Without an interval when either
+    /// rate is 0 or 1: its clustered variance is 0 there, and a Wald
+    /// interval would pretend certainty.
+    pub fn clustered_difference(a: (f64, f64), b: (f64, f64), z: f64) -> Figure {
+        let ((r1, v1), (r2, v2)) = (a, b);
+        let d = r1 - r2;
+        if !inside(r1) || !inside(r2) {
+            return Figure {
+                value: Some(d),
+                ci: None,
+                note: Some("no interval: a rate of 0 or 1"),
+            };
+        }
+        let half = z * (v1 + v2).sqrt();
+        Figure {
+            value: Some(d),
+            ci: Some(Interval {
+                low: (d - half).max(-1.0),
+                high: (d + half).min(1.0),
+            }),
+            note: None,
+        }
+    }
+
+    /// R1 / R2 − 1 with a Wald interval on the log ratio, its variance by
+    /// the delta method: V1/R1² + V2/R2².
+    pub fn clustered_relative(a: (f64, f64), b: (f64, f64), z: f64) -> Figure {
+        let ((r1, v1), (r2, v2)) = (a, b);
+        if r2 == 0.0 {
+            return Figure::undefined("undefined: the holdout rate is 0");
+        }
+        if !inside(r1) || !inside(r2) {
+            return Figure {
+                value: Some(r1 / r2 - 1.0),
+                ci: None,
+                note: Some("no interval: a rate of 0 or 1"),
+            };
+        }
+        let log = (r1 / r2).ln();
+        let half = z * (v1 / (r1 * r1) + v2 / (r2 * r2)).sqrt();
+        Figure {
+            value: Some(r1 / r2 - 1.0),
+            ci: Some(Interval {
+                low: (log - half).exp() - 1.0,
+                high: (log + half).exp() - 1.0,
+            }),
+            note: None,
+        }
+    }
+
+    fn inside(r: f64) -> bool {
+        r > 0.0 && r < 1.0
+    }
+
     fn no_trials(n1: u64) -> &'static str {
         if n1 == 0 {
             "undefined: no treated triggers"
@@ -263,29 +345,26 @@ struct Record {
     group: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Counts {
-    triggers: u64,
-    customers: u64,
-    conversions: u64,
-}
-
 struct Seen {
     kind: TriggerKind,
     arm: Arm,
+    customer: u32,
     converted: bool,
 }
+
+/// Each customer's (triggers, conversions), by customer number.
+type Cells = HashMap<u32, (u64, u64)>;
 
 /// What the files hold, counted.
 #[derive(Default)]
 struct Tally {
     seen: HashMap<String, Seen>,
-    /// [type index][0 treated, 1 holdout]
-    counts: [[Counts; 2]; TriggerKind::ALL.len()],
-    /// The distinct crm_ids with a trigger: [type index][group], and per
-    /// group over all types.
-    customers: [[HashSet<String>; 2]; TriggerKind::ALL.len()],
-    all_customers: [HashSet<String>; 2],
+    /// crm_id → customer number, so that cells key on a number.
+    customer_no: HashMap<String, u32>,
+    /// Per customer: [type index][0 treated, 1 holdout], and per group over
+    /// all types.
+    cells: [[Cells; 2]; TriggerKind::ALL.len()],
+    all_cells: [Cells; 2],
     duplicate_triggers: u64,
     duplicate_conversions: u64,
     unmatched_conversions: u64,
@@ -318,14 +397,15 @@ impl Tally {
                 self.duplicate_triggers += 1;
             }
             Entry::Vacant(v) => {
+                let next = self.customer_no.len() as u32;
+                let customer = *self.customer_no.entry(rec.crm_id).or_insert(next);
                 v.insert(Seen {
                     kind,
                     arm,
+                    customer,
                     converted: false,
                 });
-                self.counts[kind.index()][arm as usize].triggers += 1;
-                self.customers[kind.index()][arm as usize].insert(rec.crm_id.clone());
-                self.all_customers[arm as usize].insert(rec.crm_id);
+                self.bump(kind, arm, customer, (1, 0));
             }
         }
         Ok(())
@@ -353,10 +433,29 @@ impl Tally {
             self.duplicate_conversions += 1;
         } else {
             seen.converted = true;
-            self.counts[kind.index()][arm as usize].conversions += 1;
+            let customer = seen.customer;
+            self.bump(kind, arm, customer, (0, 1));
         }
         Ok(())
     }
+
+    fn bump(&mut self, kind: TriggerKind, arm: Arm, customer: u32, by: (u64, u64)) {
+        for cells in [
+            &mut self.cells[kind.index()][arm as usize],
+            &mut self.all_cells[arm as usize],
+        ] {
+            let c = cells.entry(customer).or_default();
+            c.0 += by.0;
+            c.1 += by.1;
+        }
+    }
+}
+
+/// A group's per-customer cells, sorted: the input of `clustered_rate`.
+fn sorted_cells(cells: &Cells) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = cells.values().copied().collect();
+    v.sort_unstable();
+    v
 }
 
 /// Calls `f` with each non-blank line of a JSON Lines file (gzip when it
@@ -422,7 +521,18 @@ pub struct Row {
     pub holdout: GroupRate,
     pub absolute: Figure,
     pub relative: Figure,
-    pub warning: Option<String>,
+    /// The same uplifts with customers as clusters.
+    pub clustered: Clustered,
+    pub warnings: Vec<String>,
+}
+
+/// The uplifts with the variance of customers as clusters, and the design
+/// effect of each group (None at a rate of 0 or 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clustered {
+    pub design_effect: [Option<f64>; 2],
+    pub absolute: Figure,
+    pub relative: Figure,
 }
 
 /// A group's counts, rate and the rate's Wilson interval.
@@ -437,30 +547,95 @@ pub struct GroupRate {
 }
 
 impl GroupRate {
-    fn of(c: Counts) -> GroupRate {
+    fn of(cells: &[(u64, u64)]) -> GroupRate {
+        let triggers = cells.iter().map(|c| c.0).sum();
+        let conversions = cells.iter().map(|c| c.1).sum();
         GroupRate {
-            triggers: c.triggers,
-            customers: c.customers,
-            conversions: c.conversions,
-            rate: (c.triggers > 0).then(|| c.conversions as f64 / c.triggers as f64),
-            rate_ci: stats::wilson(c.conversions, c.triggers, Z95),
+            triggers,
+            customers: cells.len() as u64,
+            conversions,
+            rate: (triggers > 0).then(|| conversions as f64 / triggers as f64),
+            rate_ci: stats::wilson(conversions, triggers, Z95),
         }
     }
 }
 
 impl Row {
-    fn new(label: &'static str, treated: Counts, holdout: Counts) -> Row {
-        let (x1, n1) = (treated.conversions, treated.triggers);
-        let (x2, n2) = (holdout.conversions, holdout.triggers);
+    fn new(label: &'static str, treated: &Cells, holdout: &Cells) -> Row {
+        let (t, h) = (sorted_cells(treated), sorted_cells(holdout));
+        let (tr, ho) = (GroupRate::of(&t), GroupRate::of(&h));
+        let (x1, n1) = (tr.conversions, tr.triggers);
+        let (x2, n2) = (ho.conversions, ho.triggers);
+        let clustered = Clustered::of(&t, &h);
+        let mut warnings: Vec<String> = small_sample_warning(x1, n1, x2, n2).into_iter().collect();
+        warnings.extend(cluster_warning(&clustered));
         Row {
             label,
-            treated: GroupRate::of(treated),
-            holdout: GroupRate::of(holdout),
+            treated: tr,
+            holdout: ho,
             absolute: stats::newcombe_difference(x1, n1, x2, n2, Z95),
             relative: stats::katz_relative(x1, n1, x2, n2, Z95),
-            warning: small_sample_warning(x1, n1, x2, n2),
+            clustered,
+            warnings,
         }
     }
+}
+
+impl Clustered {
+    fn of(treated: &[(u64, u64)], holdout: &[(u64, u64)]) -> Clustered {
+        let (t, h) = (
+            stats::clustered_rate(treated),
+            stats::clustered_rate(holdout),
+        );
+        let deff = |g: Option<(f64, f64)>, cells: &[(u64, u64)]| {
+            let n = cells.iter().map(|c| c.0).sum();
+            g.and_then(|(r, v)| stats::design_effect(r, v, n))
+        };
+        let design_effect = [deff(t, treated), deff(h, holdout)];
+        let (absolute, relative) = match (t, h) {
+            (Some(t), Some(h)) => (
+                stats::clustered_difference(t, h, Z95),
+                stats::clustered_relative(t, h, Z95),
+            ),
+            _ => {
+                let none = Figure {
+                    value: None,
+                    ci: None,
+                    note: Some("undefined: a group has no triggers"),
+                };
+                (none.clone(), none)
+            }
+        };
+        Clustered {
+            design_effect,
+            absolute,
+            relative,
+        }
+    }
+}
+
+/// Above this design effect the intervals that count triggers as
+/// independent are too narrow by more than a fifth (√1.5 ≈ 1.22).
+pub const MAX_DESIGN_EFFECT: f64 = 1.5;
+
+pub const CLUSTER_RULE: &str = "a group whose design effect (the clustered \
+     variance of its rate over the binomial one) is 1.5 or more";
+
+fn cluster_warning(c: &Clustered) -> Option<String> {
+    let (name, deff) = [
+        ("treated group", c.design_effect[0]),
+        ("holdout", c.design_effect[1]),
+    ]
+    .into_iter()
+    .filter_map(|(name, d)| d.map(|d| (name, d)))
+    .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    (deff >= MAX_DESIGN_EFFECT).then(|| {
+        format!(
+            "triggers cluster by customer (design effect {deff:.2} in the {name}): the \
+             intervals that count triggers as independent are too narrow; read the \
+             clustered ones"
+        )
+    })
 }
 
 /// The rule, as the report states it.
@@ -527,27 +702,17 @@ impl Report {
     }
 
     fn of(tally: &Tally) -> Report {
-        let mut sum = [Counts::default(); 2];
         let by_type = TriggerKind::ALL
             .into_iter()
             .map(|kind| {
-                let mut c = tally.counts[kind.index()];
-                for (c, set) in c.iter_mut().zip(&tally.customers[kind.index()]) {
-                    c.customers = set.len() as u64;
-                }
-                for (s, c) in sum.iter_mut().zip(c) {
-                    s.triggers += c.triggers;
-                    s.conversions += c.conversions;
-                }
-                Row::new(kind.as_str(), c[0], c[1])
+                let [t, h] = &tally.cells[kind.index()];
+                Row::new(kind.as_str(), t, h)
             })
             .collect();
-        for (s, set) in sum.iter_mut().zip(&tally.all_customers) {
-            s.customers = set.len() as u64;
-        }
+        let [t, h] = &tally.all_cells;
         Report {
             by_type,
-            total: Row::new("total", sum[0], sum[1]),
+            total: Row::new("total", t, h),
             unmatched_conversions: tally.unmatched_conversions,
             duplicate_triggers: tally.duplicate_triggers,
             duplicate_conversions: tally.duplicate_conversions,
@@ -594,6 +759,8 @@ fn plural(n: u64) -> &'static str {
 const METHOD_RATE: &str = "Wilson score interval";
 const METHOD_ABSOLUTE: &str = "Newcombe's hybrid score interval (Newcombe 1998, method 10)";
 const METHOD_RELATIVE: &str = "Katz log interval of the rate ratio";
+const METHOD_CLUSTERED: &str = "Wald intervals (the relative one on the log ratio) \
+     with the cluster-robust delta-method variance, customers as clusters";
 
 impl Report {
     pub fn render_text(&self) -> String {
@@ -605,7 +772,9 @@ impl Report {
              absolute uplift = rate_treated - rate_holdout, in percentage points (pp): \
              {METHOD_ABSOLUTE}\n\
              relative uplift = rate_treated / rate_holdout - 1: {METHOD_RELATIVE}\n\
-             small-sample warning: {SMALL_SAMPLE_RULE}"
+             clustered by customer: {METHOD_CLUSTERED}\n\
+             small-sample warning: {SMALL_SAMPLE_RULE}\n\
+             clustering warning: {CLUSTER_RULE}"
         );
         for row in self.by_type.iter().chain(std::iter::once(&self.total)) {
             s.push('\n');
@@ -647,7 +816,21 @@ fn text_row(s: &mut String, row: &Row) {
         text_figure(&row.absolute, " pp")
     );
     let _ = writeln!(s, "  relative uplift  {}", text_figure(&row.relative, "%"));
-    if let Some(w) = &row.warning {
+    let deff = |d: Option<f64>| d.map_or("-".to_string(), |d| format!("{d:.2}"));
+    let c = &row.clustered;
+    let _ = writeln!(
+        s,
+        "  clustered by customer (design effect: treated {}, holdout {})",
+        deff(c.design_effect[0]),
+        deff(c.design_effect[1])
+    );
+    let _ = writeln!(
+        s,
+        "    absolute uplift  {}",
+        text_figure(&c.absolute, " pp")
+    );
+    let _ = writeln!(s, "    relative uplift  {}", text_figure(&c.relative, "%"));
+    for w in &row.warnings {
         let _ = writeln!(s, "  warning: {w}");
     }
 }
@@ -694,6 +877,7 @@ struct JsonReport<'a> {
     confidence: f64,
     methods: JsonMethods,
     small_sample_rule: &'static str,
+    cluster_rule: &'static str,
     by_type: Vec<JsonRow<'a>>,
     total: JsonRow<'a>,
     unmatched_conversions: u64,
@@ -707,6 +891,7 @@ struct JsonMethods {
     rate: &'static str,
     absolute_uplift: &'static str,
     relative_uplift: &'static str,
+    clustered: &'static str,
 }
 
 #[derive(Serialize)]
@@ -717,7 +902,21 @@ struct JsonRow<'a> {
     holdout: JsonGroup,
     absolute_uplift: JsonFigure,
     relative_uplift: JsonFigure,
-    warning: Option<&'a str>,
+    clustered: JsonClustered,
+    warnings: &'a [String],
+}
+
+#[derive(Serialize)]
+struct JsonClustered {
+    design_effect: JsonDesignEffect,
+    absolute_uplift: JsonFigure,
+    relative_uplift: JsonFigure,
+}
+
+#[derive(Serialize)]
+struct JsonDesignEffect {
+    treated: Option<f64>,
+    holdout: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -774,7 +973,15 @@ fn json_row(r: &Row) -> JsonRow<'_> {
         holdout: json_group(&r.holdout),
         absolute_uplift: json_figure(&r.absolute),
         relative_uplift: json_figure(&r.relative),
-        warning: r.warning.as_deref(),
+        clustered: JsonClustered {
+            design_effect: JsonDesignEffect {
+                treated: r.clustered.design_effect[0].map(round6),
+                holdout: r.clustered.design_effect[1].map(round6),
+            },
+            absolute_uplift: json_figure(&r.clustered.absolute),
+            relative_uplift: json_figure(&r.clustered.relative),
+        },
+        warnings: &r.warnings,
     }
 }
 
@@ -787,8 +994,10 @@ impl Report {
                 rate: METHOD_RATE,
                 absolute_uplift: METHOD_ABSOLUTE,
                 relative_uplift: METHOD_RELATIVE,
+                clustered: METHOD_CLUSTERED,
             },
             small_sample_rule: SMALL_SAMPLE_RULE,
+            cluster_rule: CLUSTER_RULE,
             by_type: self.by_type.iter().map(json_row).collect(),
             total: json_row(&self.total),
             unmatched_conversions: self.unmatched_conversions,
@@ -942,6 +1151,52 @@ mod tests {
         assert!(close(i.low, -0.277_532_799_9, 1e-9) && close(i.high, 0.277_532_799_9, 1e-9));
     }
 
+    /// The clustered difference is the group coefficient of an OLS of
+    /// "converted" on the group with cluster-robust (CR0) errors by
+    /// customer: statsmodels 0.15 `OLS(...).fit(cov_type="cluster",
+    /// cov_kwds={"groups": customer, "use_correction": False})` gives
+    /// 0.071428571 ± 1.96 × 0.123530097 for these customers. The relative
+    /// interval is the delta-method formula computed in Python.
+    #[test]
+    fn clustered_intervals_match_a_cluster_robust_regression() {
+        let treated = [
+            (3, 1),
+            (1, 0),
+            (4, 2),
+            (2, 0),
+            (5, 1),
+            (1, 1),
+            (2, 0),
+            (3, 0),
+        ];
+        let holdout = [(2, 1), (4, 0), (1, 0), (3, 1), (2, 0)];
+        let (t, h) = (
+            clustered_rate(&treated).unwrap(),
+            clustered_rate(&holdout).unwrap(),
+        );
+        assert!(close(t.0, 5.0 / 21.0, 1e-15) && close(h.0, 2.0 / 12.0, 1e-15));
+        assert!(close(t.1, 0.006_386_227_960_571_983, 1e-15), "{t:?}");
+        assert!(close(h.1, 0.008_873_456_790_123_458, 1e-15), "{h:?}");
+        let d = clustered_difference(t, h, Z95);
+        assert!(close(d.value.unwrap(), 0.071_428_571_428_571_24, 1e-12));
+        let i = ci(&d);
+        assert!(close(i.low, -0.170_685_968_792_726_96, 1e-9), "{i:?}");
+        assert!(close(i.high, 0.313_543_111_649_869_4, 1e-9), "{i:?}");
+        let r = clustered_relative(t, h, Z95);
+        let i = ci(&r);
+        assert!(close(r.value.unwrap(), 3.0 / 7.0, 1e-12));
+        assert!(close(i.low, -0.606_112_605_703_743_4, 1e-9), "{i:?}");
+        assert!(close(i.high, 4.181_217_668_000_927, 1e-9), "{i:?}");
+        let deff = design_effect(t.0, t.1, 21).unwrap();
+        assert!(close(deff, 0.739_285_714_285_714_3, 1e-12), "{deff}");
+        // A rate of 0 has no clustered interval, and no design effect.
+        let zero = clustered_rate(&[(3, 0), (2, 0)]).unwrap();
+        assert_eq!(clustered_difference(t, zero, Z95).ci, None);
+        assert_eq!(clustered_relative(t, zero, Z95).value, None);
+        assert_eq!(design_effect(zero.0, zero.1, 5), None);
+        assert_eq!(clustered_rate(&[]), None);
+    }
+
     #[test]
     fn the_expected_count_rule_finds_the_smallest_cell() {
         // Pooled 490/10000 = 4.9%: the holdout of 1000 expects 49.
@@ -989,8 +1244,8 @@ mod tests {
         t.add_conversion(record("a", vnb, "treated")).unwrap();
         t.add_conversion(record("zz", vnb, "holdout")).unwrap();
         assert!(t.add_conversion(record("a", vnb, "holdout")).is_err());
-        let c = t.counts[TriggerKind::ViewedNotBought.index()][0];
-        assert_eq!((c.triggers, c.conversions), (1, 1));
+        let c = &t.cells[TriggerKind::ViewedNotBought.index()][0];
+        assert_eq!(c.values().copied().collect::<Vec<_>>(), vec![(1, 1)]);
         assert_eq!(
             (
                 t.duplicate_triggers,
