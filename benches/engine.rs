@@ -7,9 +7,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use pretext::config::Config;
 use pretext::decode::decode;
 use pretext::engine::records::{decode as decode_record, encode, Interest, KindCode, Pending};
-use pretext::engine::Engine;
+use pretext::engine::{Engine, Outputs};
 use pretext::event::Event;
-use pretext::trigger::Trigger;
 
 // The allocator the binary uses, so per-event costs match it.
 #[global_allocator]
@@ -60,7 +59,7 @@ fn bench_decode(c: &mut Criterion) {
 fn bench_apply(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut engine = Engine::open(dir.path(), &Config::default()).expect("engine");
-    let mut sink: Vec<Trigger> = Vec::new();
+    let mut sink = Outputs::default();
     // Warm state: 50k customers with some history.
     for i in 0..200_000 {
         engine
@@ -139,7 +138,7 @@ fn bench_apply(c: &mut Criterion) {
         )
     });
     g.finish();
-    sink.clear();
+    drop(sink);
 }
 
 fn bench_fan_out(c: &mut Criterion) {
@@ -151,7 +150,7 @@ fn bench_fan_out(c: &mut Criterion) {
     )];
     let config = Config::load(None, env).expect("config");
     let mut engine = Engine::open(dir.path(), &config).expect("engine");
-    let mut sink: Vec<Trigger> = Vec::new();
+    let mut sink = Outputs::default();
     for i in 0..10_000u64 {
         let line = format!(
             r#"{{"type":"product_view","event_id":"v{i}","ts":{T0},"cookie_id":"ck{i}","crm_id":"C{i}","product_id":"HOT"}}"#
@@ -170,9 +169,9 @@ fn bench_fan_out(c: &mut Criterion) {
                 r#"{{"type":"promotion","event_id":"p{n}","ts":{},"product_id":"HOT","discount_pct":10}}"#,
                 T0 + 3_600_000 + n
             );
-            sink.clear();
+            sink = Outputs::default();
             engine.apply(&event(&line), &mut sink).expect("apply");
-            assert_eq!(sink.len(), 10_000);
+            assert_eq!(sink.triggers.len(), 10_000);
             if n % 4 == 0 {
                 engine.commit(&[]).expect("commit");
             }

@@ -112,6 +112,12 @@ pub struct Config {
     pub scoring: Scoring,
     /// The rules that fire triggers.
     pub triggers: Triggers,
+    /// The holdout (control) group, whose triggers are kept apart.
+    pub holdout: Holdout,
+    /// The frequency cap: triggers per customer per window.
+    pub pressure: Pressure,
+    /// How conversions are attributed to triggers.
+    pub measurement: Measurement,
     /// The Kafka client (live mode).
     pub kafka: Kafka,
     /// Topic names, in and out.
@@ -258,6 +264,81 @@ impl Default for PromoOnViewedItem {
     fn default() -> Self {
         PromoOnViewedItem {
             cooldown: Dur::secs(7 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Holdout {
+    /// Percent of customers (0 to 100, in steps of 0.01) in the holdout.
+    pub percent: f64,
+    /// Salt of the membership hash: change it to draw a new holdout.
+    pub salt: String,
+}
+
+impl Default for Holdout {
+    fn default() -> Self {
+        Holdout {
+            percent: 0.0,
+            salt: "pretext".into(),
+        }
+    }
+}
+
+impl Holdout {
+    /// The percent in hundredths (x in 0–100 → round(100·x) in 0–10000).
+    pub fn hundredths(&self) -> u32 {
+        (self.percent * 100.0).round() as u32
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let x = self.percent;
+        if !(x.is_finite() && (0.0..=100.0).contains(&x)) {
+            return Err(invalid(
+                "holdout.percent",
+                format!("must be a number from 0 to 100, got {x}"),
+            ));
+        }
+        if ((x * 100.0).round() - x * 100.0).abs() > 1e-6 {
+            return Err(invalid(
+                "holdout.percent",
+                format!("must be in steps of 0.01, got {x}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pressure {
+    /// At most this many triggers per customer within `window`; 0: no cap.
+    pub max_triggers: u32,
+    /// The window of the cap, either side of a trigger's `fired_at`.
+    pub window: Dur,
+}
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Pressure {
+            max_triggers: 0,
+            window: Dur::secs(86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Measurement {
+    /// A purchase stamped within this after a trigger's `fired_at` converts it.
+    pub attribution_window: Dur,
+}
+
+impl Default for Measurement {
+    fn default() -> Self {
+        Measurement {
+            attribution_window: Dur::secs(7 * 86_400),
         }
     }
 }
@@ -499,6 +580,10 @@ pub struct Topics {
     pub triggers: String,
     /// Where rejected input is produced (key = the input key).
     pub dead_letter: String,
+    /// Where triggers of holdout customers are produced (key = `crm_id`).
+    pub holdout: String,
+    /// Where conversion records are produced (key = `crm_id`).
+    pub conversions: String,
     /// Create missing output topics at start (else a missing one is a
     /// configuration error, exit 2).
     pub create: bool,
@@ -522,6 +607,8 @@ impl Default for Topics {
             .to_vec(),
             triggers: "pretext.triggers".into(),
             dead_letter: "pretext.dead-letter".into(),
+            holdout: "pretext.holdout".into(),
+            conversions: "pretext.conversions".into(),
             create: false,
             create_partitions: -1,
             create_replication_factor: -1,
@@ -766,6 +853,8 @@ impl Config {
         }
         self.kafka.check_reserved()?;
         self.topics.validate()?;
+        self.holdout.validate()?;
+        positive("pressure.window", self.pressure.window)?;
         self.http.listen.parse::<SocketAddr>().map_err(|_| {
             invalid(
                 "http.listen",
@@ -805,6 +894,16 @@ impl Config {
 }
 
 impl Topics {
+    /// The output topics with the keys that name them.
+    pub fn outputs(&self) -> [(&'static str, &str); 4] {
+        [
+            ("topics.triggers", self.triggers.as_str()),
+            ("topics.dead_letter", self.dead_letter.as_str()),
+            ("topics.holdout", self.holdout.as_str()),
+            ("topics.conversions", self.conversions.as_str()),
+        ]
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.inputs.is_empty() {
             return Err(invalid("topics.inputs", "must name at least one topic"));
@@ -819,15 +918,14 @@ impl Topics {
                 ));
             }
         }
-        check_topic_name("topics.triggers", &self.triggers)?;
-        check_topic_name("topics.dead_letter", &self.dead_letter)?;
+        let outputs = self.outputs();
+        for (key, name) in outputs {
+            check_topic_name(key, name)?;
+        }
         // Reading our own output would feed triggers or dead letters back as
         // input; a dead letter read back would be rejected again, forever.
-        for (key, name) in [
-            ("topics.triggers", &self.triggers),
-            ("topics.dead_letter", &self.dead_letter),
-        ] {
-            if self.inputs.contains(name) {
+        for (key, name) in outputs {
+            if self.inputs.iter().any(|t| t == name) {
                 return Err(invalid(
                     key,
                     format!("topic {name:?} is also an input topic"),
@@ -848,11 +946,12 @@ impl Topics {
                 ));
             }
         }
-        if self.triggers == self.dead_letter {
-            return Err(invalid(
-                "topics.dead_letter",
-                format!("topic {:?} is also topics.triggers", self.dead_letter),
-            ));
+        // Outputs kept apart: holdout triggers must never reach the
+        // subscribers of the triggers topic.
+        for (i, (key, name)) in outputs.iter().enumerate() {
+            if let Some((other, _)) = outputs[..i].iter().find(|(_, n)| n == name) {
+                return Err(invalid(key, format!("topic {name:?} is also {other}")));
+            }
         }
         Ok(())
     }

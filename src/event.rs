@@ -33,10 +33,19 @@ impl ViewKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Channel {
     Web,
     Store,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Web => "web",
+            Channel::Store => "store",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

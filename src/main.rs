@@ -43,6 +43,12 @@ enum Command {
         /// Where rejected lines go, as dead-letter JSON Lines.
         #[arg(long, value_name = "FILE")]
         dead_letter: Option<PathBuf>,
+        /// Where triggers of holdout customers go (else only counted).
+        #[arg(long, value_name = "FILE")]
+        holdout: Option<PathBuf>,
+        /// Where conversion records go (else only counted).
+        #[arg(long, value_name = "FILE")]
+        conversions: Option<PathBuf>,
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Keep the state here (else a temporary directory, removed at exit).
@@ -71,6 +77,8 @@ fn main() -> ExitCode {
             input,
             output,
             dead_letter,
+            holdout,
+            conversions,
             config,
             state_dir,
             flush,
@@ -84,6 +92,8 @@ fn main() -> ExitCode {
                 inputs: input,
                 output,
                 dead_letter,
+                holdout,
+                conversions,
                 state_dir,
                 flush,
             };

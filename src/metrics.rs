@@ -17,9 +17,10 @@ use prometheus::{
 };
 
 use crate::decode::Reason;
+use crate::engine::stats::ByKindGroup;
 use crate::engine::{EngineStats, Suppressed};
 use crate::event::EVENT_TYPES;
-use crate::trigger::TriggerKind;
+use crate::trigger::{Group, TriggerKind};
 
 /// One exported metric: its name and help text. Labels and buckets are
 /// where it is built, in `Metrics::new`.
@@ -34,7 +35,7 @@ const fn def(name: &'static str, help: &'static str) -> Def {
 }
 
 /// Every metric pretext exports, defined once.
-pub const DEFS: [Def; 19] = [
+pub const DEFS: [Def; 20] = [
     def("pretext_events_total", "Events applied, by type"),
     def(
         "pretext_events_rejected_total",
@@ -48,10 +49,17 @@ pub const DEFS: [Def; 19] = [
         "pretext_events_ignored_erased_total",
         "Events of an erased customer stamped at or before the erase, ignored",
     ),
-    def("pretext_triggers_total", "Triggers fired, by type"),
     def(
-        "pretext_checks_suppressed_total",
-        "Due viewed_not_bought checks that did not fire, by reason",
+        "pretext_triggers_total",
+        "Triggers fired, by type and group (treated or holdout)",
+    ),
+    def(
+        "pretext_conversions_total",
+        "Triggers converted by a purchase within the attribution window, by type and group",
+    ),
+    def(
+        "pretext_suppressed_total",
+        "Triggers considered that did not fire, by reason",
     ),
     def(
         "pretext_batch_duration_seconds",
@@ -221,7 +229,9 @@ pub struct Metrics {
     rejected: Vec<IntCounter>,
     duplicates: IntCounter,
     ignored_erased: IntCounter,
-    triggers: Vec<IntCounter>,
+    /// By `TriggerKind::index`, then `Group::index`.
+    triggers: Vec<Vec<IntCounter>>,
+    conversions: Vec<Vec<IntCounter>>,
     suppressed: Vec<IntCounter>,
     kafka_errors: Vec<IntCounter>,
     /// Assignments, then revocations.
@@ -260,8 +270,18 @@ impl Metrics {
                     .collect::<Vec<_>>(),
             )
         };
+        let by_kind_group = |name: &str| {
+            let vec = IntCounterVec::new(opts(name), &["type", "group"])?;
+            registry.register(Box::new(vec.clone()))?;
+            let children = TriggerKind::ALL.iter().map(|k| {
+                Group::ALL
+                    .iter()
+                    .map(|g| vec.with_label_values(&[k.as_str(), g.as_str()]))
+                    .collect::<Vec<_>>()
+            });
+            Ok::<_, prometheus::Error>(children.collect::<Vec<_>>())
+        };
         let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-        let kinds: Vec<&str> = TriggerKind::ALL.iter().map(|k| k.as_str()).collect();
         let suppressed: Vec<&str> = Suppressed::ALL.iter().map(|s| s.as_str()).collect();
         let errors: Vec<&str> = KafkaErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         let rebalances = counter_vec("pretext_rebalances_total", "kind", &["assign", "revoke"])?;
@@ -270,8 +290,9 @@ impl Metrics {
         let m = Metrics {
             events: counter_vec("pretext_events_total", "type", &EVENT_TYPES)?,
             rejected: counter_vec("pretext_events_rejected_total", "reason", &reasons)?,
-            triggers: counter_vec("pretext_triggers_total", "type", &kinds)?,
-            suppressed: counter_vec("pretext_checks_suppressed_total", "reason", &suppressed)?,
+            triggers: by_kind_group("pretext_triggers_total")?,
+            conversions: by_kind_group("pretext_conversions_total")?,
+            suppressed: counter_vec("pretext_suppressed_total", "reason", &suppressed)?,
             kafka_errors: counter_vec("pretext_kafka_errors_total", "kind", &errors)?,
             rebalances: [rebalances[0].clone(), rebalances[1].clone()],
             duplicates: counter("pretext_events_duplicate_total")?,
@@ -342,9 +363,15 @@ impl Metrics {
         for (i, c) in self.events.iter().enumerate() {
             add(c, stats.events[i], last.events[i]);
         }
-        for (i, c) in self.triggers.iter().enumerate() {
-            add(c, stats.triggers[i], last.triggers[i]);
-        }
+        let add_all = |cs: &[Vec<IntCounter>], now: &ByKindGroup, before: &ByKindGroup| {
+            for (k, row) in cs.iter().enumerate() {
+                for (g, c) in row.iter().enumerate() {
+                    add(c, now[k][g], before[k][g]);
+                }
+            }
+        };
+        add_all(&self.triggers, &stats.triggers, &last.triggers);
+        add_all(&self.conversions, &stats.conversions, &last.conversions);
         for (i, c) in self.suppressed.iter().enumerate() {
             add(c, stats.suppressed[i], last.suppressed[i]);
         }
@@ -407,8 +434,10 @@ mod tests {
         for name in [
             "pretext_events_total{type=\"erase\"} 0",
             "pretext_events_rejected_total{reason=\"bad_ts\"} 0",
-            "pretext_triggers_total{type=\"promo_on_viewed_item\"} 0",
-            "pretext_checks_suppressed_total{reason=\"cooldown\"} 0",
+            "pretext_triggers_total{group=\"holdout\",type=\"promo_on_viewed_item\"} 0",
+            "pretext_conversions_total{group=\"treated\",type=\"viewed_not_bought\"} 0",
+            "pretext_suppressed_total{reason=\"frequency_cap\"} 0",
+            "pretext_kafka_errors_total{kind=\"all_brokers_down\"} 0",
             "pretext_events_duplicate_total 0",
             "pretext_batch_duration_seconds_count 0",
             "pretext_ready 0",
@@ -459,7 +488,8 @@ mod tests {
         let m = Metrics::new().unwrap();
         let mut s = EngineStats::default();
         s.events[0] = 5;
-        s.triggers[0] = 2;
+        s.triggers[0][1] = 2;
+        s.conversions[1][0] = 1;
         s.pending_checks = 3;
         m.observe_engine(&s);
         s.events[0] = 7;
@@ -469,7 +499,12 @@ mod tests {
             text.contains("pretext_events_total{type=\"product_view\"} 7"),
             "{text}"
         );
-        assert!(text.contains("pretext_triggers_total{type=\"viewed_not_bought\"} 2"));
+        assert!(
+            text.contains("pretext_triggers_total{group=\"holdout\",type=\"viewed_not_bought\"} 2")
+        );
+        assert!(text.contains(
+            "pretext_conversions_total{group=\"treated\",type=\"promo_on_viewed_item\"} 1"
+        ));
         assert!(text.contains("pretext_pending_checks 3"));
     }
 }

@@ -11,9 +11,9 @@ use flate2::read::MultiGzDecoder;
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason, Rejection};
-use crate::engine::{Engine, EngineError, EngineStats, TriggerSink};
+use crate::engine::{Engine, EngineError, EngineStats, Suppressed, TriggerSink};
 use crate::event::Event;
-use crate::trigger::{Trigger, TriggerKind};
+use crate::trigger::{Conversion, Group, Trigger, TriggerKind};
 
 /// The bundled sample, replayed when no `--input` is given.
 pub const SAMPLE_NAME: &str = "examples/sample.jsonl";
@@ -32,6 +32,10 @@ pub struct ReplayOptions {
     /// Trigger output file; `None` or `-` means stdout.
     pub output: Option<PathBuf>,
     pub dead_letter: Option<PathBuf>,
+    /// Triggers of holdout customers; `None`: only counted.
+    pub holdout: Option<PathBuf>,
+    /// Conversion records; `None`: only counted.
+    pub conversions: Option<PathBuf>,
     /// Persistent state; `None` means a temporary one removed at the end.
     pub state_dir: Option<PathBuf>,
     pub flush: bool,
@@ -67,7 +71,8 @@ impl Summary {
         self.rejected[reason_index(reason)]
     }
 
-    /// A few human lines: events, outcomes, triggers by type, rejections.
+    /// A few human lines: events, outcomes, triggers and conversions by
+    /// type and group, suppressions by reason, rejections.
     pub fn render(&self) -> String {
         let e = &self.engine;
         let mut s = format!(
@@ -78,11 +83,32 @@ impl Summary {
             e.ignored_erased,
             self.rejected_total()
         );
-        let triggers: Vec<String> = TriggerKind::ALL
+        let by_group = |count: &dyn Fn(TriggerKind, Group) -> u64| {
+            TriggerKind::ALL
+                .iter()
+                .map(|&k| {
+                    let groups: Vec<String> = Group::ALL
+                        .iter()
+                        .map(|&g| format!("{} {}", g.as_str(), count(k, g)))
+                        .collect();
+                    format!("{} ({})", k.as_str(), groups.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        s.push_str(&format!(
+            "triggers: {}\n",
+            by_group(&|k, g| e.triggers_in(k, g))
+        ));
+        s.push_str(&format!(
+            "conversions: {}\n",
+            by_group(&|k, g| e.conversions_in(k, g))
+        ));
+        let suppressed: Vec<String> = Suppressed::ALL
             .iter()
-            .map(|k| format!("{} {}", k.as_str(), e.triggers_of(*k)))
+            .map(|r| format!("{} {}", r.as_str(), e.suppressed_of(*r)))
             .collect();
-        s.push_str(&format!("triggers: {}\n", triggers.join(", ")));
+        s.push_str(&format!("suppressed: {}\n", suppressed.join(", ")));
         let rejected: Vec<String> = Reason::ALL
             .iter()
             .filter(|r| self.rejected_of(**r) > 0)
@@ -99,35 +125,106 @@ fn reason_index(reason: Reason) -> usize {
     Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
 }
 
-/// Writes triggers as JSON Lines, holding the first I/O error for the
-/// driver to report (the engine's sink cannot fail).
-struct LineSink<W: Write> {
-    out: W,
+/// One JSON Lines output, or none (then records are only counted),
+/// holding the first I/O error for the driver to report (the engine's
+/// sink cannot fail).
+struct Lines {
+    name: String,
+    out: Option<Box<dyn Write>>,
     error: Option<io::Error>,
 }
 
-impl<W: Write> TriggerSink for LineSink<W> {
-    fn emit(&mut self, trigger: Trigger) {
-        if self.error.is_some() {
+impl Lines {
+    fn open(path: Option<&Path>) -> Result<Lines, ReplayError> {
+        let name = path.map_or_else(String::new, |p| p.display().to_string());
+        let out = path.map(create_file).transpose()?;
+        Ok(Lines {
+            name,
+            out,
+            error: None,
+        })
+    }
+
+    fn write(&mut self, mut line: String) {
+        let (Some(out), None) = (&mut self.out, &self.error) else {
             return;
-        }
-        let mut line = trigger.to_json();
+        };
         line.push('\n');
-        if let Err(e) = self.out.write_all(line.as_bytes()) {
+        if let Err(e) = out.write_all(line.as_bytes()) {
             self.error = Some(e);
+        }
+    }
+
+    fn check(&mut self) -> Result<(), ReplayError> {
+        let flushed = match (self.error.take(), &mut self.out) {
+            (Some(e), _) => Err(e),
+            (None, Some(out)) => out.flush(),
+            (None, None) => Ok(()),
+        };
+        flushed.map_err(|source| ReplayError::Output {
+            path: self.name.clone(),
+            source,
+        })
+    }
+}
+
+/// Routes the engine's outputs to their files: treated triggers to the
+/// trigger output, holdout triggers and conversions to theirs.
+struct LineSink {
+    triggers: Lines,
+    holdout: Lines,
+    conversions: Lines,
+}
+
+impl TriggerSink for LineSink {
+    fn emit(&mut self, trigger: Trigger) {
+        let lines = match trigger.group {
+            Group::Treated => &mut self.triggers,
+            Group::Holdout => &mut self.holdout,
+        };
+        if lines.out.is_some() {
+            lines.write(trigger.to_json());
+        }
+    }
+
+    fn convert(&mut self, conversion: Conversion) {
+        if self.conversions.out.is_some() {
+            self.conversions.write(conversion.to_json());
         }
     }
 }
 
-impl<W: Write> LineSink<W> {
-    fn check(&mut self, path: &str) -> Result<(), ReplayError> {
-        match self.error.take() {
-            Some(source) => Err(ReplayError::Output {
-                path: path.to_string(),
-                source,
-            }),
-            None => Ok(()),
+impl LineSink {
+    fn open(opts: &ReplayOptions) -> Result<LineSink, ReplayError> {
+        Ok(LineSink {
+            triggers: Lines {
+                name: display_output(&opts.output),
+                out: Some(open_output(&opts.output)?),
+                error: None,
+            },
+            holdout: Lines::open(opts.holdout.as_deref())?,
+            conversions: Lines::open(opts.conversions.as_deref())?,
+        })
+    }
+
+    /// Reports the first write error of any output.
+    fn check(&mut self) -> Result<(), ReplayError> {
+        for lines in [&mut self.triggers, &mut self.holdout, &mut self.conversions] {
+            if let Some(source) = lines.error.take() {
+                return Err(ReplayError::Output {
+                    path: lines.name.clone(),
+                    source,
+                });
+            }
         }
+        Ok(())
+    }
+
+    /// Flushes every output, reporting the first error.
+    fn finish(&mut self) -> Result<(), ReplayError> {
+        self.triggers.check()?;
+        self.holdout.check()?;
+        self.conversions.check()
     }
 }
 
@@ -228,11 +325,7 @@ fn apply_chunks(
     opts: &ReplayOptions,
     rx: std::sync::mpsc::Receiver<Result<Chunk, ReplayError>>,
 ) -> Result<Summary, ReplayError> {
-    let out_name = display_output(&opts.output);
-    let mut sink = LineSink {
-        out: open_output(&opts.output)?,
-        error: None,
-    };
+    let mut sink = LineSink::open(opts)?;
     let mut dead = DeadLetters::open(opts.dead_letter.as_deref())?;
     let mut summary = Summary::default();
     for chunk in rx {
@@ -242,7 +335,7 @@ fn apply_chunks(
             match line {
                 Decoded::Event(event) => {
                     engine.apply(&event, &mut sink)?;
-                    sink.check(&out_name)?;
+                    sink.check()?;
                     if engine.uncommitted_bytes() > COMMIT_EVERY_BYTES {
                         engine.commit(&[])?;
                     }
@@ -269,12 +362,9 @@ fn apply_chunks(
     if opts.flush {
         engine.flush(&mut sink)?;
     }
-    sink.check(&out_name)?;
+    sink.check()?;
     engine.commit(&[])?;
-    sink.out.flush().map_err(|source| ReplayError::Output {
-        path: out_name.clone(),
-        source,
-    })?;
+    sink.finish()?;
     dead.finish()?;
     summary.engine = engine.stats().clone();
     Ok(summary)
@@ -350,6 +440,10 @@ fn open_output(output: &Option<PathBuf>) -> Result<Box<dyn Write>, ReplayError> 
         .as_ref()
         .map(|p| p.as_path())
         .unwrap_or(Path::new("-"));
+    create_file(path)
+}
+
+fn create_file(path: &Path) -> Result<Box<dyn Write>, ReplayError> {
     let file = File::create(path).map_err(|source| ReplayError::Output {
         path: path.display().to_string(),
         source,

@@ -1,4 +1,5 @@
-//! The output trigger (CONTRACT section 4) and its wire form.
+//! The output trigger (CONTRACT section 4), the conversion record
+//! (section 8) and their wire forms.
 
 use serde::Serialize;
 use serde_json::Number;
@@ -20,6 +21,29 @@ impl TriggerKind {
         match self {
             TriggerKind::ViewedNotBought => "viewed_not_bought",
             TriggerKind::PromoOnViewedItem => "promo_on_viewed_item",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Whether a trigger's customer is contacted (`Treated`) or kept apart as
+/// the control group (`Holdout`, contract section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    Treated,
+    Holdout,
+}
+
+impl Group {
+    pub const ALL: [Group; 2] = [Group::Treated, Group::Holdout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Treated => "treated",
+            Group::Holdout => "holdout",
         }
     }
 
@@ -51,6 +75,7 @@ pub struct Trigger {
     pub cookie_ids: Vec<String>,
     pub channels: Vec<&'static str>,
     pub promotion: Option<PromotionInfo>,
+    pub group: Group,
 }
 
 /// The wire form: field order and names exactly as the contract shows them.
@@ -69,6 +94,7 @@ struct Wire<'a> {
     cookie_ids: &'a [String],
     channels: &'a [&'static str],
     promotion: Option<WirePromotion<'a>>,
+    group: &'static str,
 }
 
 #[derive(Serialize)]
@@ -98,8 +124,59 @@ impl Trigger {
                 promo_price: p.promo_price.as_ref(),
                 valid_until: p.valid_until.map(format_ts),
             }),
+            group: self.group.as_str(),
         };
         // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+}
+
+/// A purchase attributed to a trigger it followed within the attribution
+/// window (contract section 8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversion {
+    pub trigger_id: String,
+    pub kind: TriggerKind,
+    pub group: Group,
+    pub crm_id: String,
+    pub product_id: String,
+    pub fired_at: Millis,
+    pub order_id: String,
+    /// `"web"` or `"store"`; empty for a purchase kept by a state written
+    /// before conversions existed.
+    pub channel: String,
+    pub converted_at: Millis,
+}
+
+#[derive(Serialize)]
+struct WireConversion<'a> {
+    trigger_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    group: &'static str,
+    crm_id: &'a str,
+    product_id: &'a str,
+    fired_at: String,
+    order_id: &'a str,
+    channel: &'a str,
+    converted_at: String,
+}
+
+impl Conversion {
+    /// One JSON object, no trailing newline, fields in the contract's order.
+    pub fn to_json(&self) -> String {
+        let wire = WireConversion {
+            trigger_id: &self.trigger_id,
+            kind: self.kind.as_str(),
+            group: self.group.as_str(),
+            crm_id: &self.crm_id,
+            product_id: &self.product_id,
+            fired_at: format_ts(self.fired_at),
+            order_id: &self.order_id,
+            channel: &self.channel,
+            converted_at: format_ts(self.converted_at),
+        };
+        // Serializing plain strings cannot fail.
         serde_json::to_string(&wire).unwrap_or_default()
     }
 }
@@ -141,6 +218,7 @@ mod tests {
             cookie_ids: vec!["ck_9".into(), "ck_1".into()],
             channels: vec!["ads", "email"],
             promotion: None,
+            group: Group::Treated,
         }
     }
 
@@ -152,7 +230,7 @@ mod tests {
              \"product_id\":\"SKU-1\",\"category\":\"coats\",\"intent_score\":3.71,\
              \"view_count\":3,\"last_viewed_at\":\"2025-11-22T10:15:00Z\",\
              \"fired_at\":\"2025-11-22T11:15:00Z\",\"cookie_ids\":[\"ck_9\",\"ck_1\"],\
-             \"channels\":[\"ads\",\"email\"],\"promotion\":null}}",
+             \"channels\":[\"ads\",\"email\"],\"promotion\":null,\"group\":\"treated\"}}",
             t.trigger_id
         );
         assert_eq!(t.to_json(), expected);
@@ -173,6 +251,28 @@ mod tests {
         assert_eq!(v["promotion"]["discount_pct"], 20);
         assert_eq!(v["promotion"]["promo_price"], serde_json::Value::Null);
         assert_eq!(v["promotion"]["valid_until"], "2025-11-22T11:15:00.250Z");
+    }
+
+    #[test]
+    fn conversion_wire_form_matches_the_contract_example() {
+        let c = Conversion {
+            trigger_id: "5f0c9d1e2b7a4c18".into(),
+            kind: TriggerKind::ViewedNotBought,
+            group: Group::Treated,
+            crm_id: "C42".into(),
+            product_id: "SKU-1".into(),
+            fired_at: 1_763_810_100_000,
+            order_id: "O-981".into(),
+            channel: "store".into(),
+            converted_at: 1_763_917_320_000,
+        };
+        assert_eq!(
+            c.to_json(),
+            "{\"trigger_id\":\"5f0c9d1e2b7a4c18\",\"type\":\"viewed_not_bought\",\
+             \"group\":\"treated\",\"crm_id\":\"C42\",\"product_id\":\"SKU-1\",\
+             \"fired_at\":\"2025-11-22T11:15:00Z\",\"order_id\":\"O-981\",\
+             \"channel\":\"store\",\"converted_at\":\"2025-11-23T17:02:00Z\"}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use pretext::config::Config;
+use pretext::engine::Outputs;
 use pretext::replay::{replay, ReplayOptions, Summary};
 use serde_json::{json, Value};
 
@@ -25,6 +26,8 @@ fn iso(ms: i64) -> String {
 
 struct Run {
     triggers: Vec<Value>,
+    holdout: Vec<Value>,
+    conversions: Vec<Value>,
     dead: Vec<Value>,
     summary: Summary,
     raw: String,
@@ -45,12 +48,16 @@ fn run_with(config: &Config, events: &[Value], flush: bool) -> Run {
 fn run_file(config: &Config, input: PathBuf, flush: bool, dir: &tempfile::TempDir) -> Run {
     let output = dir.path().join("out.jsonl");
     let dead = dir.path().join("dead.jsonl");
+    let holdout = dir.path().join("holdout.jsonl");
+    let conversions = dir.path().join("conversions.jsonl");
     let opts = ReplayOptions {
         inputs: vec![input],
         output: Some(output.clone()),
         dead_letter: Some(dead.clone()),
-        state_dir: None,
+        holdout: Some(holdout.clone()),
+        conversions: Some(conversions.clone()),
         flush,
+        ..ReplayOptions::default()
     };
     let summary = replay(config, &opts).unwrap();
     let raw = std::fs::read_to_string(&output).unwrap();
@@ -61,6 +68,8 @@ fn run_file(config: &Config, input: PathBuf, flush: bool, dir: &tempfile::TempDi
     };
     Run {
         triggers: parse(raw.clone()),
+        holdout: parse(std::fs::read_to_string(&holdout).unwrap()),
+        conversions: parse(std::fs::read_to_string(&conversions).unwrap()),
         dead: parse(std::fs::read_to_string(&dead).unwrap()),
         summary,
         raw,
@@ -690,15 +699,15 @@ fn checks_fire_in_order_of_time_then_crm_then_product() {
 fn the_idle_advance_fires_checks_in_quiet_hours() {
     let dir = tempfile::tempdir().unwrap();
     let mut engine = pretext::engine::Engine::open(dir.path(), &Config::default()).unwrap();
-    let mut out: Vec<pretext::trigger::Trigger> = Vec::new();
+    let mut out = Outputs::default();
     let line = view("e1", at(0), "ck1", Some("C1"), "P1").to_string();
     let event = pretext::decode::decode(line.as_bytes(), 1 << 20).unwrap();
     engine.apply(&event, &mut out).unwrap();
-    assert!(out.is_empty());
+    assert!(out.triggers.is_empty());
     engine.advance_watermark(at(HOUR - 1), &mut out).unwrap();
-    assert!(out.is_empty());
+    assert!(out.triggers.is_empty());
     engine.advance_watermark(at(HOUR), &mut out).unwrap();
-    assert_eq!(out.len(), 1);
+    assert_eq!(out.triggers.len(), 1);
     // The watermark never moves back.
     engine.advance_watermark(at(0), &mut out).unwrap();
     assert_eq!(engine.watermark(), Some(at(HOUR)));
@@ -717,19 +726,19 @@ fn state_and_offsets_survive_a_reopen() {
     }];
     {
         let mut engine = pretext::engine::Engine::open(dir.path(), &config).unwrap();
-        engine.apply(&event, &mut Vec::new()).unwrap();
+        engine.apply(&event, &mut Outputs::default()).unwrap();
         engine.commit(&offsets).unwrap();
     }
     let mut engine = pretext::engine::Engine::open(dir.path(), &config).unwrap();
     assert_eq!(engine.stored_offsets().unwrap(), offsets);
     assert_eq!(engine.stats().pending_checks, 1);
     assert_eq!(
-        engine.apply(&event, &mut Vec::new()).unwrap(),
+        engine.apply(&event, &mut Outputs::default()).unwrap(),
         pretext::engine::Outcome::Duplicate
     );
-    let mut out = Vec::new();
+    let mut out = Outputs::default();
     engine.flush(&mut out).unwrap();
-    assert_eq!(out.len(), 1);
+    assert_eq!(out.triggers.len(), 1);
 }
 
 #[test]
@@ -745,7 +754,7 @@ fn erase_leaves_no_key_that_names_the_customer_or_their_cookies() {
     ];
     for e in &events {
         let ev = pretext::decode::decode(e.to_string().as_bytes(), 1 << 20).unwrap();
-        engine.apply(&ev, &mut Vec::new()).unwrap();
+        engine.apply(&ev, &mut Outputs::default()).unwrap();
     }
     engine.commit(&[]).unwrap();
     for cf in pretext::state::Cf::ALL {
@@ -771,4 +780,400 @@ fn the_same_log_replayed_twice_gives_byte_identical_output() {
     assert_eq!(a.raw, b.raw);
     assert!(of_type(&a, "viewed_not_bought").len() > 10);
     assert!(!of_type(&a, "promo_on_viewed_item").is_empty());
+}
+
+// ---- Contract section 8: holdout, frequency cap, conversions ----
+
+fn config_with(toml: &str) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    Config::load(Some(&path), Vec::<(String, String)>::new()).unwrap()
+}
+
+/// SHA-256("pretext:<crm>") first 8 bytes mod 10000, from python3 hashlib:
+/// C100 → 994, C1 → 6369, C42 → 5633.
+const HELD_AT_10: &str = "C100";
+const TREATED_AT_10: &str = "C1";
+
+fn ids(v: &[Value]) -> Vec<String> {
+    v.iter()
+        .map(|t| t["trigger_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_trigger_carries_its_group_and_holdout_triggers_stay_off_the_triggers_output() {
+    let events = [
+        view("e1", at(0), "ck1", Some(HELD_AT_10), "P1"),
+        view("e2", at(0), "ck2", Some(TREATED_AT_10), "P1"),
+        promotion("p1", at(3 * HOUR), "P1"),
+    ];
+    let r = run_with(&config_with("[holdout]\npercent = 10\n"), &events, true);
+    assert!(
+        r.triggers.iter().all(|t| t["group"] == "treated"),
+        "{}",
+        r.raw
+    );
+    assert!(r.triggers.iter().all(|t| t["crm_id"] != HELD_AT_10));
+    assert_eq!(r.triggers.len(), 2, "{}", r.raw);
+    assert_eq!(r.holdout.len(), 2);
+    assert!(r
+        .holdout
+        .iter()
+        .all(|t| t["group"] == "holdout" && t["crm_id"] == HELD_AT_10));
+    let e = &r.summary.engine;
+    use pretext::trigger::{Group, TriggerKind};
+    assert_eq!(
+        e.triggers_in(TriggerKind::ViewedNotBought, Group::Holdout),
+        1
+    );
+    assert_eq!(
+        e.triggers_in(TriggerKind::PromoOnViewedItem, Group::Treated),
+        1
+    );
+    // Decided exactly like the others: the same triggers without a holdout.
+    let plain = run(&events, true);
+    let mut all = ids(&r.triggers);
+    all.extend(ids(&r.holdout));
+    all.sort();
+    let mut expected = ids(&plain.triggers);
+    expected.sort();
+    assert_eq!(all, expected);
+    assert!(plain.triggers.iter().all(|t| t["group"] == "treated"));
+}
+
+#[test]
+fn the_holdout_splits_customers_by_the_salted_hash() {
+    let events: Vec<Value> = (0..400)
+        .map(|i| {
+            view(
+                &format!("e{i}"),
+                at(0),
+                &format!("ck{i}"),
+                Some(&format!("C{i}")),
+                "P1",
+            )
+        })
+        .collect();
+    let r = run_with(
+        &config_with("[holdout]\npercent = 25\nsalt = \"exp-7\"\n"),
+        &events,
+        true,
+    );
+    let holdout = pretext::engine::pressure::Holdout::new("exp-7", 2500);
+    for t in &r.holdout {
+        assert_eq!(
+            holdout.group_of(t["crm_id"].as_str().unwrap()),
+            pretext::trigger::Group::Holdout
+        );
+    }
+    for t in &r.triggers {
+        assert_eq!(
+            holdout.group_of(t["crm_id"].as_str().unwrap()),
+            pretext::trigger::Group::Treated
+        );
+    }
+    assert_eq!(r.holdout.len() + r.triggers.len(), 400);
+    assert!((60..140).contains(&r.holdout.len()), "{}", r.holdout.len());
+}
+
+#[test]
+fn the_cap_counts_both_types_within_the_window_and_frees_up_beyond_it() {
+    let cfg = config_with("[pressure]\nmax_triggers = 2\nwindow = \"24h\"\n");
+    let r = run_with(
+        &cfg,
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),   // vnb at 1h
+            view("e2", at(MIN), "ck1", Some("C1"), "P2"), // vnb at 1h01
+            tick("t1", at(HOUR + 10 * MIN)),              // both fire
+            promotion("p1", at(2 * HOUR), "P1"),          // capped: 2 within 24h
+            view("e3", at(3 * HOUR), "ck1", Some("C1"), "P3"), // vnb at 4h: capped
+            // vnb at 26h: 25h and 24h59 from the two fired, beyond 24h.
+            view("e4", at(25 * HOUR), "ck1", Some("C1"), "P4"),
+        ],
+        true,
+    );
+    let fired: Vec<(&str, &str)> = r
+        .triggers
+        .iter()
+        .filter(|t| t["crm_id"] == "C1")
+        .map(|t| {
+            (
+                t["type"].as_str().unwrap(),
+                t["product_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let vnb = "viewed_not_bought";
+    assert_eq!(
+        fired,
+        vec![(vnb, "P1"), (vnb, "P2"), (vnb, "P4")],
+        "{}",
+        r.raw
+    );
+    let capped = r
+        .summary
+        .engine
+        .suppressed_of(pretext::engine::Suppressed::FrequencyCap);
+    assert_eq!(capped, 2);
+}
+
+#[test]
+fn a_capped_trigger_starts_no_cooldown_counts_toward_no_cap_and_cannot_convert() {
+    let cfg = config_with("[pressure]\nmax_triggers = 1\nwindow = \"2h\"\n");
+    let r = run_with(
+        &cfg,
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"), // vnb P1 at 1h: fires
+            view("e2", at(30 * MIN), "ck1", Some("C1"), "P2"), // vnb P2 at 1h30: capped
+            tick("t1", at(HOUR + 40 * MIN)),
+            // Would convert the capped P2 trigger, had it fired.
+            purchase("b1", at(HOUR + 35 * MIN), "web", Some("C1"), None, &["P2"]),
+            // A new P2 session checked at 3h15: no cooldown from the capped
+            // one, and 1h45 from it (within 2h) yet not capped by it, while
+            // 2h15 from the fired P1 (beyond 2h).
+            view("e3", at(2 * HOUR + 15 * MIN), "ck1", Some("C1"), "P2"),
+            // Checked at 3h30, 15 min after the P2 that fired: capped.
+            view("e4", at(2 * HOUR + 30 * MIN), "ck1", Some("C1"), "P3"),
+        ],
+        true,
+    );
+    let fired: Vec<(&str, &str)> = r
+        .triggers
+        .iter()
+        .filter(|t| t["crm_id"] == "C1")
+        .map(|t| {
+            (
+                t["product_id"].as_str().unwrap(),
+                t["fired_at"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let (one, two) = (iso(at(HOUR)), iso(at(3 * HOUR + 15 * MIN)));
+    assert_eq!(
+        fired,
+        vec![("P1", one.as_str()), ("P2", two.as_str())],
+        "{}",
+        r.raw
+    );
+    let capped = r
+        .summary
+        .engine
+        .suppressed_of(pretext::engine::Suppressed::FrequencyCap);
+    assert_eq!(capped, 2);
+    assert!(r.conversions.is_empty(), "{:?}", r.conversions);
+}
+
+#[test]
+fn the_cap_spans_both_groups() {
+    let cfg = config_with("[holdout]\npercent = 100\n[pressure]\nmax_triggers = 1\n");
+    let r = run_with(
+        &cfg,
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            view("e2", at(MIN), "ck1", Some("C1"), "P2"),
+        ],
+        true,
+    );
+    assert!(r.triggers.is_empty());
+    assert_eq!(r.holdout.len(), 1, "{:?}", r.holdout);
+    assert_eq!(
+        r.summary
+            .engine
+            .suppressed_of(pretext::engine::Suppressed::FrequencyCap),
+        1
+    );
+}
+
+#[test]
+fn one_purchase_converts_a_viewed_not_bought_and_a_promo_of_the_same_product() {
+    let r = run(
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            tick("t1", at(HOUR + 10 * MIN)), // vnb fires at 1h
+            promotion("p1", at(2 * HOUR), "P1"),
+            purchase("b1", at(DAY), "store", Some("C1"), None, &["P1", "P1"]),
+            purchase("b2", at(DAY + HOUR), "web", Some("C1"), None, &["P1"]),
+        ],
+        true,
+    );
+    let fired = of_type(&r, "viewed_not_bought");
+    let promo = of_type(&r, "promo_on_viewed_item");
+    assert_eq!((fired.len(), promo.len()), (1, 1), "{}", r.raw);
+    let conv: Vec<&Value> = r
+        .conversions
+        .iter()
+        .filter(|c| c["crm_id"] == "C1")
+        .collect();
+    assert_eq!(conv.len(), 2, "{:?}", r.conversions);
+    // In the order they fired, each converted once, by the first purchase.
+    assert_eq!(conv[0]["trigger_id"], fired[0]["trigger_id"]);
+    assert_eq!(conv[1]["trigger_id"], promo[0]["trigger_id"]);
+    for c in &conv {
+        assert_eq!(c["order_id"], "o-b1");
+        assert_eq!(c["channel"], "store");
+        assert_eq!(c["group"], "treated");
+        assert_eq!(c["product_id"], "P1");
+        assert_eq!(c["converted_at"], iso(at(DAY)));
+    }
+    assert_eq!(conv[0]["fired_at"], iso(at(HOUR)));
+    assert_eq!(conv[1]["type"], "promo_on_viewed_item");
+}
+
+#[test]
+fn a_purchase_outside_the_window_or_of_another_product_converts_nothing() {
+    let cfg = config_with("[measurement]\nattribution_window = \"2d\"\n");
+    let r = run_with(
+        &cfg,
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            view("e2", at(0), "ck2", Some("C2"), "P1"),
+            tick("t1", at(HOUR + 10 * MIN)),
+            purchase("b0", at(DAY), "web", Some("C1"), None, &["P9"]),
+            // Exactly fired_at + window: inside (the interval is closed there).
+            purchase("b1", at(HOUR + 2 * DAY), "web", Some("C1"), None, &["P1"]),
+            // One millisecond beyond: outside.
+            purchase(
+                "b2",
+                at(HOUR + 2 * DAY + 1),
+                "web",
+                Some("C2"),
+                None,
+                &["P1"],
+            ),
+        ],
+        true,
+    );
+    let conv: Vec<&str> = r
+        .conversions
+        .iter()
+        .map(|c| c["crm_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(conv, vec!["C1"], "{:?}", r.conversions);
+}
+
+#[test]
+fn a_stitched_cookie_only_purchase_converts_when_stitched() {
+    let r = run(
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            tick("t1", at(HOUR + 10 * MIN)), // vnb of C1 fires at 1h
+            // An anonymous cookie buys P1: kept, not yet anyone's.
+            purchase("b1", at(2 * HOUR), "web", None, Some("ck7"), &["P1"]),
+            tick("t2", at(3 * HOUR)),
+        ],
+        false,
+    );
+    assert_eq!(of_type(&r, "viewed_not_bought").len(), 1);
+    assert!(r.conversions.is_empty());
+    let r = run(
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            tick("t1", at(HOUR + 10 * MIN)),
+            purchase("b1", at(2 * HOUR), "web", None, Some("ck7"), &["P1"]),
+            identify("i1", at(3 * HOUR), "ck7", "C1"),
+        ],
+        false,
+    );
+    assert_eq!(r.conversions.len(), 1, "{}", r.raw);
+    assert_eq!(r.conversions[0]["order_id"], "o-b1");
+    assert_eq!(r.conversions[0]["converted_at"], iso(at(2 * HOUR)));
+}
+
+#[test]
+fn a_late_trigger_converts_only_on_purchases_stamped_after_it_and_applied_after_it() {
+    let r = run(
+        &[
+            tick("t0", at(10 * HOUR)),
+            // Purchase stamped at 3h arrives first; a view stamped at 0 comes
+            // late: its check (1h) is overdue and fires at once, in the past.
+            purchase("b1", at(3 * HOUR), "web", Some("C1"), None, &["P2"]),
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            // Stamped before the late trigger's fired_at: not a conversion.
+            purchase("b2", at(30 * MIN), "web", Some("C1"), None, &["P1"]),
+            // Stamped after it: converts, though stamped before the watermark.
+            purchase("b3", at(2 * HOUR), "store", Some("C1"), None, &["P1"]),
+        ],
+        false,
+    );
+    let fired = of_type(&r, "viewed_not_bought");
+    assert_eq!(fired.len(), 1, "{}", r.raw);
+    assert_eq!(fired[0]["fired_at"], iso(at(HOUR)));
+    assert_eq!(r.conversions.len(), 1, "{:?}", r.conversions);
+    assert_eq!(r.conversions[0]["order_id"], "o-b3");
+}
+
+#[test]
+fn a_purchase_applied_before_the_trigger_fired_does_not_convert_it() {
+    // The purchase is stamped after the check time but applied before the
+    // check fires: the check is suppressed (purchased), and nothing converts.
+    let r = run(
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            purchase("b1", at(HOUR + MIN), "web", Some("C1"), None, &["P1"]),
+        ],
+        true,
+    );
+    assert!(of_type(&r, "viewed_not_bought").is_empty());
+    assert!(r.conversions.is_empty());
+}
+
+#[test]
+fn erase_closes_open_triggers_and_forgets_fired_times() {
+    let cfg = config_with("[pressure]\nmax_triggers = 1\n");
+    let r = run_with(
+        &cfg,
+        &[
+            view("e1", at(0), "ck1", Some("C1"), "P1"),
+            tick("t1", at(HOUR + 10 * MIN)),
+            json!({"type":"erase","event_id":"x1","ts":at(2 * HOUR),"crm_id":"C1"}),
+            // A new customer after the erase: its purchase converts nothing
+            // and the cap starts afresh.
+            purchase("b1", at(3 * HOUR), "web", Some("C1"), None, &["P1"]),
+            view("e2", at(4 * HOUR), "ck2", Some("C1"), "P2"),
+        ],
+        true,
+    );
+    let fired: Vec<&str> = of_type(&r, "viewed_not_bought")
+        .iter()
+        .map(|t| t["product_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(fired, vec!["P1", "P2"], "{}", r.raw);
+    assert!(
+        r.conversions.iter().all(|c| c["crm_id"] != "C1"),
+        "{:?}",
+        r.conversions
+    );
+}
+
+#[test]
+fn duplicates_convert_nothing_and_holdout_conversions_are_counted_apart() {
+    let cfg = config_with("[holdout]\npercent = 10\n");
+    let r = run_with(
+        &cfg,
+        &[
+            view("e1", at(0), "ck1", Some(HELD_AT_10), "P1"),
+            tick("t1", at(HOUR + 10 * MIN)),
+            purchase("b1", at(2 * HOUR), "web", Some(HELD_AT_10), None, &["P1"]),
+            // The same event again: a duplicate, ignored.
+            purchase("b1", at(2 * HOUR), "web", Some(HELD_AT_10), None, &["P1"]),
+        ],
+        true,
+    );
+    assert_eq!(r.holdout.len(), 1);
+    assert_eq!(r.conversions.len(), 1);
+    assert_eq!(r.conversions[0]["group"], "holdout");
+    assert_eq!(r.conversions[0]["trigger_id"], r.holdout[0]["trigger_id"]);
+    use pretext::trigger::{Group, TriggerKind};
+    assert_eq!(
+        r.summary
+            .engine
+            .conversions_in(TriggerKind::ViewedNotBought, Group::Holdout),
+        1
+    );
+    assert!(r
+        .summary
+        .render()
+        .contains("conversions: viewed_not_bought (treated 0, holdout 1)"));
 }

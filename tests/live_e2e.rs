@@ -127,8 +127,8 @@ fn http_answers_before_assignment_not_ready() {
         "pretext_ready 0",
         "pretext_events_total{type=\"product_view\"} 0",
         "pretext_events_rejected_total{reason=\"too_large\"} 0",
-        "pretext_checks_suppressed_total{reason=\"low_score\"} 0",
-        "pretext_triggers_total{type=\"viewed_not_bought\"} 0",
+        "pretext_suppressed_total{reason=\"low_score\"} 0",
+        "pretext_triggers_total{group=\"treated\",type=\"viewed_not_bought\"} 0",
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }

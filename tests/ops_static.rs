@@ -491,7 +491,7 @@ fn the_dashboard_and_alerts_use_only_exported_metrics() {
         "pretext_events_total",
         "pretext_events_rejected_total",
         "pretext_triggers_total",
-        "pretext_checks_suppressed_total",
+        "pretext_suppressed_total",
         "pretext_batch_duration_seconds",
         "pretext_event_time_lag_seconds",
         "pretext_watermark_seconds",

@@ -160,7 +160,7 @@ struct RecordingOutput {
 impl Output for RecordingOutput {
     fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<(), LiveError> {
         let payload: Value = serde_json::from_slice(payload).unwrap();
-        if topic == "triggers" {
+        if topic != "dead" {
             assert_eq!(key, payload["crm_id"].as_str().map(str::as_bytes));
         }
         self.queued.push(Seen::Sent {
@@ -197,6 +197,8 @@ impl Harness {
         config.topics.inputs = vec![TOPIC.into()];
         config.topics.triggers = "triggers".into();
         config.topics.dead_letter = "dead".into();
+        config.topics.holdout = "holdout".into();
+        config.topics.conversions = "conversions".into();
         config.watermark.idle_timeout = Dur::secs(10);
         Harness {
             config,
@@ -547,4 +549,74 @@ fn idle_advance_fires_checks_in_quiet_hours() {
     // idle W it had stored, not from m − lateness.
     let w = engine.watermark().unwrap();
     assert!(w >= T0 + HOUR && w <= h.clock.wall_ms() - lateness, "{w}");
+}
+
+fn purchase(id: &str, crm: &str, product: &str, ts: i64) -> Value {
+    json!({"type": "purchase", "event_id": id, "ts": ts, "order_id": format!("O-{id}"),
+           "channel": "web", "items": [{"product_id": product}], "crm_id": crm})
+}
+
+/// Holdout triggers go to the holdout topic, never to the triggers topic,
+/// and conversions to theirs, each produced with its batch before the
+/// batch's offsets are committed.
+#[test]
+fn holdout_triggers_and_conversions_go_to_their_topics_before_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    h.config.holdout.percent = 100.0;
+    let steps = vec![
+        Step::Batch(vec![msg(0, 0, &view("e1", "C1", "P1", T0))]),
+        Step::Batch(vec![msg(0, 1, &view("e2", "C2", "P2", T0 + 2 * HOUR))]),
+        Step::Batch(vec![msg(0, 2, &purchase("b1", "C1", "P1", T0 + 3 * HOUR))]),
+    ];
+    let (result, _engine) = h.run(steps, false);
+    result.unwrap();
+    let seen = h.seen();
+    assert!(sent_to(&seen, "triggers").is_empty(), "{seen:?}");
+    let holdout = sent_to(&seen, "holdout");
+    assert_eq!(holdout.len(), 1);
+    assert_eq!(holdout[0]["group"], "holdout");
+    assert_eq!(holdout[0]["crm_id"], "C1");
+    let conversions = sent_to(&seen, "conversions");
+    assert_eq!(conversions.len(), 1);
+    assert_eq!(conversions[0]["trigger_id"], holdout[0]["trigger_id"]);
+    assert_eq!(conversions[0]["order_id"], "O-b1");
+    let tail = &seen[seen.len() - 3..];
+    assert!(matches!(&tail[0], Seen::Sent { topic, .. } if topic == "conversions"));
+    assert_eq!(
+        tail[1..],
+        [Seen::Flushed, Seen::Committed(vec![offset(0, 3)])]
+    );
+    let text = h.metrics.render();
+    for series in [
+        "pretext_triggers_total{group=\"holdout\",type=\"viewed_not_bought\"} 1",
+        "pretext_triggers_total{group=\"treated\",type=\"viewed_not_bought\"} 0",
+        "pretext_conversions_total{group=\"holdout\",type=\"viewed_not_bought\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+}
+
+#[test]
+fn capped_triggers_are_not_produced_and_are_counted_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    h.config.pressure.max_triggers = 1;
+    let steps = vec![
+        Step::Batch(vec![
+            msg(0, 0, &view("e1", "C1", "P1", T0)),
+            msg(0, 1, &view("e2", "C1", "P2", T0 + MIN)),
+        ]),
+        Step::Batch(vec![msg(0, 2, &view("e3", "C9", "P9", T0 + 2 * HOUR))]),
+    ];
+    let (result, _engine) = h.run(steps, false);
+    result.unwrap();
+    let seen = h.seen();
+    let triggers = sent_to(&seen, "triggers");
+    assert_eq!(triggers.len(), 1, "{seen:?}");
+    assert_eq!(triggers[0]["product_id"], "P1");
+    assert_eq!(
+        h.gauge("pretext_suppressed_total{reason=\"frequency_cap\"}"),
+        Some(1.0)
+    );
 }

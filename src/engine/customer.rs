@@ -4,17 +4,19 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::event::{Millis, Promotion};
-use crate::state::keys::{pair_key, prefix_end, read_pair, str_key, timer_key};
+use crate::event::{Channel, Millis, Promotion};
+use crate::state::keys::{pair_key, prefix_end, read_pair, str_key};
 use crate::state::{Cf, StateError, Store};
-use crate::trigger::{round2, trigger_id, PromotionInfo, Trigger, TriggerKind};
+use crate::trigger::{round2, trigger_id, Conversion, PromotionInfo, Trigger, TriggerKind};
 
 use super::identity::Resolved;
 use super::params::Params;
 use super::records::{
-    decode, encode, in_cooldown, insert_sorted, load, Customer, Interest, KindCode, Pending,
+    decode, encode, in_cooldown, insert_sorted, load, Customer, Interest, KindCode, OpenTrigger,
+    Pending,
 };
 use super::stats::{EngineStats, Suppressed};
+use super::timers::Timers;
 use super::TriggerSink;
 
 /// How many viewers a promotion fan-out holds in memory at once.
@@ -29,12 +31,7 @@ pub struct CustomerStage<'a> {
     pub sink: &'a mut dyn TriggerSink,
     /// The highest applied event time: the reference for pruning.
     pub max_ts: Millis,
-    /// No pending check at or above `swept_to` is due before this; lowered
-    /// by every new check there.
-    pub earliest_due: &'a mut Millis,
-    /// Checks below this were all handled: a new one goes to `overdue`.
-    pub swept_to: Millis,
-    pub overdue: &'a mut Vec<(Millis, String, String)>,
+    pub timers: &'a mut Timers,
 }
 
 impl CustomerStage<'_> {
@@ -66,9 +63,16 @@ impl CustomerStage<'_> {
                 cookie_id,
                 product_ids,
                 ts,
+                order_id,
+                channel,
             } => {
                 self.touch_cookie(&crm_id, cookie_id.as_deref(), ts)?;
-                self.on_purchase(&crm_id, &product_ids, ts)
+                let order = Order {
+                    order_id: &order_id,
+                    channel,
+                    ts,
+                };
+                self.on_purchase(&crm_id, &product_ids, &order)
             }
         }
     }
@@ -130,7 +134,8 @@ impl CustomerStage<'_> {
             .pending
             .map_or(horizon, |p| horizon.min(p.first_view));
         let fired_horizon = self.max_ts.saturating_sub(self.params.cooldown_retention());
-        interest.prune(view_horizon, fired_horizon);
+        let open_horizon = (horizon, self.params.attribution_window);
+        interest.prune(view_horizon, fired_horizon, open_horizon);
         self.store.put(
             Cf::Interest,
             pair_key(product_id, crm_id),
@@ -183,25 +188,16 @@ impl CustomerStage<'_> {
             check_at,
             first_view,
         });
-        self.store.put(
-            Cf::Timers,
-            timer_key(check_at, crm_id, product_id),
-            Vec::new(),
-        );
+        self.timers
+            .schedule(self.store, check_at, crm_id, product_id);
         self.stats.pending_checks += 1;
-        if check_at < self.swept_to {
-            self.overdue
-                .push((check_at, crm_id.to_string(), product_id.to_string()));
-        } else {
-            *self.earliest_due = (*self.earliest_due).min(check_at);
-        }
     }
 
     fn on_purchase(
         &mut self,
         crm_id: &str,
         product_ids: &[String],
-        t: Millis,
+        order: &Order<'_>,
     ) -> Result<(), StateError> {
         let mut seen: Vec<&str> = Vec::with_capacity(product_ids.len());
         for p in product_ids {
@@ -210,10 +206,37 @@ impl CustomerStage<'_> {
             }
             seen.push(p);
             let mut interest = self.interest_or_new(crm_id, p)?;
-            insert_sorted(&mut interest.purchases, t);
+            insert_sorted(&mut interest.purchases, order.ts);
+            self.convert(crm_id, p, &mut interest, order);
             self.save_interest(crm_id, p, interest);
         }
         Ok(())
+    }
+
+    /// Converts every open trigger of (customer, product) that the order
+    /// qualifies for — stamped in (fired_at, fired_at + window] — in the
+    /// order they fired; each converts once, then is closed.
+    fn convert(&mut self, crm_id: &str, product_id: &str, interest: &mut Interest, o: &Order<'_>) {
+        let window = self.params.attribution_window;
+        let qualifies =
+            |t: &OpenTrigger| t.fired_at < o.ts && o.ts <= t.fired_at.saturating_add(window);
+        let group = self.params.holdout.group_of(crm_id);
+        for open in interest.open.iter().filter(|t| qualifies(t)) {
+            let kind: TriggerKind = open.kind.into();
+            self.stats.conversions[kind.index()][group.index()] += 1;
+            self.sink.convert(Conversion {
+                trigger_id: trigger_id(kind, crm_id, product_id, open.fired_at),
+                kind,
+                group,
+                crm_id: crm_id.to_string(),
+                product_id: product_id.to_string(),
+                fired_at: open.fired_at,
+                order_id: o.order_id.to_string(),
+                channel: o.channel.as_str().to_string(),
+                converted_at: o.ts,
+            });
+        }
+        interest.open.retain(|t| !qualifies(t));
     }
 
     /// Fires (or suppresses) the pending check `p` as of its check time and
@@ -226,8 +249,8 @@ impl CustomerStage<'_> {
         p: Pending,
     ) -> Result<(), StateError> {
         interest.pending = None;
-        self.store
-            .delete(Cf::Timers, timer_key(p.check_at, crm_id, product_id));
+        self.timers
+            .cancel(self.store, p.check_at, crm_id, product_id);
         self.stats.pending_checks -= 1;
         let t = p.check_at;
         let score = self.score(interest, t);
@@ -237,6 +260,8 @@ impl CustomerStage<'_> {
             Some(Suppressed::LowScore)
         } else if in_cooldown(&interest.vnb_fired, t, self.params.vnb_cooldown) {
             Some(Suppressed::Cooldown)
+        } else if !self.pass_cap(crm_id, t)? {
+            Some(Suppressed::FrequencyCap)
         } else {
             None
         };
@@ -245,52 +270,79 @@ impl CustomerStage<'_> {
             return Ok(());
         }
         insert_sorted(&mut interest.vnb_fired, t);
-        let trigger = self.build(
+        self.fire(
             TriggerKind::ViewedNotBought,
             crm_id,
             product_id,
             interest,
             t,
             None,
-        )?;
-        self.emit(trigger);
+        )
+    }
+
+    /// The frequency cap, checked last (contract section 8): false when the
+    /// customer's fired triggers near `t` reach the cap; otherwise `t`
+    /// counts from now on.
+    fn pass_cap(&mut self, crm_id: &str, t: Millis) -> Result<bool, StateError> {
+        let cap = self.params.cap;
+        if !cap.is_on() {
+            return Ok(true);
+        }
+        let mut customer = self.load_customer(crm_id)?;
+        if cap.reached(&customer.fired, t) {
+            return Ok(false);
+        }
+        insert_sorted(&mut customer.fired, t);
+        let horizon = self.max_ts.saturating_sub(self.params.cap_retention());
+        customer.fired.retain(|&f| f >= horizon);
+        self.store
+            .put(Cf::Customers, str_key(crm_id), encode(&customer));
+        Ok(true)
+    }
+
+    /// Fires a decided trigger: opens it for conversion and hands it on.
+    fn fire(
+        &mut self,
+        kind: TriggerKind,
+        crm_id: &str,
+        product_id: &str,
+        interest: &mut Interest,
+        t: Millis,
+        promotion: Option<PromotionInfo>,
+    ) -> Result<(), StateError> {
+        let trigger = self.build(kind, crm_id, product_id, interest, t, promotion)?;
+        interest.open.push(OpenTrigger {
+            kind: kind.into(),
+            fired_at: t,
+        });
+        self.stats.triggers[kind.index()][trigger.group.index()] += 1;
+        self.sink.emit(trigger);
         Ok(())
     }
 
-    /// Handles the timer (due, crm, product) found due on the timer index:
-    /// fires the session's check when it is due at `due`, or re-files the
-    /// timer at the session's moved check time. Returns the time it was
-    /// re-filed at, if any.
+    /// Handles the timer (due, crm, product) found due: fires the
+    /// session's check when it is due at `due`, or re-files the timer at
+    /// the session's moved check time.
     pub fn fire_due(
         &mut self,
         due: Millis,
         crm_id: &str,
         product_id: &str,
-    ) -> Result<Option<Millis>, StateError> {
+    ) -> Result<(), StateError> {
         let mut interest = self.load_interest(crm_id, product_id)?.unwrap_or_default();
         match interest.pending {
             Some(p) if p.check_at == due => {
                 self.fire_check(crm_id, product_id, &mut interest, p)?;
                 self.save_interest(crm_id, product_id, interest);
-                Ok(None)
             }
             Some(p) if p.check_at > due => {
-                self.store
-                    .delete(Cf::Timers, timer_key(due, crm_id, product_id));
-                self.store.put(
-                    Cf::Timers,
-                    timer_key(p.check_at, crm_id, product_id),
-                    Vec::new(),
-                );
-                Ok(Some(p.check_at))
+                self.timers
+                    .refile(self.store, due, p.check_at, crm_id, product_id);
             }
             // The session fired early or was erased: the timer is stale.
-            _ => {
-                self.store
-                    .delete(Cf::Timers, timer_key(due, crm_id, product_id));
-                Ok(None)
-            }
+            _ => self.timers.cancel(self.store, due, crm_id, product_id),
         }
+        Ok(())
     }
 
     /// The intent score of `interest` at `t` (contract section 3).
@@ -336,6 +388,7 @@ impl CustomerStage<'_> {
             cookie_ids: customer.top_cookies(TRIGGER_COOKIES),
             channels: customer.consent.channels(),
             promotion,
+            group: self.params.holdout.group_of(crm_id),
         })
     }
 
@@ -349,11 +402,6 @@ impl CustomerStage<'_> {
                 })
             })
             .transpose()
-    }
-
-    fn emit(&mut self, trigger: Trigger) {
-        self.stats.triggers[trigger.kind.index()] += 1;
-        self.sink.emit(trigger);
     }
 
     /// Fans a promotion out to the product's viewers, streaming over the
@@ -395,9 +443,20 @@ impl CustomerStage<'_> {
         let Some(latest) = window.last().map(|v| v.ts) else {
             return Ok(());
         };
-        if interest.purchased_since(latest)
-            || in_cooldown(&interest.promo_fired, t, self.params.promo_cooldown)
-        {
+        // A viewer who bought since is not a candidate; the others are
+        // decided by cooldown, then the cap.
+        if interest.purchased_since(latest) {
+            return Ok(());
+        }
+        let verdict = if in_cooldown(&interest.promo_fired, t, self.params.promo_cooldown) {
+            Some(Suppressed::Cooldown)
+        } else if !self.pass_cap(crm_id, t)? {
+            Some(Suppressed::FrequencyCap)
+        } else {
+            None
+        };
+        if let Some(reason) = verdict {
+            self.stats.suppressed[reason as usize] += 1;
             return Ok(());
         }
         insert_sorted(&mut interest.promo_fired, t);
@@ -406,15 +465,15 @@ impl CustomerStage<'_> {
             promo_price: promo.promo_price.clone(),
             valid_until: promo.valid_until,
         };
-        let trigger = self.build(
-            TriggerKind::PromoOnViewedItem,
+        let kind = TriggerKind::PromoOnViewedItem;
+        self.fire(
+            kind,
             crm_id,
             &promo.product_id,
-            &interest,
+            &mut interest,
             t,
             Some(info),
         )?;
-        self.emit(trigger);
         self.save_interest(crm_id, &promo.product_id, interest);
         Ok(())
     }
@@ -434,19 +493,26 @@ impl CustomerStage<'_> {
     pub fn on_erase(&mut self, crm_id: &str, t: Millis) -> Result<Vec<String>, StateError> {
         let prefix = str_key(crm_id);
         let end = prefix_end(&prefix);
+        // A cursor, not a rescan from the prefix: the deleted keys of the
+        // chunks before would be stepped over again and again.
+        let mut cursor = prefix.clone();
         loop {
             let chunk =
                 self.store
-                    .scan(Cf::CustomerProducts, &prefix, end.as_deref(), FAN_OUT_CHUNK)?;
-            if chunk.is_empty() {
-                break;
-            }
+                    .scan(Cf::CustomerProducts, &cursor, end.as_deref(), FAN_OUT_CHUNK)?;
+            let Some((last, _)) = chunk.last() else { break };
+            cursor = last.clone();
+            cursor.push(0); // the next key after `last`
+            let full = chunk.len() == FAN_OUT_CHUNK;
             for (key, _) in chunk {
                 let Some((_, product_id)) = read_pair(&key) else {
                     continue;
                 };
                 self.forget_interest(crm_id, &product_id)?;
                 self.store.delete(Cf::CustomerProducts, key);
+            }
+            if !full {
+                break;
             }
         }
         let customer = self.load_customer(crm_id)?;
@@ -466,8 +532,8 @@ impl CustomerStage<'_> {
     fn forget_interest(&mut self, crm_id: &str, product_id: &str) -> Result<(), StateError> {
         if let Some(interest) = self.load_interest(crm_id, product_id)? {
             if let Some(p) = interest.pending {
-                self.store
-                    .delete(Cf::Timers, timer_key(p.check_at, crm_id, product_id));
+                self.timers
+                    .cancel(self.store, p.check_at, crm_id, product_id);
                 self.stats.pending_checks -= 1;
             }
         }
@@ -492,6 +558,13 @@ pub fn erased_at(store: &Store, crm_id: &str) -> Result<Option<Millis>, StateErr
         detail: format!("{} bytes, expected 8", b.len()),
     })?;
     Ok(Some(i64::from_be_bytes(bytes)))
+}
+
+/// The parts of a purchase a conversion record names.
+struct Order<'a> {
+    order_id: &'a str,
+    channel: Channel,
+    ts: Millis,
 }
 
 /// A one-way hash of the CRM id: the tombstone must not name the customer.

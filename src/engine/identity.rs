@@ -5,7 +5,7 @@
 //! the two talk by function call; scaled out, `Resolved` is what would cross
 //! a repartition topic keyed by CRM id.
 
-use crate::event::{Millis, ViewKind};
+use crate::event::{Channel, Millis, ViewKind};
 use crate::state::keys::str_key;
 use crate::state::{Cf, StateError, Store};
 
@@ -36,6 +36,8 @@ pub enum Resolved {
         cookie_id: Option<String>,
         product_ids: Vec<String>,
         ts: Millis,
+        order_id: String,
+        channel: Channel,
     },
 }
 
@@ -168,11 +170,18 @@ pub fn resolve_kept(ev: Kept, crm_id: &str, cookie_id: &str) -> Resolved {
             kind: kind.into(),
             ts,
         },
-        Kept::Purchase { product_ids, ts } => Resolved::Purchase {
+        Kept::Purchase {
+            product_ids,
+            ts,
+            order_id,
+            channel,
+        } => Resolved::Purchase {
             crm_id: crm_id.to_string(),
             cookie_id: Some(cookie_id.to_string()),
             product_ids,
             ts,
+            order_id,
+            channel,
         },
     }
 }

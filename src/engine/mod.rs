@@ -9,36 +9,57 @@
 //! checks, cooldowns and consent.
 
 mod customer;
+mod dedup;
 mod identity;
+pub mod meta;
 pub mod params;
+pub mod pressure;
 pub mod records;
 pub mod stats;
+pub mod timers;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 
 use crate::config::Config;
 use crate::event::{Body, Event, Millis};
-use crate::state::keys::{push_str, push_ts, read_timer, str_key};
-use crate::state::store::{Entries, Expired};
+use crate::state::keys::str_key;
+use crate::state::store::Entries;
 use crate::state::{Cf, StateError, StateSize, Store};
-use crate::trigger::Trigger;
+use crate::trigger::{Conversion, Trigger};
 
 use customer::CustomerStage;
+use dedup::Dedup;
 use identity::{Identity, Resolved};
+use meta::Num;
+pub use meta::SourceOffset;
 use params::Params;
-use records::{decode, encode, load, Kept};
+use records::Kept;
 pub use stats::{EngineStats, Suppressed};
+use timers::Timers;
 
-/// Where the engine hands the triggers it fires, in firing order.
+/// Where the engine hands what it decides, in the order it decides it:
+/// triggers of both groups (the sink routes them by `group`) and
+/// conversions.
 pub trait TriggerSink {
     fn emit(&mut self, trigger: Trigger);
+    fn convert(&mut self, conversion: Conversion);
 }
 
-impl TriggerSink for Vec<Trigger> {
+/// Everything an engine step produced, in order: for tests and for
+/// callers that route outputs after the step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outputs {
+    pub triggers: Vec<Trigger>,
+    pub conversions: Vec<Conversion>,
+}
+
+impl TriggerSink for Outputs {
     fn emit(&mut self, trigger: Trigger) {
-        self.push(trigger);
+        self.triggers.push(trigger);
+    }
+
+    fn convert(&mut self, conversion: Conversion) {
+        self.conversions.push(conversion);
     }
 }
 
@@ -50,14 +71,6 @@ pub enum Outcome {
     Duplicate,
     /// It names an erased customer and is stamped at or before the erase.
     IgnoredErased,
-}
-
-/// The next offset to read of one input partition, stored with the state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceOffset {
-    pub topic: String,
-    pub partition: i32,
-    pub next_offset: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,18 +88,6 @@ pub enum EngineError {
     },
 }
 
-/// How many timers or keys a scan holds in memory at once.
-const SCAN_CHUNK: usize = 256;
-const HOUR: Millis = 3_600_000;
-
-const META_MAX_TS: &[u8] = b"max_ts";
-const META_IDLE_WM: &[u8] = b"idle_watermark";
-const META_PENDING: &[u8] = b"pending_checks";
-const META_GC_HOUR: &[u8] = b"gc_hour";
-const META_DEDUP_HORIZON: &[u8] = b"dedup_horizon";
-const META_FINGERPRINT: &[u8] = b"fingerprint";
-const META_OFFSET_PREFIX: &[u8] = b"offset/";
-
 pub struct Engine {
     store: Store,
     params: Params,
@@ -94,64 +95,35 @@ pub struct Engine {
     max_ts: Option<Millis>,
     /// The watermark as advanced by the wall clock in quiet hours.
     idle_watermark: Option<Millis>,
-    gc_hour: Millis,
-    /// A lower bound of the pending checks' due times. Timer scans start
-    /// here: below it lie only deleted timers, which a scan from the start
-    /// would step over again and again (quadratic in fired checks).
-    earliest_due: Millis,
-    /// Every check due before this has been handled: timer scans never
-    /// start below it. A check scheduled below it (a late or stitched view)
-    /// goes to `overdue` instead, and fires first, in order.
-    swept_to: Millis,
-    overdue: Vec<(Millis, String, String)>,
-    /// Applied event times below this no longer make a duplicate. Moved
-    /// once per hour of event time, so live mode and replay agree; shared
-    /// with the compaction filter that drops what lies wholly below it.
-    dedup_horizon: Millis,
-    published_horizon: Arc<AtomicI64>,
+    timers: Timers,
+    dedup: Dedup,
 }
 
 impl Engine {
     /// Opens the state at `dir`, creating it when absent. A state written
     /// under another configuration fingerprint is refused.
     pub fn open(dir: &Path, config: &Config) -> Result<Engine, EngineError> {
-        let published_horizon = Arc::new(AtomicI64::new(Millis::MIN));
-        let mut store = Store::open_with_expiry(dir, Some(dedup_expiry(&published_horizon)))?;
-        let current = config.fingerprint();
-        match store.get(Cf::Meta, META_FINGERPRINT)? {
-            Some(stored) if stored != current.as_bytes() => {
-                return Err(EngineError::ForeignState {
-                    dir: dir.display().to_string(),
-                    stored: String::from_utf8_lossy(&stored).into_owned(),
-                    current,
-                })
-            }
-            Some(_) => {}
-            None => {
-                store.put(Cf::Meta, META_FINGERPRINT.to_vec(), current.into_bytes());
-                store.commit()?;
-            }
-        }
-        let read = |key: &[u8]| meta_i64(&store, key);
+        let horizon = Dedup::shared_horizon();
+        let mut store = Store::open_with_expiry(dir, Some(Dedup::expiry(&horizon)))?;
+        check_fingerprint(&mut store, dir, &config.fingerprint())?;
+        let params = Params::from_config(config);
         let stats = EngineStats {
-            pending_checks: read(META_PENDING)?.unwrap_or(0),
+            pending_checks: meta::get(&store, Num::PendingChecks)?.unwrap_or(0),
             ..EngineStats::default()
         };
-        let earliest_due = first_timer_at_or_after(&store, Millis::MIN)?;
-        let dedup_horizon = read(META_DEDUP_HORIZON)?.unwrap_or(Millis::MIN);
-        published_horizon.store(dedup_horizon, Ordering::Relaxed);
         Ok(Engine {
-            max_ts: read(META_MAX_TS)?,
-            idle_watermark: read(META_IDLE_WM)?,
-            gc_hour: read(META_GC_HOUR)?.unwrap_or(Millis::MIN),
-            params: Params::from_config(config),
+            max_ts: meta::get(&store, Num::MaxTs)?,
+            idle_watermark: meta::get(&store, Num::IdleWatermark)?,
+            timers: Timers::open(&store)?,
+            dedup: Dedup::open(
+                &store,
+                params.dedup_window,
+                params.allowed_lateness,
+                horizon,
+            )?,
+            params,
             stats,
             store,
-            earliest_due,
-            swept_to: Millis::MIN,
-            overdue: Vec::new(),
-            dedup_horizon,
-            published_horizon,
         })
     }
 
@@ -161,25 +133,23 @@ impl Engine {
         event: &Event,
         sink: &mut dyn TriggerSink,
     ) -> Result<Outcome, EngineError> {
-        let id_key = dedup_key(&event.event_id);
-        let seen = self.dedup_times(&id_key)?;
-        let window = self.params.dedup_window;
-        if seen.iter().any(|&t| t.abs_diff(event.ts) <= window as u64) {
+        let Some(seen) = self.dedup.check(&self.store, &event.event_id, event.ts)? else {
             self.stats.duplicates += 1;
             return Ok(Outcome::Duplicate);
-        }
+        };
         if let Some(crm_id) = event.body.crm_id() {
             if customer::erased_at(&self.store, crm_id)?.is_some_and(|e| event.ts <= e) {
                 self.stats.ignored_erased += 1;
                 return Ok(Outcome::IgnoredErased);
             }
         }
-        self.record_dedup(id_key, seen, event.ts);
-        self.max_ts = Some(self.max_ts.map_or(event.ts, |m| m.max(event.ts)));
+        self.dedup.record(&mut self.store, seen, event.ts);
+        let max_ts = self.max_ts.map_or(event.ts, |m| m.max(event.ts));
+        self.max_ts = Some(max_ts);
         self.stats.count_event(event.body.type_name());
         self.route(event, sink)?;
         self.fire_due(self.watermark(), sink)?;
-        self.collect_garbage();
+        self.dedup.advance(max_ts);
         Ok(Outcome::Applied)
     }
 
@@ -241,39 +211,25 @@ impl Engine {
     /// Writes the state changes so far and the next input offsets in one
     /// atomic RocksDB write batch.
     pub fn commit(&mut self, offsets: &[SourceOffset]) -> Result<(), EngineError> {
+        let store = &mut self.store;
         for o in offsets {
-            self.store.put(
-                Cf::Meta,
-                offset_key(&o.topic, o.partition),
-                o.next_offset.to_be_bytes().to_vec(),
-            );
+            meta::put_offset(store, o);
         }
-        let mut put = |key: &[u8], v: Option<Millis>| {
-            if let Some(v) = v {
-                self.store
-                    .put(Cf::Meta, key.to_vec(), v.to_be_bytes().to_vec());
-            }
-        };
-        put(META_MAX_TS, self.max_ts);
-        put(META_IDLE_WM, self.idle_watermark);
-        put(META_PENDING, Some(self.stats.pending_checks));
-        put(META_GC_HOUR, Some(self.gc_hour));
-        put(META_DEDUP_HORIZON, Some(self.dedup_horizon));
-        self.store.commit()?;
+        if let Some(m) = self.max_ts {
+            meta::put(store, Num::MaxTs, m);
+        }
+        if let Some(w) = self.idle_watermark {
+            meta::put(store, Num::IdleWatermark, w);
+        }
+        meta::put(store, Num::PendingChecks, self.stats.pending_checks);
+        self.dedup.save(store);
+        store.commit()?;
         Ok(())
     }
 
     /// Every input offset stored by `commit`.
     pub fn stored_offsets(&self) -> Result<Vec<SourceOffset>, EngineError> {
-        let end = crate::state::keys::prefix_end(META_OFFSET_PREFIX);
-        let entries = self
-            .store
-            .scan(Cf::Meta, META_OFFSET_PREFIX, end.as_deref(), usize::MAX)?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (key, value) in entries {
-            out.push(parse_offset(&key, &value)?);
-        }
-        Ok(out)
+        Ok(meta::offsets(&self.store)?)
     }
 
     fn identity(&mut self) -> Identity<'_> {
@@ -291,9 +247,7 @@ impl Engine {
             stats: &mut self.stats,
             sink,
             max_ts: self.max_ts.unwrap_or(Millis::MIN),
-            earliest_due: &mut self.earliest_due,
-            swept_to: self.swept_to,
-            overdue: &mut self.overdue,
+            timers: &mut self.timers,
         }
     }
 
@@ -333,7 +287,12 @@ impl Engine {
                     p.items.iter().map(|i| i.product_id.clone()).collect();
                 let msgs = match &p.cookie_id {
                     Some(cookie) => {
-                        let kept = Kept::Purchase { product_ids, ts };
+                        let kept = Kept::Purchase {
+                            product_ids,
+                            ts,
+                            order_id: p.order_id.clone(),
+                            channel: p.channel,
+                        };
                         self.navigate(cookie, p.crm_id.as_deref(), ts, kept)?
                     }
                     None => vec![Resolved::Purchase {
@@ -341,6 +300,8 @@ impl Engine {
                         cookie_id: None,
                         product_ids,
                         ts,
+                        order_id: p.order_id.clone(),
+                        channel: p.channel,
                     }],
                 };
                 self.deliver(msgs, sink)
@@ -395,98 +356,18 @@ impl Engine {
     }
 
     /// Fires every pending check due at or before `watermark`, in order of
-    /// (check time, crm_id, product_id): the timer index's key order.
+    /// (check time, crm_id, product_id): the timers' order.
     fn fire_due(
         &mut self,
         watermark: Option<Millis>,
         sink: &mut dyn TriggerSink,
     ) -> Result<(), EngineError> {
         let Some(w) = watermark else { return Ok(()) };
-        self.fire_overdue(sink)?;
-        if w < self.earliest_due {
-            return Ok(());
+        while let Some((at, crm_id, product_id)) = self.timers.due_until(&self.store, w)? {
+            self.customers(sink).fire_due(at, &crm_id, &product_id)?;
         }
-        let upper = w.checked_add(1).map(ts_key);
-        loop {
-            let lower = ts_key(self.earliest_due);
-            let due = self
-                .store
-                .scan(Cf::Timers, &lower, upper.as_deref(), SCAN_CHUNK)?;
-            let Some((last, _)) = due.last() else { break };
-            let mut resume_at = timer_time(last)?;
-            let mut stage = self.customers(sink);
-            for (key, _) in &due {
-                let (at, crm_id, product_id) = read_timer(key).ok_or_else(corrupt_timer)?;
-                // A timer re-filed before the rest of this chunk must fire
-                // in its place in the order: scan again from here.
-                if let Some(refiled) = stage.fire_due(at, &crm_id, &product_id)? {
-                    if refiled <= resume_at {
-                        resume_at = at;
-                        break;
-                    }
-                }
-            }
-            // Firing never files a timer before the one being handled, so
-            // nothing lands before `resume_at`.
-            self.earliest_due = resume_at;
-        }
-        self.swept_to = w.saturating_add(1);
-        self.earliest_due = first_timer_at_or_after(&self.store, self.swept_to)?;
+        self.timers.swept(&self.store, w)?;
         Ok(())
-    }
-
-    /// Fires the checks scheduled below the swept region, in the contract's
-    /// order; they all come before anything the timer scan finds.
-    fn fire_overdue(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
-        while !self.overdue.is_empty() {
-            self.overdue.sort_unstable_by(|a, b| b.cmp(a)); // smallest last
-            let Some((at, crm_id, product_id)) = self.overdue.pop() else {
-                break;
-            };
-            let swept_to = self.swept_to;
-            let mut stage = self.customers(sink);
-            match stage.fire_due(at, &crm_id, &product_id)? {
-                Some(refiled) if refiled < swept_to => {
-                    self.overdue.push((refiled, crm_id, product_id))
-                }
-                Some(refiled) => self.earliest_due = self.earliest_due.min(refiled),
-                None => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// The times of applied events with this id that can still make a
-    /// duplicate.
-    fn dedup_times(&self, key: &[u8]) -> Result<Vec<Millis>, StateError> {
-        let Some(mut times) = load::<Vec<Millis>>(&self.store, Cf::Dedup, key)? else {
-            return Ok(Vec::new());
-        };
-        times.retain(|&t| t >= self.dedup_horizon);
-        Ok(times)
-    }
-
-    fn record_dedup(&mut self, key: Vec<u8>, mut times: Vec<Millis>, ts: Millis) {
-        times.push(ts);
-        self.store.put(Cf::Dedup, key, encode(&times));
-    }
-
-    /// Once per hour of event time, moves the dedup horizon: event ids that
-    /// no event within the allowed lateness can duplicate any more stop
-    /// counting, and compaction drops them. Driven by event time only, so
-    /// a replay forgets exactly as live mode does.
-    fn collect_garbage(&mut self) {
-        let Some(max_ts) = self.max_ts else { return };
-        let hour = max_ts.div_euclid(HOUR);
-        if hour <= self.gc_hour {
-            return;
-        }
-        self.gc_hour = hour;
-        self.dedup_horizon = max_ts
-            .saturating_sub(self.params.allowed_lateness)
-            .saturating_sub(self.params.dedup_window);
-        self.published_horizon
-            .store(self.dedup_horizon, Ordering::Relaxed);
     }
 }
 
@@ -497,96 +378,26 @@ impl Engine {
 pub fn comparable_entries(store: &Store, cf: Cf) -> Result<Entries, StateError> {
     let mut entries = store.committed(cf)?;
     if cf == Cf::Dedup {
-        let horizon = meta_i64(store, META_DEDUP_HORIZON)?.unwrap_or(Millis::MIN);
-        entries.retain(|(_, v)| !dedup_entry_dead(v, horizon));
+        let horizon = dedup::stored_horizon(store)?;
+        entries.retain(|(_, v)| !dedup::entry_dead(v, horizon));
     }
     Ok(entries)
 }
 
-/// The compaction filter of `Dedup`: an entry is dead once all its times
-/// lie below the published horizon (readers ignore those times already).
-fn dedup_expiry(horizon: &Arc<AtomicI64>) -> (Cf, Expired) {
-    let horizon = Arc::clone(horizon);
-    let expired = move |value: &[u8]| dedup_entry_dead(value, horizon.load(Ordering::Relaxed));
-    (Cf::Dedup, Box::new(expired))
-}
-
-/// A `Dedup` value whose times all lie below `horizon`: no reader counts
-/// it. An undecodable value is kept (and reported by the reader).
-fn dedup_entry_dead(value: &[u8], horizon: Millis) -> bool {
-    decode::<Vec<Millis>>(Cf::Dedup.name(), value).is_ok_and(|t| t.iter().all(|&t| t < horizon))
-}
-
-/// Event ids are kept hashed: 128 bits make a collision across a day of
-/// events negligible, and no id (which may embed a customer id) is stored.
-fn dedup_key(event_id: &str) -> Vec<u8> {
-    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
-        .to_be_bytes()
-        .to_vec()
-}
-
-fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
-    let mut k = META_OFFSET_PREFIX.to_vec();
-    push_str(&mut k, topic);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
-}
-
-fn parse_offset(key: &[u8], value: &[u8]) -> Result<SourceOffset, StateError> {
-    let corrupt = || StateError::Corrupt {
-        cf: Cf::Meta.name(),
-        detail: "undecodable offset entry".into(),
-    };
-    let rest = &key[META_OFFSET_PREFIX.len()..];
-    let (topic, rest) = crate::state::keys::read_str(rest).ok_or_else(corrupt)?;
-    let partition = i32::from_be_bytes(rest.try_into().map_err(|_| corrupt())?);
-    let next_offset = i64::from_be_bytes(value.try_into().map_err(|_| corrupt())?);
-    Ok(SourceOffset {
-        topic,
-        partition,
-        next_offset,
-    })
-}
-
-fn ts_key(ts: Millis) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8);
-    push_ts(&mut k, ts);
-    k
-}
-
-fn corrupt_timer() -> StateError {
-    StateError::Corrupt {
-        cf: Cf::Timers.name(),
-        detail: "undecodable timer key".into(),
+/// Refuses a state written under another configuration fingerprint, and
+/// stamps a new one.
+fn check_fingerprint(store: &mut Store, dir: &Path, current: &str) -> Result<(), EngineError> {
+    match meta::fingerprint(store)? {
+        Some(stored) if stored != current.as_bytes() => Err(EngineError::ForeignState {
+            dir: dir.display().to_string(),
+            stored: String::from_utf8_lossy(&stored).into_owned(),
+            current: current.to_string(),
+        }),
+        Some(_) => Ok(()),
+        None => {
+            meta::put_fingerprint(store, current);
+            store.commit()?;
+            Ok(())
+        }
     }
-}
-
-fn timer_time(key: &[u8]) -> Result<Millis, StateError> {
-    read_timer(key)
-        .map(|(at, _, _)| at)
-        .ok_or_else(corrupt_timer)
-}
-
-/// The due time of the first pending check at or after `from`, or
-/// `Millis::MAX` when there is none.
-fn first_timer_at_or_after(store: &Store, from: Millis) -> Result<Millis, StateError> {
-    match store.scan(Cf::Timers, &ts_key(from), None, 1)?.first() {
-        Some((key, _)) => timer_time(key),
-        None => Ok(Millis::MAX),
-    }
-}
-
-fn meta_i64(store: &Store, key: &[u8]) -> Result<Option<Millis>, StateError> {
-    let Some(b) = store.get(Cf::Meta, key)? else {
-        return Ok(None);
-    };
-    let bytes: [u8; 8] = b.as_slice().try_into().map_err(|_| StateError::Corrupt {
-        cf: Cf::Meta.name(),
-        detail: format!(
-            "{} is {} bytes, expected 8",
-            String::from_utf8_lossy(key),
-            b.len()
-        ),
-    })?;
-    Ok(Some(i64::from_be_bytes(bytes)))
 }

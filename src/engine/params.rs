@@ -1,7 +1,9 @@
 //! The semantic settings the engine decides with, in milliseconds.
 
 use crate::config::Config;
-use crate::event::{Millis, ViewKind};
+use crate::event::Millis;
+
+use super::pressure::{Cap, Holdout};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
@@ -16,6 +18,9 @@ pub struct Params {
     pub min_score: f64,
     pub vnb_cooldown: Millis,
     pub promo_cooldown: Millis,
+    pub holdout: Holdout,
+    pub cap: Cap,
+    pub attribution_window: Millis,
 }
 
 impl Params {
@@ -32,13 +37,12 @@ impl Params {
             min_score: c.triggers.viewed_not_bought.min_score,
             vnb_cooldown: c.triggers.viewed_not_bought.cooldown.millis(),
             promo_cooldown: c.triggers.promo_on_viewed_item.cooldown.millis(),
-        }
-    }
-
-    pub fn weight(&self, kind: ViewKind) -> f64 {
-        match kind {
-            ViewKind::ProductView => self.weight_view,
-            ViewKind::AddToCart => self.weight_cart,
+            holdout: Holdout::from_config(c),
+            cap: Cap {
+                max: c.pressure.max_triggers,
+                window: c.pressure.window.millis(),
+            },
+            attribution_window: c.measurement.attribution_window.millis(),
         }
     }
 
@@ -52,5 +56,12 @@ impl Params {
     /// How far behind the highest event time firing times are kept.
     pub fn cooldown_retention(&self) -> Millis {
         self.retention() + self.vnb_cooldown.max(self.promo_cooldown)
+    }
+
+    /// How far behind the highest event time the frequency cap keeps fired
+    /// times: a trigger decided for an event within the allowed lateness
+    /// fires no earlier than the retention horizon.
+    pub fn cap_retention(&self) -> Millis {
+        self.retention() + self.cap.window
     }
 }

@@ -1,15 +1,18 @@
 //! The records the engine keeps, and their compact binary form.
 //!
 //! Values are postcard (varint-packed serde) behind a one-byte version, so a
-//! future layout can be told apart from this one.
+//! future layout can be told apart from this one. Version 2 added the open
+//! triggers, the fired times of the frequency cap and the order of a kept
+//! purchase (contract v2); a version 1 state is refused, not misread.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Millis, ViewKind};
+use crate::event::{Channel, Millis, ViewKind};
 use crate::state::{Cf, StateError, Store};
+use crate::trigger::TriggerKind;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![VERSION];
@@ -24,6 +27,10 @@ pub fn decode<T: DeserializeOwned>(cf: &'static str, bytes: &[u8]) -> Result<T, 
     let corrupt = |detail: String| StateError::Corrupt { cf, detail };
     match bytes.split_first() {
         Some((&VERSION, body)) => postcard::from_bytes(body).map_err(|e| corrupt(e.to_string())),
+        Some((1, _)) => Err(corrupt(
+            "record of state format 1, written by a pretext before v2: replay into a new state directory"
+                .into(),
+        )),
         Some((v, _)) => Err(corrupt(format!("unknown record version {v}"))),
         None => Err(corrupt("empty record".into())),
     }
@@ -56,6 +63,8 @@ pub enum Kept {
     Purchase {
         product_ids: Vec<String>,
         ts: Millis,
+        order_id: String,
+        channel: Channel,
     },
 }
 
@@ -139,6 +148,9 @@ pub struct CookieMark {
 pub struct Customer {
     pub consent: Consent,
     pub cookies: Vec<CookieMark>,
+    /// `fired_at` of the customer's fired triggers (both types, both
+    /// groups), sorted; kept only while the frequency cap is on.
+    pub fired: Vec<Millis>,
 }
 
 impl Customer {
@@ -198,6 +210,41 @@ pub struct Interest {
     pub vnb_fired: Vec<Millis>,
     /// `fired_at` of past `promo_on_viewed_item` triggers, sorted.
     pub promo_fired: Vec<Millis>,
+    /// Fired triggers not yet converted, in firing order.
+    pub open: Vec<OpenTrigger>,
+}
+
+/// A fired trigger a purchase may still convert (contract section 8). Its
+/// id and group follow from these and the (customer, product) key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTrigger {
+    pub kind: KindOfTrigger,
+    pub fired_at: Millis,
+}
+
+/// `TriggerKind` as stored (serde-friendly, one byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KindOfTrigger {
+    ViewedNotBought,
+    PromoOnViewedItem,
+}
+
+impl From<TriggerKind> for KindOfTrigger {
+    fn from(k: TriggerKind) -> Self {
+        match k {
+            TriggerKind::ViewedNotBought => KindOfTrigger::ViewedNotBought,
+            TriggerKind::PromoOnViewedItem => KindOfTrigger::PromoOnViewedItem,
+        }
+    }
+}
+
+impl From<KindOfTrigger> for TriggerKind {
+    fn from(k: KindOfTrigger) -> Self {
+        match k {
+            KindOfTrigger::ViewedNotBought => TriggerKind::ViewedNotBought,
+            KindOfTrigger::PromoOnViewedItem => TriggerKind::PromoOnViewedItem,
+        }
+    }
 }
 
 /// Inserts `ts` keeping `v` sorted (after equal elements).
@@ -230,12 +277,21 @@ impl Interest {
         self.purchases.last().is_some_and(|&p| p >= t)
     }
 
-    /// Drops what no check within the retention horizon can need.
-    pub fn prune(&mut self, horizon: Millis, cooldown_horizon: Millis) {
+    /// Drops what no check within the retention horizon can need, and the
+    /// open triggers whose attribution window closed before `open_horizon`.
+    pub fn prune(
+        &mut self,
+        horizon: Millis,
+        cooldown_horizon: Millis,
+        open_horizon: (Millis, Millis),
+    ) {
         self.views.retain(|v| v.ts >= horizon);
         self.purchases.retain(|&p| p >= horizon);
         self.vnb_fired.retain(|&f| f >= cooldown_horizon);
         self.promo_fired.retain(|&f| f >= cooldown_horizon);
+        let (before, window) = open_horizon;
+        self.open
+            .retain(|o| o.fired_at.saturating_add(window) >= before);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -244,6 +300,7 @@ impl Interest {
             && self.pending.is_none()
             && self.vnb_fired.is_empty()
             && self.promo_fired.is_empty()
+            && self.open.is_empty()
     }
 }
 

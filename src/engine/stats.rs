@@ -1,21 +1,26 @@
 //! Counters the engine keeps as it decides; the live edge exports them.
 
 use crate::event::EVENT_TYPES;
-use crate::trigger::TriggerKind;
+use crate::trigger::{Group, TriggerKind};
 
-/// Why a due `viewed_not_bought` check did not fire.
+/// Why a trigger that was considered did not fire: a due
+/// `viewed_not_bought` check (purchase, score, cooldown, cap), or a
+/// promotion's viewer (cooldown, cap; a viewer who bought since is not
+/// considered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Suppressed {
     Purchased = 0,
     LowScore = 1,
     Cooldown = 2,
+    FrequencyCap = 3,
 }
 
 impl Suppressed {
-    pub const ALL: [Suppressed; 3] = [
+    pub const ALL: [Suppressed; 4] = [
         Suppressed::Purchased,
         Suppressed::LowScore,
         Suppressed::Cooldown,
+        Suppressed::FrequencyCap,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -23,9 +28,13 @@ impl Suppressed {
             Suppressed::Purchased => "purchased",
             Suppressed::LowScore => "low_score",
             Suppressed::Cooldown => "cooldown",
+            Suppressed::FrequencyCap => "frequency_cap",
         }
     }
 }
+
+/// Counts by trigger type and group.
+pub type ByKindGroup = [[u64; Group::ALL.len()]; TriggerKind::ALL.len()];
 
 /// Cumulative counts since the engine was opened, except `pending_checks`,
 /// which is the number of checks pending in the state now.
@@ -35,8 +44,10 @@ pub struct EngineStats {
     pub events: [u64; EVENT_TYPES.len()],
     pub duplicates: u64,
     pub ignored_erased: u64,
-    /// Triggers, indexed by `TriggerKind::index`.
-    pub triggers: [u64; TriggerKind::ALL.len()],
+    /// Fired triggers, by `TriggerKind::index` then `Group::index`.
+    pub triggers: ByKindGroup,
+    /// Conversion records, by `TriggerKind::index` then `Group::index`.
+    pub conversions: ByKindGroup,
     /// Suppressed checks, indexed by `Suppressed as usize`.
     pub suppressed: [u64; Suppressed::ALL.len()],
     pub pending_checks: i64,
@@ -60,8 +71,17 @@ impl EngineStats {
             .map_or(0, |i| self.events[i])
     }
 
+    /// Fired triggers of a type, both groups.
     pub fn triggers_of(&self, kind: TriggerKind) -> u64 {
-        self.triggers[kind.index()]
+        self.triggers[kind.index()].iter().sum()
+    }
+
+    pub fn triggers_in(&self, kind: TriggerKind, group: Group) -> u64 {
+        self.triggers[kind.index()][group.index()]
+    }
+
+    pub fn conversions_in(&self, kind: TriggerKind, group: Group) -> u64 {
+        self.conversions[kind.index()][group.index()]
     }
 
     pub fn suppressed_of(&self, reason: Suppressed) -> u64 {

@@ -23,7 +23,7 @@ use crate::decode::{decode, Reason};
 use crate::engine::{Engine, Outcome, SourceOffset, TriggerSink};
 use crate::event::Millis;
 use crate::http::Health;
-use crate::trigger::Trigger;
+use crate::trigger::{Conversion, Group, Trigger};
 
 use super::events::{DeadLettered, SkippedBelowPosition};
 use super::idle::Idle;
@@ -148,22 +148,28 @@ pub struct DeadLetterOut {
 }
 
 /// What a batch makes, in the order the engine made it, produced before
-/// its offsets are stored.
+/// its offsets are stored: triggers of either group (each goes to its
+/// group's topic), conversions, dead letters.
 #[derive(Default)]
 pub struct Produced {
     pub triggers: Vec<Trigger>,
+    pub conversions: Vec<Conversion>,
     pub dead_letters: Vec<DeadLetterOut>,
 }
 
 impl Produced {
     pub fn is_empty(&self) -> bool {
-        self.triggers.is_empty() && self.dead_letters.is_empty()
+        self.triggers.is_empty() && self.conversions.is_empty() && self.dead_letters.is_empty()
     }
 }
 
 impl TriggerSink for Produced {
     fn emit(&mut self, trigger: Trigger) {
         self.triggers.push(trigger);
+    }
+
+    fn convert(&mut self, conversion: Conversion) {
+        self.conversions.push(conversion);
     }
 }
 
@@ -236,10 +242,18 @@ pub fn publish(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Resu
         return Ok(());
     }
     for t in &out.triggers {
+        // Holdout triggers never reach the triggers topic.
+        let topic = match t.group {
+            Group::Treated => &topics.triggers,
+            Group::Holdout => &topics.holdout,
+        };
+        output.send(topic, Some(t.crm_id.as_bytes()), t.to_json().as_bytes())?;
+    }
+    for c in &out.conversions {
         output.send(
-            &topics.triggers,
-            Some(t.crm_id.as_bytes()),
-            t.to_json().as_bytes(),
+            &topics.conversions,
+            Some(c.crm_id.as_bytes()),
+            c.to_json().as_bytes(),
         )?;
     }
     for d in &out.dead_letters {

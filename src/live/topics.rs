@@ -19,15 +19,6 @@ use super::LiveError;
 /// answers or the process stops.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every output topic, with the key that names it.
-pub fn output_topics(config: &Config) -> Vec<(&'static str, &str)> {
-    let t = &config.topics;
-    vec![
-        ("topics.triggers", t.triggers.as_str()),
-        ("topics.dead_letter", t.dead_letter.as_str()),
-    ]
-}
-
 /// Waits for the cluster's metadata, then checks (or creates) every output
 /// topic. `Ok(false)`: stopped before the broker answered.
 pub fn ensure_output_topics(config: &Config, stop: &Stop) -> Result<bool, LiveError> {
@@ -35,7 +26,9 @@ pub fn ensure_output_topics(config: &Config, stop: &Stop) -> Result<bool, LiveEr
     let Some(existing) = existing_topics(&admin, stop) else {
         return Ok(false);
     };
-    let missing: Vec<(&str, &str)> = output_topics(config)
+    let missing: Vec<(&str, &str)> = config
+        .topics
+        .outputs()
         .into_iter()
         .filter(|(_, name)| !existing.iter().any(|e| e == name))
         .collect();
