@@ -32,6 +32,9 @@ const OFFSETS_FOR_TIMES_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a metadata request (to tell which input topic is unknown) may
 /// take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an input topic may be missing before that is fatal: time for
+/// a deployment that creates its topics beside pretext to do so.
+const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(30);
 
 /// One input message, owned: library types stay at the edge.
 #[derive(Debug, Clone)]
@@ -279,6 +282,8 @@ pub struct Source {
     consumer: BaseConsumer<SourceContext>,
     inputs: Vec<String>,
     metrics: Arc<Metrics>,
+    /// Since when an input topic has been reported unknown, if one is.
+    unknown_since: Option<Instant>,
 }
 
 impl Source {
@@ -333,22 +338,50 @@ impl Source {
             consumer,
             inputs: config.topics.inputs.clone(),
             metrics,
+            unknown_since: None,
         })
     }
 
     /// A consumer error: counted and logged if librdkafka recovers from it,
     /// else the fatal error that stops the pipeline.
-    fn on_error(&self, e: &KafkaError) -> Result<(), LiveError> {
+    fn on_error(&mut self, e: &KafkaError) -> Result<(), LiveError> {
         let (kind, fix) = classify(e);
         let fix = match (kind, fix) {
             (_, Some(fix)) => Some(fix.to_string()),
-            (KafkaErrorKind::UnknownTopic, None) => self.missing_input(),
+            (KafkaErrorKind::UnknownTopic, None) => {
+                self.unknown_since.get_or_insert_with(Instant::now);
+                None
+            }
             _ => None,
         };
         let Some(fix) = fix else {
             ConsumerError { kind, error: e }.emit(&self.metrics);
             return Ok(());
         };
+        self.fatal(kind, e, fix)
+    }
+
+    /// An input topic reported unknown and still missing from the
+    /// cluster's metadata past the grace is fatal; one that appeared is
+    /// forgotten.
+    fn check_unknown(&mut self) -> Result<(), LiveError> {
+        let Some(since) = self.unknown_since else {
+            return Ok(());
+        };
+        if since.elapsed() < UNKNOWN_TOPIC_GRACE {
+            return Ok(());
+        }
+        self.unknown_since = None;
+        match self.missing_input() {
+            None => Ok(()),
+            Some(fix) => {
+                let e = KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition);
+                self.fatal(KafkaErrorKind::UnknownTopic, &e, fix)
+            }
+        }
+    }
+
+    fn fatal(&self, kind: KafkaErrorKind, e: &KafkaError, fix: String) -> Result<(), LiveError> {
         ConsumerFatal {
             kind,
             error: e,
@@ -365,11 +398,8 @@ impl Source {
         })
     }
 
-    /// librdkafka reports an unknown topic once it has waited for it to
-    /// appear (`topic.metadata.propagation.max.ms`): if an input topic is
-    /// still missing from the cluster's metadata, it will not appear. The
-    /// fix to print, or `None` when every input topic exists (then the
-    /// error was about a topic being created or deleted meanwhile).
+    /// The fix to print when an input topic is missing from the cluster's
+    /// metadata, or `None` when every input topic exists.
     fn missing_input(&self) -> Option<String> {
         let metadata = self.consumer.fetch_metadata(None, METADATA_TIMEOUT).ok()?;
         let known: Vec<&str> = metadata
@@ -434,6 +464,7 @@ impl BatchSource for Source {
         max_wait: Duration,
         stop: &Stop,
     ) -> Result<Vec<InputMessage>, LiveError> {
+        self.check_unknown()?;
         let deadline = Instant::now() + max_wait;
         let mut batch = Vec::new();
         while batch.len() < max && !stop.is_requested() {
@@ -444,16 +475,22 @@ impl BatchSource for Source {
             let polled = self.consumer.poll(left.min(Duration::from_millis(100)));
             // A rebalance callback ran inside the poll and could not go on.
             self.fatal_from_callback()?;
-            match polled {
-                Some(Ok(m)) => batch.push(InputMessage {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                }),
-                Some(Err(e)) => self.on_error(&e)?,
-                None => {}
+            let error = match polled {
+                Some(Ok(m)) => {
+                    batch.push(InputMessage {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    });
+                    None
+                }
+                Some(Err(e)) => Some(e),
+                None => None,
+            };
+            if let Some(e) = error {
+                self.on_error(&e)?;
             }
             if self
                 .consumer
@@ -512,5 +549,31 @@ impl Drop for Source {
         {
             context.unassign(&self.consumer, &tpl);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_with_no_record_that_late_starts_at_the_end() {
+        let mut found = TopicPartitionList::new();
+        found
+            .add_partition_offset("t", 0, Offset::Offset(42))
+            .unwrap();
+        found.add_partition_offset("t", 1, Offset::End).unwrap();
+        found
+            .add_partition_offset("t", 2, Offset::Beginning)
+            .unwrap();
+        assert_eq!(start_offset(&found, "t", 0), Some(Offset::Offset(42)));
+        assert_eq!(start_offset(&found, "t", 1), Some(Offset::End));
+        assert_eq!(start_offset(&found, "t", 2), None, "not an answer");
+        assert_eq!(start_offset(&found, "t", 3), None, "not asked");
+        let query = times_list(&[("t".into(), 0), ("u".into(), 5)], 1_795_341_600_000).unwrap();
+        assert_eq!(
+            query.find_partition("u", 5).map(|e| e.offset()),
+            Some(Offset::Offset(1_795_341_600_000))
+        );
     }
 }
