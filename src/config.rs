@@ -637,13 +637,84 @@ pub struct Http {
     /// `/metrics`, `/healthz` and `/readyz` listen here: an IP address and
     /// a port.
     pub listen: String,
+    /// The bearer token of the query routes (`/v1/...`); empty: no query
+    /// routes at all.
+    pub query_token: QueryToken,
 }
 
 impl Default for Http {
     fn default() -> Self {
         Http {
             listen: "127.0.0.1:9464".into(),
+            query_token: QueryToken::default(),
         }
+    }
+}
+
+/// The shortest query token accepted: a guessable one is no protection.
+pub const QUERY_TOKEN_MIN_LEN: usize = 16;
+
+/// `http.query_token`: a secret that never shows, in `Debug` output or in
+/// a configuration error (which names the key only).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct QueryToken(String);
+
+impl QueryToken {
+    /// The token, for the one comparison that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for QueryToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = if self.is_set() { "***" } else { "" };
+        write!(f, "QueryToken({shown:?})")
+    }
+}
+
+impl<'de> Deserialize<'de> for QueryToken {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<QueryToken, D::Error> {
+        struct TokenVisitor;
+        // serde's own type errors quote the value: these do not. They start
+        // as serde's do, so that an environment value read as a number is
+        // retried as the text it was written as.
+        fn not_text<E: de::Error>() -> E {
+            E::custom("invalid type: not a string, expected the token as a string")
+        }
+        impl Visitor<'_> for TokenVisitor {
+            type Value = QueryToken;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the token as a string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<QueryToken, E> {
+                let visible = s.bytes().all(|b| b.is_ascii_graphic());
+                if s.is_empty() || (visible && s.len() >= QUERY_TOKEN_MIN_LEN) {
+                    return Ok(QueryToken(s.to_string()));
+                }
+                Err(E::custom(format!(
+                    "must be empty (no query routes) or at least {QUERY_TOKEN_MIN_LEN} \
+                     characters of visible ASCII, without spaces"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<QueryToken, E> {
+                Err(not_text())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<QueryToken, E> {
+                Err(not_text())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<QueryToken, E> {
+                Err(not_text())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<QueryToken, E> {
+                Err(not_text())
+            }
+        }
+        d.deserialize_str(TokenVisitor)
     }
 }
 
@@ -1707,6 +1778,32 @@ cooldown = "12h"
         // Masked for display only: the client gets the real values.
         assert_eq!(c.kafka.client["sasl.password"], "hunter2");
         assert_eq!(c.kafka.redacted_client()["ssl.key.password"], "***");
+    }
+
+    #[test]
+    fn the_query_token_never_shows_and_must_be_long_enough() {
+        let token = "tok-0123456789abcdef";
+        let c = load_env(&[("PRETEXT__HTTP__QUERY_TOKEN", token)]).unwrap();
+        assert_eq!(c.http.query_token.expose(), token);
+        assert!(!format!("{c:?}").contains(token));
+        assert!(format!("{:?}", c.http).contains("QueryToken(\"***\")"));
+        // Digits only: read as a number first, then as the text it is.
+        let digits = "12345678901234567890";
+        let c = load_env(&[("PRETEXT__HTTP__QUERY_TOKEN", digits)]).unwrap();
+        assert_eq!(c.http.query_token.expose(), digits);
+        assert!(!Config::default().http.query_token.is_set());
+        for (file, secret) in [
+            ("[http]\nquery_token = \"short\"\n", "short"),
+            (
+                "[http]\nquery_token = \"with a space 0123456789\"\n",
+                "with a space",
+            ),
+            ("[http]\nquery_token = 987654321\n", "987654321"),
+        ] {
+            let e = load_str(file, &[]).unwrap_err();
+            assert_eq!(e.key(), Some("http.query_token"), "{e}");
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! returns triggers (`trigger`). Replay files (`replay`) and Kafka (`live`)
 //! are edges that feed it; `config`, `metrics` and `http` serve the edges.
 
+pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod decode;
@@ -14,6 +15,7 @@ pub mod gen;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod progress;
 pub mod replay;
 pub mod state;
 pub mod time;

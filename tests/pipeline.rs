@@ -229,6 +229,7 @@ impl Harness {
             metrics: self.metrics.clone(),
             state_open: Arc::new(AtomicBool::new(false)),
             assigned: Arc::new(AtomicBool::new(true)),
+            queries: pretext::http::query::QueryState::from_config(&self.config),
         };
         let mut p = Pipeline::new(
             self.config.clone(),

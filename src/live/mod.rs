@@ -166,6 +166,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics: Arc::new(Metrics::new()?),
         state_open: Arc::new(AtomicBool::new(false)),
         assigned: Arc::new(AtomicBool::new(false)),
+        queries: http::query::QueryState::from_config(&config),
     };
     let server = HttpServer::start(&config.http.listen, health.clone()).await?;
     let stop = Arc::new(Stop::default());
@@ -217,6 +218,7 @@ fn spawn_pipeline(
 
 fn run_pipeline(config: Config, health: Health, stop: &Arc<Stop>) -> Result<(), LiveError> {
     let engine = Engine::open(&config.state.dir, &config)?;
+    health.queries.open(engine.store().reader());
     let offsets = Offsets::from_stored(engine.stored_offsets()?);
     info!(partitions = offsets.len(), "state open");
     if !topics::ensure_output_topics(&config, stop)? {
