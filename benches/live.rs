@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use broker::{metric_sum, unique, write_config, Broker, Pretext, Storage, Topics};
+use broker::{metric_sum, unique, write_config, Broker, Pretext, Topics};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -31,7 +31,7 @@ fn main() {
     let lines: Vec<&str> = text.lines().collect();
     let n = lines.len();
 
-    let broker = Broker::start_own(Storage::Memory);
+    let broker = Broker::start_own();
     let topics = Topics::create(&broker);
     let start = Instant::now();
     let keyed: Vec<(Option<&str>, &[u8])> = lines.iter().map(|l| (None, l.as_bytes())).collect();

@@ -8,6 +8,11 @@
 //! replayed by the release binary (`pretext replay --flush` with a state
 //! directory) in a child process, whose peak RSS is sampled from /proc.
 //! Several customer counts give the cost curve as the state grows.
+//!
+//! Each file is replayed twice: with the default configuration, and with
+//! the measurement settings of contract section 8 on (holdout 10%, a cap of
+//! 3 triggers per 24 h, holdout triggers and conversions written to files),
+//! whose ratio to the default run is printed as `vs default`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -24,6 +29,10 @@ struct Run {
     peak_rss_mib: u64,
 }
 
+/// The section 8 settings the second replay of each file runs with.
+const PRESSURE_CONFIG: &str =
+    "[holdout]\npercent = 10\n[pressure]\nmax_triggers = 3\nwindow = \"24h\"\n";
+
 fn main() {
     let mut argv = common::numbers().into_iter();
     let events = argv.next().unwrap_or(1_000_000);
@@ -32,41 +41,80 @@ fn main() {
         customers.push(100_000);
     }
     println!(
-        "{:>10} {:>10} {:>14} {:>14} {:>7} {:>9}",
-        "events", "customers", "baseline ev/s", "pretext ev/s", "ratio", "peak RSS"
+        "{:>10} {:>10} {:>9} {:>14} {:>14} {:>7} {:>10} {:>9}",
+        "events",
+        "customers",
+        "config",
+        "baseline ev/s",
+        "pretext ev/s",
+        "ratio",
+        "vs default",
+        "peak RSS"
     );
     for c in customers {
-        let r = measure(events, c);
-        let base = r.lines as f64 / r.baseline_s;
-        let rate = r.lines as f64 / r.replay_s;
-        println!(
-            "{:>10} {:>10} {:>14.0} {:>14.0} {:>7.3} {:>5} MiB",
-            r.lines,
-            r.customers,
-            base,
-            rate,
-            rate / base,
-            r.peak_rss_mib
-        );
+        let [plain, pressure] = measure(events, c);
+        let base = plain.lines as f64 / plain.baseline_s;
+        for (name, r) in [("default", &plain), ("section8", &pressure)] {
+            let rate = r.lines as f64 / r.replay_s;
+            println!(
+                "{:>10} {:>10} {:>9} {:>14.0} {:>14.0} {:>7.3} {:>10.3} {:>5} MiB",
+                r.lines,
+                r.customers,
+                name,
+                base,
+                rate,
+                rate / base,
+                plain.replay_s / r.replay_s,
+                r.peak_rss_mib
+            );
+        }
     }
 }
 
-fn measure(events: u64, customers: u64) -> Run {
+/// Generates a file, parses it once for the baseline, and replays it with
+/// the default configuration and with `PRESSURE_CONFIG`.
+fn measure(events: u64, customers: u64) -> [Run; 2] {
     let dir = tempfile::tempdir().expect("temp dir");
     // Two days at least, ~500k events a day beyond that.
     let input = common::generate(dir.path(), events, customers, (events / 500_000).max(2));
     let (lines, baseline_s) = parse_only(&input);
+    let config = dir.path().join("pressure.toml");
+    std::fs::write(&config, PRESSURE_CONFIG).expect("write config");
+    let plain = replay(dir.path(), "plain", &input, None);
+    let pressure = replay(dir.path(), "pressure", &input, Some(&config));
+    [plain, pressure].map(|(replay_s, peak_rss_mib)| Run {
+        customers,
+        lines,
+        baseline_s,
+        replay_s,
+        peak_rss_mib,
+    })
+}
+
+/// Replays `input` in a child process into a fresh state under `dir`:
+/// (seconds, peak RSS in MiB).
+fn replay(dir: &Path, name: &str, input: &Path, config: Option<&Path>) -> (f64, u64) {
+    let out = |what: &str| dir.join(format!("{name}-{what}.jsonl"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pretext"));
+    cmd.arg("replay");
+    if let Some(c) = config {
+        cmd.arg("--config")
+            .arg(c)
+            .arg("--holdout")
+            .arg(out("holdout"))
+            .arg("--conversions")
+            .arg(out("conversions"));
+    }
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .arg("replay")
+    let mut child = cmd
         .arg("--input")
-        .arg(&input)
+        .arg(input)
         .arg("--output")
-        .arg(dir.path().join("triggers.jsonl"))
+        .arg(out("triggers"))
         .arg("--dead-letter")
-        .arg(dir.path().join("dead.jsonl"))
+        .arg(out("dead"))
         .arg("--state-dir")
-        .arg(dir.path().join("state"))
+        .arg(dir.join(format!("{name}-state")))
         .arg("--flush")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -88,13 +136,7 @@ fn measure(events: u64, customers: u64) -> Run {
     }
     assert!(status.success(), "pretext replay failed: {summary}");
     eprint!("{summary}");
-    Run {
-        customers,
-        lines,
-        baseline_s,
-        replay_s,
-        peak_rss_mib: peak_kib / 1024,
-    }
+    (replay_s, peak_kib / 1024)
 }
 
 /// serde_json decode of every line into a `Value`, and nothing else.

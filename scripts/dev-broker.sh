@@ -1,43 +1,50 @@
 #!/usr/bin/env bash
-# Starts a local Kafka-API broker (tansu 0.6.0, installed once if missing) on
-# 127.0.0.1:${PORT:-9092} with sqlite storage under ./tmp/tansu, creates the
-# contract's six topics, and leaves it running in the background.
-# Stop it with: kill "$(cat tmp/tansu/broker.pid)"
+# Starts a local Apache Kafka broker (scripts/kafka.sh: installed once from
+# Maven Central if missing) on 127.0.0.1:${PORT:-9092}, its controller on
+# ${CONTROLLER_PORT:-PORT+1}, data under ./tmp/kafka, in the background;
+# creates the contract's six topics (PARTITIONS each, default 3; an existing
+# topic is left as it is) and prints the bootstrap address.
+# Stop it with: kill "$(cat tmp/kafka/broker.pid)" (a clean shutdown; the
+# data stays, and the next start resumes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${PORT:-9092}"
-dir="tmp/tansu"
+cport="${CONTROLLER_PORT:-$((port + 1))}"
+dir="tmp/kafka"
 mkdir -p "$dir"
-scripts/install-tansu.sh
-export PATH="$HOME/.cargo/bin:$PATH"
-url="tcp://127.0.0.1:$port"
+cp="$(scripts/kafka.sh classpath)"
 
 if [ -f "$dir/broker.pid" ] && kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
-  echo "dev-broker: already running (pid $(cat "$dir/broker.pid")), log $dir/broker.log"
+  echo "dev-broker: already running (pid $(cat "$dir/broker.pid")), log $dir/data/server.log"
 else
-  # tansu reads the sqlite URL's path relative to its working directory, so
-  # it runs in $dir; exec makes the background subshell's pid tansu's own.
-  (cd "$dir" && exec nohup tansu broker --listener-url "$url" --advertised-listener-url "$url" \
-    --storage-engine "sqlite://broker.db" >broker.log 2>&1) &
+  : >"$dir/broker.out"
+  nohup scripts/kafka.sh start --dir "$dir/data" --port "$port" --controller-port "$cport" \
+    >"$dir/broker.out" 2>&1 &
   echo $! >"$dir/broker.pid"
-  for _ in $(seq 1 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.2
+  for _ in $(seq 1 600); do
+    grep -q "^kafka: ready" "$dir/broker.out" && break
+    kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null || break
+    sleep 0.1
   done
-  if ! kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
-    echo "dev-broker: tansu exited; its log:" >&2
-    cat "$dir/broker.log" >&2
+  if ! grep -q "^kafka: ready" "$dir/broker.out"; then
+    echo "dev-broker: Kafka did not start; its output:" >&2
+    cat "$dir/broker.out" >&2
+    tail -20 "$dir/data/server.log" >&2 2>/dev/null || true
     exit 1
   fi
-  echo "dev-broker: tansu running (pid $(cat "$dir/broker.pid")) on 127.0.0.1:$port, log $dir/broker.log"
+  echo "dev-broker: Kafka running (pid $(cat "$dir/broker.pid")) on 127.0.0.1:$port, log $dir/data/server.log"
 fi
 
-# tansu 0.6.0 does not create topics on demand (metadata requests ignore
-# allow_auto_topic_creation): create them
-# (one partition each; an existing topic is left as it is).
+# One JVM per topic (the tool takes one), in parallel.
+pids=()
 for topic in pretext.web-events pretext.transactions pretext.promotions pretext.customers \
   pretext.triggers pretext.dead-letter; do
-  tansu topic create "$topic" --broker "$url" --partitions 1 >/dev/null 2>&1 \
-    || echo "dev-broker: did not create $topic (it may exist already)"
+  java -cp "$cp" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" \
+    --create --if-not-exists --topic "$topic" --partitions "${PARTITIONS:-3}" \
+    --replication-factor 1 >/dev/null &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do
+  wait "$p" || echo "dev-broker: a topic was not created (see above)" >&2
 done
 echo "dev-broker: brokers = \"127.0.0.1:$port\"; stop with: kill \$(cat $dir/broker.pid)"

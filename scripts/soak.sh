@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Soak: pretext live for DURATION_MIN minutes at RATE events/s against a
-# local tansu (sqlite storage), recording once a minute the process's RSS
+# local Apache Kafka broker (scripts/kafka.sh), recording once a minute the process's RSS
 # (VmRSS from /proc) and its consumer lag (pretext_consumer_lag_messages
 # from /metrics) into a CSV.
 #
 #   scripts/soak.sh DURATION_MIN RATE_EVENTS_PER_S [OUT_DIR]
 #
 # OUT_DIR (default tmp/soak-<time>) receives soak.csv, summary.txt and the
-# logs of tansu, pretext and the feeder. PORT and HTTP_PORT choose the
-# broker's and pretext's ports (defaults 19092 and 19464); CUSTOMERS the
+# logs of Kafka, pretext and the feeder. PORT and HTTP_PORT choose the
+# broker's and pretext's ports (defaults 19092, its controller 19093, and
+# 19464); CUSTOMERS the
 # generated customer count (default 50000). The feeder is the ignored test
 # `soak_feed` in tests/faults_e2e.rs (`pretext gen` events, paced).
 set -euo pipefail
@@ -22,7 +23,7 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-scripts/install-tansu.sh
+cp="$(scripts/kafka.sh classpath)"
 # Builds target/release/pretext too, with the same features as the tests
 # (a plain `cargo build` would unify features differently and rebuild).
 # The feeder is the test binary that holds `soak_feed`.
@@ -37,18 +38,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-url="tcp://127.0.0.1:$port"
-mkdir -p "$out/tansu"
-(cd "$out/tansu" && exec tansu broker --listener-url "$url" --advertised-listener-url "$url" \
-  --storage-engine "sqlite://broker.db" >broker.log 2>&1) &
-tansu_pid=$!
-pids+=("$tansu_pid")
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.2
+scripts/kafka.sh start --dir "$out/kafka" --port "$port" >"$out/kafka.out" 2>&1 &
+kafka_pid=$!
+pids+=("$kafka_pid")
+for _ in $(seq 1 600); do
+  grep -q "^kafka: ready" "$out/kafka.out" && break
+  kill -0 "$kafka_pid" 2>/dev/null || { cat "$out/kafka.out" >&2; exit 1; }
+  sleep 0.1
 done
 for topic in soak.in soak.triggers soak.dead-letter; do
-  tansu topic create "$topic" --broker "$url" --partitions 1 >/dev/null
+  java -cp "$cp" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" \
+    --create --topic "$topic" --partitions 1 --replication-factor 1 >/dev/null
 done
 
 cat >"$out/pretext.toml" <<EOF
@@ -92,13 +92,13 @@ metric() { # name: the sum of its samples
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 csv="$out/soak.csv"
-echo "minute,rss_kib,lag_messages,events_total,triggers_total,state_bytes,state_keys,tansu_rss_kib" >"$csv"
+echo "minute,rss_kib,lag_messages,events_total,triggers_total,state_bytes,state_keys,kafka_rss_kib" >"$csv"
 sample() {
-  echo "$1,$(rss_kib "$pretext_pid"),$(metric pretext_consumer_lag_messages),$(metric pretext_events_total),$(metric pretext_triggers_total),$(metric pretext_state_size_bytes),$(metric pretext_state_keys),$(rss_kib "$tansu_pid")" >>"$csv"
+  echo "$1,$(rss_kib "$pretext_pid"),$(metric pretext_consumer_lag_messages),$(metric pretext_events_total),$(metric pretext_triggers_total),$(metric pretext_state_size_bytes),$(metric pretext_state_keys),$(rss_kib "$kafka_pid")" >>"$csv"
   tail -1 "$csv"
 }
 echo "soak: $minutes min at $rate events/s, pretext pid $pretext_pid, output in $out"
-echo "minute,rss_kib,lag_messages,events_total,triggers_total,state_bytes,state_keys,tansu_rss_kib"
+echo "minute,rss_kib,lag_messages,events_total,triggers_total,state_bytes,state_keys,kafka_rss_kib"
 sample 0
 start=$(date +%s)
 for m in $(seq 1 "$minutes"); do

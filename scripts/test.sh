@@ -1,24 +1,38 @@
 #!/usr/bin/env bash
-# Every test: unit, engine-on-files, CLI, ops, and end-to-end against a real
-# tansu broker. Installs what it needs first (idempotent). One build profile
-# (release) for everything, the same build scripts/run.sh uses.
+# Every test: unit, engine-on-files, CLI, ops, deployment (helm, promtool,
+# schemas) and end-to-end against a real Apache Kafka broker. Installs what
+# it needs first (idempotent). One build profile (release) for everything,
+# the same build scripts/run.sh uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
-# tansu takes ~13 minutes to install once; build the tests meanwhile.
-log=$(mktemp -t pretext-tansu-install.XXXXXX)
-bash scripts/install-tansu.sh >"$log" 2>&1 &
-tansu_pid=$!
+# Kafka comes from Maven Central (seconds once cached) and the deployment
+# tools (helm, promtool, validators; a few minutes cold) install while the
+# tests build. The end-to-end tests start their brokers with scripts/kafka.sh.
+log=$(mktemp -t pretext-kafka-install.XXXXXX)
+bash scripts/kafka.sh install >"$log" 2>&1 &
+kafka_pid=$!
+tools_log=$(mktemp -t pretext-tools-install.XXXXXX)
+bash scripts/install-tools.sh >"$tools_log" 2>&1 &
+tools_pid=$!
 build_status=0
 cargo test --release --locked --no-run || build_status=$?
-tansu_status=0
-wait "$tansu_pid" || tansu_status=$?
-if [ "$tansu_status" -ne 0 ]; then
-  echo "test: installing tansu failed:" >&2
+kafka_status=0
+wait "$kafka_pid" || kafka_status=$?
+if [ "$kafka_status" -ne 0 ]; then
+  echo "test: installing Apache Kafka failed:" >&2
   cat "$log" >&2
-  exit "$tansu_status"
+  exit "$kafka_status"
 fi
+rm -f "$log"
+tools_status=0
+wait "$tools_pid" || tools_status=$?
+if [ "$tools_status" -ne 0 ]; then
+  echo "test: installing the deployment tools failed:" >&2
+  cat "$tools_log" >&2
+  exit "$tools_status"
+fi
+rm -f "$tools_log"
 [ "$build_status" -eq 0 ] || exit "$build_status"
-export PATH="$HOME/.cargo/bin:$PATH"
 exec cargo test --release --locked "$@"

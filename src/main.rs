@@ -57,9 +57,15 @@ enum Command {
         /// At the end, fire every pending check as of its own check time.
         #[arg(long)]
         flush: bool,
+        /// No progress on stderr and no rate in the summary.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Generate realistic contract events (seeded, deterministic).
     Gen(pretext::gen::GenArgs),
+    /// Conversion rates of treated and holdout triggers and the uplift,
+    /// with 95% confidence intervals, from a replay's output files.
+    Uplift(pretext::cli::uplift::UpliftArgs),
     /// Print what a state holds about a customer or a cookie (JSON).
     Inspect(pretext::cli::inspect::InspectArgs),
 }
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
             config,
             state_dir,
             flush,
+            quiet,
         } => {
             let config = match load_config(config) {
                 Ok(c) => c,
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
                 conversions,
                 state_dir,
                 flush,
+                quiet,
             };
             match replay(&config, &opts) {
                 Ok(summary) => {
@@ -109,6 +117,10 @@ fn main() -> ExitCode {
         }
         Command::Gen(args) => match pretext::gen::run(&args) {
             Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Uplift(args) => match pretext::cli::uplift::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
         Command::Inspect(args) => pretext::cli::inspect::main(&args),

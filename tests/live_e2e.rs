@@ -1,5 +1,6 @@
-//! End-to-end: `pretext run` against a real tansu broker process, with
-//! random topic and group names per test.
+//! End-to-end: `pretext run` against a real Apache Kafka broker process
+//! (one per test binary, scripts/kafka.sh), with random topic and group
+//! names per test.
 
 #[path = "common/broker.rs"]
 mod broker;
@@ -10,12 +11,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use broker::{
-    free_port, generated, http_get, keyed, metric_sum, replay, t0, trigger_ids, unique, wait_for,
-    write_config, Broker, Interloper, Pretext, Topics,
+    assert_same_state, free_port, generated, http_get, keyed, metric_sum, replay_with, t0,
+    trigger_ids, unique, wait_for, write_config, Broker, Interloper, Pretext, Topics, EXACT,
 };
 use serde_json::{json, Value};
 
 const MIN: i64 = 60_000;
+/// No idle advance within a test: the watermark moves with the event
+/// times only, in live mode as in a replay.
+const NO_IDLE: [(&str, &str); 1] = [("PRETEXT__WATERMARK__IDLE_TIMEOUT", "1h")];
 const HOUR: i64 = 3_600_000;
 
 fn view(id: &str, ts: i64, cookie: &str, crm: &str, product: &str) -> String {
@@ -38,17 +42,26 @@ fn triggers_arrive_as_a_replay_of_the_same_input_gives_them() {
         .to_string(),
         json!({"type":"promotion","event_id":"e4","ts":t + 30 * MIN,"product_id":"P1","discount_pct":25}).to_string(),
         view("e5", t + 3 * HOUR, "ck3", "C3", "P9"),
+        // Moves the watermark past C3's check (no idle advance here).
+        view("e6", t + 5 * HOUR, "ck4", "C4", "P9"),
     ];
-    let expected = replay(&lines, dir.path(), None);
+    let expected = replay_with(&lines, dir.path(), None, false, &NO_IDLE);
     assert_eq!(expected.len(), 3, "vnb C1, promo C1, vnb C3: {expected:?}");
     broker.produce(&topics.input, &keyed(&lines));
 
     let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
-    let pretext = Pretext::start(&config, &state, &dir.path().join("pretext.log"));
+    let log = dir.path().join("pretext.log");
+    let pretext = Pretext::start_with_env(&config, &state, &log, &NO_IDLE);
     pretext.wait_ready();
     let got = broker.consume(&topics.triggers, expected.len(), Duration::from_secs(60));
     let payloads: Vec<String> = got.iter().map(|(_, p)| p.clone()).collect();
-    assert_eq!(payloads, expected, "live and replay agree byte for byte");
+    // The triggers topic has several partitions (keyed by crm_id): the
+    // order holds per customer, not across them.
+    assert_eq!(
+        by_customer(&payloads),
+        by_customer(&expected),
+        "live and replay agree byte for byte"
+    );
     // C1 viewed P1 and bought nothing: a viewed_not_bought an hour later,
     // with the id a replay gives (checked byte for byte above).
     let vnb: Value = payloads
@@ -148,6 +161,8 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
     let t = t0();
     let good1 = view("e1", t, "ck1", "C1", "P1");
     let good2 = view("e2", t + MIN, "ck2", "C2", "P2");
+    // Moves the watermark past the checks of C1 and C2.
+    let good3 = view("e3", t + 2 * HOUR, "ck3", "C3", "P3");
     // Over the 100 kB limit set below; 65536 falls inside a two-byte 'é'.
     let big = format!("x{}", "é".repeat(75_000));
     broker.produce(
@@ -157,12 +172,13 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
             (Some("bad-key"), b"{not json"),
             (None, big.as_bytes()),
             (Some("ck2"), good2.as_bytes()),
+            (Some("ck3"), good3.as_bytes()),
         ],
     );
     let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
     // This test also runs the cooperative rebalance protocol.
     use_cooperative_protocol(&config);
-    let limit = [("PRETEXT__INPUT__MAX_MESSAGE_BYTES", "100000")];
+    let limit = [("PRETEXT__INPUT__MAX_MESSAGE_BYTES", "100000"), NO_IDLE[0]];
     let log = dir.path().join("pretext.log");
     let pretext = Pretext::start_with_env(&config, &state, &log, &limit);
 
@@ -189,10 +205,11 @@ fn a_bad_message_is_dead_lettered_while_later_messages_flow() {
     assert!(big.starts_with(cut));
 
     let triggers = broker.consume(&topics.triggers, 2, Duration::from_secs(60));
-    let crms: Vec<Value> = triggers
+    let mut crms: Vec<Value> = triggers
         .iter()
         .map(|(_, p)| serde_json::from_str::<Value>(p).unwrap()["crm_id"].clone())
         .collect();
+    crms.sort_by_key(|c| c.to_string());
     assert_eq!(crms, vec![json!("C1"), json!("C2")]);
     let metrics = pretext.metrics().unwrap();
     let text = without_ansi(&std::fs::read_to_string(&log).unwrap());
@@ -212,7 +229,13 @@ fn kill_9_and_sigterm_mid_stream_then_restart_apply_every_input_once() {
     let dir = tempfile::tempdir().unwrap();
     let lines = generated(dir.path(), 20_000, 42);
     let replay_state = dir.path().join("replay-state");
-    let expected = trigger_ids(&replay(&lines, dir.path(), Some(&replay_state)));
+    let expected = trigger_ids(&replay_with(
+        &lines,
+        dir.path(),
+        Some(&replay_state),
+        false,
+        &EXACT,
+    ));
     assert!(expected.len() > 100);
 
     let (first, rest) = lines.split_at(lines.len() * 6 / 10);
@@ -221,7 +244,8 @@ fn kill_9_and_sigterm_mid_stream_then_restart_apply_every_input_once() {
     let log = dir.path().join("pretext.log");
     // Small batches for the first run, so the kill lands mid-stream: some
     // batches committed, one likely half applied, the rest not read.
-    let small = [("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "10")];
+    let mut small = EXACT.to_vec();
+    small.push(("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "10"));
     let pretext = Pretext::start_with_env(&config, &state, &log, &small);
     let applied = wait_for("pretext to start applying", Duration::from_secs(60), || {
         let n = metric_sum(&pretext.metrics()?, "pretext_events_total");
@@ -246,7 +270,7 @@ fn kill_9_and_sigterm_mid_stream_then_restart_apply_every_input_once() {
     assert!(status.success(), "SIGTERM mid-stream exits 0: {status:?}");
     eprintln!("terminated with {applied} more events applied");
 
-    let pretext = Pretext::start(&config, &state, &log);
+    let pretext = Pretext::start_with_env(&config, &state, &log, &EXACT);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let got = loop {
         let got: BTreeSet<String> = trigger_ids(
@@ -285,19 +309,7 @@ fn kill_9_and_sigterm_mid_stream_then_restart_apply_every_input_once() {
     assert!(pretext.terminate().success());
 
     // Every input applied exactly once: the state equals the replay's.
-    let live = pretext::state::Store::open(&state).unwrap();
-    let replayed = pretext::state::Store::open(&replay_state).unwrap();
-    for cf in pretext::state::Cf::ALL {
-        if cf == pretext::state::Cf::Meta {
-            continue; // offsets and the idle watermark differ by design
-        }
-        let comparable = |s| pretext::engine::comparable_entries(s, cf).unwrap();
-        assert!(
-            comparable(&live) == comparable(&replayed),
-            "column family {} differs from an uninterrupted replay",
-            cf.name()
-        );
-    }
+    assert_same_state(&state, &replay_state);
 }
 
 /// Another group member takes a partition away and gives it back: pretext
@@ -321,24 +333,28 @@ fn rebalance_round_trip(cooperative: bool) {
     broker.create_topics(&[&topics.triggers, &topics.dead_letter], 1);
     let dir = tempfile::tempdir().unwrap();
     let t = t0();
-    // One customer per (partition, phase); all a day old, so every check
-    // fires whatever the order the partitions are read in.
-    let line = |n: usize| {
+    // One customer per (partition, phase); the second phase two hours
+    // later, past the first phase's checks, which fire whatever the order
+    // the partitions are read in.
+    let line = |n: usize, at: i64| {
         view(
             &format!("e{n}"),
-            t + n as i64 * MIN,
+            at,
             &format!("ck{n}"),
             &format!("C{n}"),
             "P1",
         )
     };
-    let (a0, a1, b0, b1) = (line(1), line(2), line(3), line(4));
-    let expected = trigger_ids(&replay(
+    let (a0, a1) = (line(1, t + MIN), line(2, t + 2 * MIN));
+    let (b0, b1) = (line(3, t + 2 * HOUR), line(4, t + 2 * HOUR + MIN));
+    let expected = trigger_ids(&replay_with(
         &[a0.clone(), a1.clone(), b0.clone(), b1.clone()],
         dir.path(),
         None,
+        false,
+        &EXACT,
     ));
-    assert_eq!(expected.len(), 4);
+    assert_eq!(expected.len(), 2, "the first phase's checks");
 
     broker.produce_to(&topics.input, 0, &[(Some("k"), a0.as_bytes())]);
     broker.produce_to(&topics.input, 1, &[(Some("k"), a1.as_bytes())]);
@@ -348,7 +364,7 @@ fn rebalance_round_trip(cooperative: bool) {
         use_cooperative_protocol(&config);
     }
     let log = dir.path().join("pretext.log");
-    let pretext = Pretext::start(&config, &state, &log);
+    let pretext = Pretext::start_with_env(&config, &state, &log, &EXACT);
     pretext.wait_ready();
     wait_for("both partitions applied", Duration::from_secs(60), || {
         (metric_sum(&pretext.metrics()?, "pretext_events_total") == 2.0).then_some(())
@@ -375,6 +391,11 @@ fn rebalance_round_trip(cooperative: bool) {
 
     // It leaves: pretext gets the partition back and resumes it.
     drop(other);
+    wait_for(
+        "the returned partition applied",
+        Duration::from_secs(90),
+        || (metric_sum(&pretext.metrics()?, "pretext_events_total") >= 4.0).then_some(()),
+    );
     let got = wait_for("every trigger", Duration::from_secs(90), || {
         let got = trigger_ids(
             &broker
@@ -394,6 +415,151 @@ fn rebalance_round_trip(cooperative: bool) {
     );
     assert_eq!(metric_sum(&metrics, "pretext_events_duplicate_total"), 0.0);
     assert!(pretext.terminate().success());
+}
+
+/// A second member joins the group while events flow into both partitions
+/// of the input, takes one (cooperative-sticky: pretext keeps the other and
+/// goes on applying it), and leaves while events still flow: pretext gets
+/// the partition back and resumes it at the offset stored with its state.
+/// Every input applied once, every trigger a replay gives. One view per
+/// customer, so the triggers do not depend on how the two partitions
+/// interleave.
+#[test]
+fn a_member_joins_and_leaves_while_events_flow_cooperatively() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let broker = Broker::start();
+    let topics = Topics::named();
+    broker.create_topics(&[&topics.input], 2);
+    broker.create_topics(&[&topics.triggers], 3);
+    broker.create_topics(&[&topics.dead_letter], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let t = t0();
+    let n = 450;
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let (ck, crm) = (format!("ck{i}"), format!("C{i}"));
+            view(&format!("e{i}"), t + i as i64 * 20_000, &ck, &crm, "P1")
+        })
+        .collect();
+    // 2.5 hours of views: the checks of the first 1.5 come due.
+    let expected = trigger_ids(&replay_with(&lines, dir.path(), None, false, &EXACT));
+    assert!(expected.len() > n / 2, "{} triggers", expected.len());
+
+    let group = unique("group");
+    let (config, state) = write_config(dir.path(), &broker.addr, &topics, &group);
+    use_cooperative_protocol(&config);
+    let log = dir.path().join("pretext.log");
+    let pretext = Pretext::start_with_env(&config, &state, &log, &EXACT);
+    pretext.wait_ready();
+
+    // Paced, alternating partitions; the last third waits until the
+    // second member has left, so events flow before, during and after.
+    let (sent, left) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let producer = {
+        let (addr, topic, sent, left) = (
+            broker.addr.clone(),
+            topics.input.clone(),
+            sent.clone(),
+            left.clone(),
+        );
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+            let producer: BaseProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &addr)
+                .create()
+                .unwrap();
+            for (i, line) in lines.iter().enumerate() {
+                while i >= 2 * n / 3 && !left.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let rec = BaseRecord::to(&topic)
+                    .payload(line.as_str())
+                    .key("k")
+                    .partition((i % 2) as i32);
+                producer.send(rec).map_err(|(e, _)| e).unwrap();
+                producer.flush(Duration::from_secs(30)).unwrap();
+                sent.store(i + 1, Ordering::Release);
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        })
+    };
+    let applied = || {
+        metric_sum(
+            &pretext.metrics().unwrap_or_default(),
+            "pretext_events_total",
+        )
+    };
+    wait_for(
+        "pretext to apply 30 events",
+        Duration::from_secs(60),
+        || (applied() >= 30.0).then_some(()),
+    );
+    let other = Interloper::join(&broker, &group, &topics.input, true);
+    wait_for(
+        "the second member to get a partition",
+        Duration::from_secs(60),
+        || (other.partitions() == 1).then_some(()),
+    );
+    let (sent_at_join, applied_at_join) = (sent.load(Ordering::Acquire), applied());
+    // pretext goes on with the partition it kept.
+    wait_for(
+        "the kept partition to go on",
+        Duration::from_secs(60),
+        || (applied() >= applied_at_join + 20.0).then_some(()),
+    );
+    drop(other);
+    let sent_at_leave = sent.load(Ordering::Acquire);
+    left.store(true, Ordering::Release);
+    assert!(
+        sent_at_join < sent_at_leave && sent_at_leave < n,
+        "events flowed while the second member held a partition ({sent_at_join} sent when it \
+         joined, {sent_at_leave} when it left, of {n})"
+    );
+    producer.join().unwrap();
+
+    let got = wait_for("every trigger", Duration::from_secs(90), || {
+        let got = trigger_ids(
+            &broker
+                .consume(&topics.triggers, expected.len(), Duration::from_secs(3))
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect::<Vec<_>>(),
+        );
+        expected.is_subset(&got).then_some(got)
+    });
+    assert_eq!(got, expected);
+    let metrics = pretext.metrics().unwrap();
+    assert_eq!(
+        metric_sum(&metrics, "pretext_events_total"),
+        n as f64,
+        "each input once"
+    );
+    assert_eq!(metric_sum(&metrics, "pretext_events_duplicate_total"), 0.0);
+    let text = without_ansi(&std::fs::read_to_string(&log).unwrap());
+    assert!(text.contains("cooperative=true"), "{text}");
+    assert!(text.contains("revoked partitions handed over"), "{text}");
+    eprintln!(
+        "second member joined at {sent_at_join} and left at {sent_at_leave} of {n} events sent; \
+         partitions assigned {} times",
+        text.matches("partitions assigned").count()
+    );
+    assert!(pretext.terminate().success());
+}
+
+/// Trigger lines grouped by `crm_id`, each customer's in their order.
+fn by_customer(lines: &[String]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let crm = v["crm_id"].as_str().unwrap_or_default().to_string();
+        out.entry(crm).or_default().push(l.clone());
+    }
+    out
 }
 
 /// Sets `partition.assignment.strategy = "cooperative-sticky"` in a config

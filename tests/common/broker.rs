@@ -1,6 +1,6 @@
-//! Test support for end-to-end tests: a real tansu broker process, random
-//! topic and group names, produce/consume helpers, and `pretext run` as a
-//! child process with its own config.
+//! Test support for end-to-end tests: a real Apache Kafka broker process
+//! (scripts/kafka.sh), random topic and group names, produce/consume
+//! helpers, and `pretext run` as a child process with its own config.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -8,6 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -17,7 +18,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-
 /// A unique name per call, so tests never share topics or groups.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -55,64 +55,109 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// How a broker started by the tests keeps its data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Storage {
-    /// sqlite in the broker's temp dir: correct for seeks and end offsets,
-    /// and the data survives a broker restart.
-    Sqlite,
-    /// In memory: fast, but lost on restart, and tansu 0.6.0 mishandles
-    /// fetches that start inside a record batch (see DESIGN.md).
-    Memory,
+/// The broker's installer and launcher, kept in the repository.
+pub const KAFKA_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+
+/// The Kafka jars (`DIR/*`, a Java class path) that scripts/kafka.sh
+/// installed, installing them first if needed: the broker, its tools and
+/// the Java client.
+pub fn kafka_classpath() -> String {
+    static CP: OnceLock<String> = OnceLock::new();
+    CP.get_or_init(|| {
+        let out = Command::new("bash")
+            .args([KAFKA_SH, "classpath"])
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {KAFKA_SH}: {e}"));
+        assert!(out.status.success(), "{KAFKA_SH} classpath failed");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+    .clone()
 }
 
-/// A tansu broker on a free loopback port with sqlite storage in a temp
-/// dir, or the broker named by `PRETEXT_TEST_BROKER`. Killed on drop.
+/// An Apache Kafka broker (one KRaft broker+controller on loopback) for a
+/// test. `Broker::start` hands out the one broker this test process
+/// shares (or the broker `PRETEXT_TEST_BROKER` names); `Broker::start_own`
+/// starts one for a single test, which may pause, stop and restart it, and
+/// which is killed on drop.
 pub struct Broker {
     pub addr: String,
+    own: Option<Own>,
+}
+
+/// A broker process of one test's own: its ports and data stay across a
+/// stop and a start.
+struct Own {
     child: Option<Child>,
     port: u16,
-    storage: Storage,
-    _dir: tempfile::TempDir,
+    controller_port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Broker {
+    /// The broker shared by the tests of this process (random topic and
+    /// group names keep them apart), started on first use; it stops, and
+    /// its data goes, when the process exits (scripts/kafka.sh --owner).
     pub fn start() -> Broker {
-        if let Ok(addr) = std::env::var("PRETEXT_TEST_BROKER") {
-            return Broker {
-                addr,
-                child: None,
-                port: 0,
-                storage: Storage::Sqlite,
-                _dir: tempfile::tempdir().unwrap(),
-            };
+        // The process is held, never waited for: statics are not dropped,
+        // and the launcher's watcher stops it once this process is gone.
+        static SHARED: OnceLock<(String, Option<std::sync::Mutex<Child>>)> = OnceLock::new();
+        let (addr, _) = SHARED.get_or_init(|| {
+            if let Ok(addr) = std::env::var("PRETEXT_TEST_BROKER") {
+                return (addr, None);
+            }
+            let dir = tempfile::Builder::new()
+                .prefix("pretext-kafka-")
+                .tempdir()
+                .unwrap()
+                .keep();
+            let port = free_port();
+            let child = spawn_kafka(&dir, port, free_port());
+            (
+                format!("127.0.0.1:{port}"),
+                Some(std::sync::Mutex::new(child)),
+            )
+        });
+        Broker {
+            addr: addr.clone(),
+            own: None,
         }
-        Broker::start_own(Storage::Sqlite)
     }
 
     /// A broker process of this test's own, whatever `PRETEXT_TEST_BROKER`
     /// says: fault tests pause, stop and restart it.
-    pub fn start_own(storage: Storage) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = spawn_tansu(dir.path(), port, storage);
+    pub fn start_own() -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("pretext-kafka-")
+            .tempdir()
+            .unwrap();
+        let (port, controller_port) = (free_port(), free_port());
+        let child = spawn_kafka(dir.path(), port, controller_port);
         Broker {
             addr: format!("127.0.0.1:{port}"),
-            child: Some(child),
-            port,
-            storage,
-            _dir: dir,
+            own: Some(Own {
+                child: Some(child),
+                port,
+                controller_port,
+                dir,
+            }),
         }
     }
 
-    /// The broker process id (`None` for a broker named by `PRETEXT_TEST_BROKER`).
+    fn own(&mut self) -> &mut Own {
+        self.own
+            .as_mut()
+            .expect("a fault test needs a broker of its own (Broker::start_own)")
+    }
+
+    /// The broker process id (`None` for a shared broker).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.own.as_ref()?.child.as_ref().map(Child::id)
     }
 
     fn own_pid(&self) -> String {
         self.pid()
-            .expect("a fault test needs a broker of its own (Broker::start_own)")
+            .expect("a fault test needs a running broker of its own (Broker::start_own)")
             .to_string()
     }
 
@@ -126,40 +171,31 @@ impl Broker {
         signal("-CONT", &self.own_pid());
     }
 
-    /// Stops the broker (SIGTERM, SIGKILL after 10 s) and waits for it.
-    pub fn stop(&mut self) {
-        let mut child = self
-            .child
-            .take()
-            .expect("a fault test needs a broker of its own (Broker::start_own)");
+    /// Stops the broker with SIGTERM (Kafka's clean shutdown) and waits for
+    /// it: the time it took. A broker still running after 60 s fails the
+    /// test (it is killed first).
+    pub fn stop(&mut self) -> Duration {
+        let mut child = self.own().child.take().expect("the broker is not running");
         signal("-TERM", &child.id().to_string());
         let start = Instant::now();
         while child.try_wait().unwrap().is_none() {
-            if start.elapsed() > Duration::from_secs(10) {
+            if start.elapsed() > Duration::from_secs(60) {
                 let _ = child.kill();
                 let _ = child.wait();
-                break;
+                panic!("Kafka did not stop within 60 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        start.elapsed()
     }
 
-    /// Kills the broker (SIGKILL: a crash) and waits for it.
-    pub fn kill(&mut self) {
-        let mut child = self
-            .child
-            .take()
-            .expect("a fault test needs a broker of its own (Broker::start_own)");
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// Starts a stopped broker again on the same port with the same
-    /// storage (with sqlite, the topics, messages and committed offsets are
-    /// still there).
+    /// Starts a stopped broker again on the same ports and data directory:
+    /// the topics, messages and committed offsets are still there.
     pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "the broker is still running");
-        self.child = Some(spawn_tansu(self._dir.path(), self.port, self.storage));
+        let own = self.own();
+        assert!(own.child.is_none(), "the broker is still running");
+        let child = spawn_kafka(own.dir.path(), own.port, own.controller_port);
+        own.child = Some(child);
     }
 
     /// `stop`, then `start_again`.
@@ -202,8 +238,8 @@ impl Broker {
         produce_at(&self.addr, topic, partition, messages);
     }
 
-    /// Every message of partition 0 of `topic` read within `timeout` once at
-    /// least `min` have arrived: (key, payload) pairs.
+    /// Every message of `topic` (all its partitions) read within `timeout`
+    /// once at least `min` have arrived: (key, payload) pairs.
     pub fn consume(
         &self,
         topic: &str,
@@ -215,7 +251,7 @@ impl Broker {
 }
 
 /// Produces (key, payload) pairs to `partition` of `topic` on the cluster
-/// at `bootstrap` (a tansu broker or a mock cluster), in order, and waits
+/// at `bootstrap` (a Kafka broker or a mock cluster), in order, and waits
 /// for them.
 pub fn produce_at(
     bootstrap: &str,
@@ -257,7 +293,8 @@ pub fn produce_at(
     producer.flush(Duration::from_secs(60)).unwrap();
 }
 
-/// Every message of partition 0 of `topic` on the cluster at `bootstrap`
+/// Every message of `topic` (all its partitions, each in order, the
+/// partitions interleaved as they arrive) on the cluster at `bootstrap`
 /// read within `timeout` once at least `min` have arrived: (key, payload)
 /// pairs.
 pub fn consume_at(
@@ -272,8 +309,10 @@ pub fn consume_at(
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
+    for p in 0..partition_count(&consumer, topic) {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let start = Instant::now();
@@ -296,10 +335,26 @@ pub fn consume_at(
     out
 }
 
+/// How many partitions `topic` has (1 while the metadata cannot be had:
+/// a broker restarting, an injected fault).
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> i32 {
+    match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(m) => m
+            .topics()
+            .first()
+            .map_or(1, |t| (t.partitions().len() as i32).max(1)),
+        Err(e) => {
+            eprintln!("metadata of {topic}: {e}");
+            1
+        }
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            // SIGKILL ends a stopped (SIGSTOP) process too.
+        if let Some(c) = self.own.as_mut().and_then(|o| o.child.as_mut()) {
+            // SIGKILL ends a stopped (SIGSTOP) process too; the data dir goes
+            // with the TempDir.
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -311,66 +366,63 @@ fn signal(sig: &str, pid: &str) {
     assert!(status.success(), "kill {sig} {pid} failed");
 }
 
-/// Starts tansu in `dir` on `port` and waits until it listens.
-fn spawn_tansu(dir: &Path, port: u16, storage: Storage) -> Child {
-    let bin = tansu_bin();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("tansu.log"))
-        .unwrap();
-    let engine = match storage {
-        // tansu reads the sqlite URL's path relative to its working
-        // directory (sqlite:///tmp/x opens ./tmp/x), so it runs in the dir.
-        Storage::Sqlite => "sqlite://broker.db",
-        Storage::Memory => "memory://tansu/",
-    };
-    let mut child = Command::new(&bin)
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", engine])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
+/// Starts Kafka with its data in `data` on `port` (and its controller on
+/// `controller_port`) and waits until it serves requests: the launcher
+/// prints a ready line (into `data/broker.out`) once the broker logs that
+/// it started.
+fn spawn_kafka(data: &Path, port: u16, controller_port: u16) -> Child {
+    let out_path = data.join("broker.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new("bash")
+        .arg(KAFKA_SH)
+        .arg("start")
+        .arg("--dir")
+        .arg(data)
+        .args(["--port", &port.to_string()])
+        .args(["--controller-port", &controller_port.to_string()])
+        .args(["--owner", &std::process::id().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let addr = format!("127.0.0.1:{port}");
+        .unwrap_or_else(|e| panic!("cannot run {KAFKA_SH}: {e}"));
     let start = Instant::now();
-    while TcpStream::connect(&addr).is_err() {
+    loop {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with("kafka: ready")) {
+            return child;
+        }
         let exited = child.try_wait().unwrap();
-        if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+        // Minutes, not seconds: the first start in a fresh CI installs Kafka.
+        if exited.is_some() || start.elapsed() > Duration::from_secs(300) {
             let _ = child.kill();
-            let log = std::fs::read_to_string(dir.join("tansu.log")).unwrap_or_default();
-            panic!("tansu did not listen on {addr} (exit: {exited:?}); its log:\n{log}");
+            let _ = child.wait();
+            let log = std::fs::read_to_string(data.join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "Kafka did not start on 127.0.0.1:{port} (exit: {exited:?}); its output:\n{text}\n\
+                 the end of its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    child
 }
 
-fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let cargo_bin =
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
-    for candidate in [PathBuf::from("tansu"), cargo_bin] {
-        if Command::new(&candidate)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return candidate;
-        }
-    }
-    panic!("tansu is not installed: run scripts/install-tansu.sh (or set TANSU_BIN or PRETEXT_TEST_BROKER)");
-}
+/// Live mode and a replay end in the same place without `--flush` when the
+/// watermark is the highest applied event time in both (no allowed
+/// lateness) and the wall clock never moves it (an idle timeout longer than
+/// any test). The end-to-end tests that compare with a replay run under
+/// these: a quiet period (a paused broker, a restart, a rebalance, the end
+/// of the input) would otherwise let the idle advance fire checks that a
+/// replay fires only with `--flush`, or not yet.
+pub const EXACT: [(&str, &str); 2] = [
+    ("PRETEXT__WATERMARK__ALLOWED_LATENESS", "0s"),
+    ("PRETEXT__WATERMARK__IDLE_TIMEOUT", "1h"),
+];
+
+/// The partitions of a triggers topic made by `Topics::create`.
+pub const TRIGGER_PARTITIONS: i32 = 3;
 
 /// Topic names of one test.
 pub struct Topics {
@@ -389,10 +441,14 @@ impl Topics {
         }
     }
 
-    /// Fresh names, created on `broker` with one partition each.
+    /// Fresh names, created on `broker`: the input with one partition (a
+    /// replay of a file is one ordered stream, and the tests compare with
+    /// one), the triggers with three (keyed by `crm_id`, so spread over
+    /// them), the dead letters with one.
     pub fn create(broker: &Broker) -> Topics {
         let t = Topics::named();
-        broker.create_topics(&[&t.input, &t.triggers, &t.dead_letter], 1);
+        broker.create_topics(&[&t.input, &t.dead_letter], 1);
+        broker.create_topics(&[&t.triggers], TRIGGER_PARTITIONS);
         t
     }
 }
@@ -689,6 +745,36 @@ impl Drop for Interloper {
     }
 }
 
+/// Every column family but `meta` (offsets and the idle watermark differ
+/// by design) equals the replay's: each input applied exactly once.
+pub fn assert_same_state(live: &Path, replayed: &Path) {
+    let live = pretext::state::Store::open(live).unwrap();
+    let replayed = pretext::state::Store::open(replayed).unwrap();
+    for cf in pretext::state::Cf::ALL {
+        if cf == pretext::state::Cf::Meta {
+            continue;
+        }
+        // As readers see it: dead dedup entries go whenever RocksDB
+        // compacts, which a state restarted many times does sooner.
+        let comparable = |s| pretext::engine::comparable_entries(s, cf).unwrap();
+        let (a, b) = (comparable(&live), comparable(&replayed));
+        if a != b {
+            let first = a
+                .iter()
+                .zip(&b)
+                .position(|(x, y)| x != y)
+                .unwrap_or(a.len().min(b.len()));
+            panic!(
+                "column family {} differs from an uninterrupted replay: {} entries live, {} \
+                 replayed, first difference at entry {first}",
+                cf.name(),
+                a.len(),
+                b.len()
+            );
+        }
+    }
+}
+
 /// The `trigger_id` of each trigger line.
 pub fn trigger_ids(lines: &[String]) -> std::collections::BTreeSet<String> {
     lines
@@ -707,8 +793,8 @@ pub fn keyed(lines: &[String]) -> Vec<(Option<&str>, &[u8])> {
     lines.iter().map(|l| (Some("k"), l.as_bytes())).collect()
 }
 
-/// A day before now, on a whole minute: old enough that the idle advance
-/// (W follows the wall clock when input stops) fires every check.
+/// A day before now, on a whole minute: event times of the past, as a
+/// backlog has, and within the broker's retention.
 pub fn t0() -> i64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
