@@ -14,7 +14,9 @@ use pretext::state::Reader;
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().expect("STATE_DIR"));
-    let customers: u64 = args.next().map_or(100_000, |a| a.parse().expect("CUSTOMERS"));
+    let customers: u64 = args
+        .next()
+        .map_or(100_000, |a| a.parse().expect("CUSTOMERS"));
     let n: usize = args.next().map_or(10_000, |a| a.parse().expect("QUERIES"));
     let scratch = tempfile::tempdir().expect("scratch dir");
     let reader = Reader::open_secondary(&dir, scratch.path()).expect("open the state");
