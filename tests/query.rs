@@ -569,6 +569,8 @@ fn live_mode_serves_the_queries_and_inspect_reads_its_running_state() {
     let (config, state) = broker::write_config(dir.path(), &b.addr, &topics, &group);
     let mut env = broker::EXACT.to_vec();
     env.push(("PRETEXT__HTTP__QUERY_TOKEN", TOKEN));
+    // The holdout and conversions topics of the defaults.
+    env.push(("PRETEXT__TOPICS__CREATE", "true"));
     let log = dir.path().join("pretext.log");
     let p = broker::Pretext::start_with_env(&config, &state, &log, &env);
     p.wait_ready();
