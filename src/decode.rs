@@ -103,12 +103,21 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
         )
     })?;
     let mut m = Message::parse(text)?;
+    let kind = kind(&mut m)?;
+    let event_id = m.field(F::EventId, required_id)?;
+    let ts = m.field(F::Ts, |v| time(v)?.ok_or(Fault::Missing))?;
+    let body = body(kind, &mut m)?;
+    Ok(Event { event_id, ts, body })
+}
+
+/// The `type` field, read before any other.
+fn kind(m: &mut Message<'_>) -> Result<Kind, Rejection> {
     let kind = m.field(F::Type, |v| match v {
         None => Err(Fault::Missing),
         Some(Val::Str(s)) => Ok(s),
         Some(_) => Err(Fault::WrongType("a string")),
     })?;
-    let kind = match &*kind {
+    Ok(match &*kind {
         "product_view" => Kind::View(ViewKind::ProductView),
         "add_to_cart" => Kind::View(ViewKind::AddToCart),
         "identify" => Kind::Identify,
@@ -122,10 +131,12 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
                 format!("unknown type `{}`", truncate(other, 64)),
             ))
         }
-    };
-    let event_id = m.field(F::EventId, required_id)?;
-    let ts = m.field(F::Ts, |v| time(v)?.ok_or(Fault::Missing))?;
-    let body = match kind {
+    })
+}
+
+/// The fields of each type, in the order the contract lists them.
+fn body(kind: Kind, m: &mut Message<'_>) -> Result<Body, Rejection> {
+    Ok(match kind {
         Kind::View(kind) => Body::View(View {
             kind,
             cookie_id: m.field(F::CookieId, required_id)?,
@@ -143,7 +154,7 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
             crm_id: m.field(F::CrmId, required_id)?,
             source: m.field(F::Source, string)?,
         }),
-        Kind::Purchase => Body::Purchase(purchase(&mut m)?),
+        Kind::Purchase => Body::Purchase(purchase(m)?),
         Kind::Promotion => Body::Promotion(Promotion {
             product_id: m.field(F::ProductId, required_id)?,
             discount_pct: m.field(F::DiscountPct, discount_pct)?,
@@ -159,8 +170,7 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
         Kind::Erase => Body::Erase(Erase {
             crm_id: m.field(F::CrmId, required_id)?,
         }),
-    };
-    Ok(Event { event_id, ts, body })
+    })
 }
 
 /// The input types, resolved before any other field is read.

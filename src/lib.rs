@@ -15,6 +15,7 @@ pub mod gen;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod progress;
 pub mod replay;
 pub mod state;
 pub mod time;

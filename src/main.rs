@@ -57,12 +57,17 @@ enum Command {
         /// At the end, fire every pending check as of its own check time.
         #[arg(long)]
         flush: bool,
+        /// No progress on stderr and no rate in the summary.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Generate realistic contract events (seeded, deterministic).
     Gen(pretext::gen::GenArgs),
     /// Conversion rates of treated and holdout triggers and the uplift,
     /// with 95% confidence intervals, from a replay's output files.
     Uplift(pretext::cli::uplift::UpliftArgs),
+    /// Print what a state holds about a customer or a cookie (JSON).
+    Inspect(pretext::cli::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
             config,
             state_dir,
             flush,
+            quiet,
         } => {
             let config = match load_config(config) {
                 Ok(c) => c,
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
                 conversions,
                 state_dir,
                 flush,
+                quiet,
             };
             match replay(&config, &opts) {
                 Ok(summary) => {
@@ -116,6 +123,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        Command::Inspect(args) => pretext::cli::inspect::main(&args),
     }
 }
 
@@ -155,7 +163,10 @@ fn run_live(config: Config) -> ExitCode {
     };
     match runtime.block_on(pretext::live::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(e) => {
+            eprintln!("pretext: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

@@ -5,6 +5,9 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use flate2::read::MultiGzDecoder;
 
@@ -13,6 +16,7 @@ use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason, Rejection};
 use crate::engine::{Engine, EngineError, EngineStats, Suppressed, TriggerSink};
 use crate::event::Event;
+use crate::progress::{Counters, Counting, Progress};
 use crate::trigger::{Conversion, Group, Trigger, TriggerKind};
 
 /// The bundled sample, replayed when no `--input` is given.
@@ -39,6 +43,8 @@ pub struct ReplayOptions {
     /// Persistent state; `None` means a temporary one removed at the end.
     pub state_dir: Option<PathBuf>,
     pub flush: bool,
+    /// No progress on stderr (and no rate in the summary).
+    pub quiet: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +66,8 @@ pub struct Summary {
     pub messages: u64,
     pub rejected: [u64; 8],
     pub engine: EngineStats,
+    /// Wall-clock time of the replay; `None` when quiet.
+    pub elapsed: Option<Duration>,
 }
 
 impl Summary {
@@ -116,6 +124,13 @@ impl Summary {
             .collect();
         if !rejected.is_empty() {
             s.push_str(&format!("rejected: {}\n", rejected.join(", ")));
+        }
+        if let Some(d) = self.elapsed {
+            let secs = d.as_secs_f64().max(1e-3);
+            s.push_str(&format!(
+                "time: {secs:.1} s, {:.0} events/s\n",
+                self.messages as f64 / secs
+            ));
         }
         s
     }
@@ -266,16 +281,34 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayEr
     };
     let mut engine = Engine::open(state_dir, config)?;
     let max_bytes = config.input.max_message_bytes;
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let progress = (!opts.quiet).then(|| Progress::start(counters.clone(), total_bytes(opts)));
     let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
-    std::thread::scope(|scope| {
+    let reader_counters = counters.clone();
+    let mut summary = std::thread::scope(|scope| {
         scope.spawn(move || {
-            if let Err(e) = read_inputs(&opts.inputs, max_bytes, &tx) {
+            if let Err(e) = read_inputs(&opts.inputs, max_bytes, &tx, &reader_counters) {
                 // The engine side stops at the error, before end of input.
                 let _ = tx.send(Err(e));
             }
         });
-        apply_chunks(&mut engine, opts, rx)
-    })
+        apply_chunks(&mut engine, opts, rx, &counters)
+    })?;
+    drop(progress);
+    summary.elapsed = (!opts.quiet).then(|| started.elapsed());
+    Ok(summary)
+}
+
+/// The sum of the input sizes, when every one is known.
+fn total_bytes(opts: &ReplayOptions) -> Option<u64> {
+    if opts.inputs.is_empty() {
+        return Some(SAMPLE.len() as u64);
+    }
+    opts.inputs
+        .iter()
+        .map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+        .sum()
 }
 
 /// Reads and decodes every input in order, a chunk at a time. Stops
@@ -284,6 +317,7 @@ fn read_inputs(
     inputs: &[PathBuf],
     max_bytes: usize,
     tx: &std::sync::mpsc::SyncSender<Result<Chunk, ReplayError>>,
+    counters: &Arc<Counters>,
 ) -> Result<(), ReplayError> {
     let send_all = |name: &str, reader: &mut dyn Read| {
         let mut chunk = Vec::with_capacity(CHUNK_LINES);
@@ -309,11 +343,14 @@ fn read_inputs(
         Ok::<_, ReplayError>(())
     };
     if inputs.is_empty() {
+        counters
+            .bytes
+            .fetch_add(SAMPLE.len() as u64, Ordering::Relaxed);
         send_all(SAMPLE_NAME, &mut &SAMPLE[..])?;
     }
     for path in inputs {
         let name = path.display().to_string();
-        send_all(&name, &mut open_input(path)?)?;
+        send_all(&name, &mut open_input(path, counters)?)?;
     }
     Ok(())
 }
@@ -324,12 +361,14 @@ fn apply_chunks(
     engine: &mut Engine,
     opts: &ReplayOptions,
     rx: std::sync::mpsc::Receiver<Result<Chunk, ReplayError>>,
+    counters: &Counters,
 ) -> Result<Summary, ReplayError> {
     let mut sink = LineSink::open(opts)?;
     let mut dead = DeadLetters::open(opts.dead_letter.as_deref())?;
     let mut summary = Summary::default();
     for chunk in rx {
         let chunk = chunk?;
+        let n = chunk.lines.len() as u64;
         for line in chunk.lines {
             summary.messages += 1;
             match line {
@@ -357,6 +396,7 @@ fn apply_chunks(
                 }
             }
         }
+        counters.messages.fetch_add(n, Ordering::Relaxed);
     }
     engine.end_of_input(&mut sink)?;
     if opts.flush {
@@ -405,11 +445,15 @@ fn for_each_line(
     }
 }
 
-fn open_input(path: &Path) -> Result<Box<dyn Read>, ReplayError> {
+fn open_input(path: &Path, counters: &Arc<Counters>) -> Result<Box<dyn Read>, ReplayError> {
     let file = File::open(path).map_err(|source| ReplayError::Input {
         path: path.display().to_string(),
         source,
     })?;
+    let file = Counting {
+        inner: file,
+        counters: counters.clone(),
+    };
     let gz = path.extension().is_some_and(|e| e == "gz");
     Ok(if gz {
         Box::new(MultiGzDecoder::new(file))

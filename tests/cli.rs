@@ -240,3 +240,78 @@ fn the_same_log_replayed_twice_by_the_binary_is_byte_identical() {
     assert!(!a.stdout.is_empty());
     assert_eq!(a.stdout, b.stdout);
 }
+
+#[test]
+fn piped_stderr_gets_plain_summary_lines_with_the_rate_and_quiet_drops_the_rate() {
+    let o = run(pretext().args(["replay", "--flush", "--output", "/dev/null"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
+    let rate = err
+        .lines()
+        .find(|l| l.starts_with("time: "))
+        .expect("a rate line");
+    assert!(rate.ends_with(" events/s"), "{rate}");
+    for line in [
+        "suppressed: purchased ",
+        "conversions: viewed_not_bought (treated ",
+    ] {
+        assert!(err.contains(line), "{line} missing from {err}");
+    }
+    let o = run(pretext().args(["replay", "--flush", "--quiet", "--output", "/dev/null"]));
+    assert!(o.status.success());
+    assert!(!stderr(&o).contains("time: "), "{}", stderr(&o));
+}
+
+#[test]
+fn holdout_triggers_and_conversions_go_to_their_files_or_are_only_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    // C100 is in a 10% holdout under the default salt (hash mod 10000 = 994).
+    let events = [
+        r#"{"type":"product_view","event_id":"v1","ts":"2026-11-22T10:00:00Z","cookie_id":"ck1","crm_id":"C100","product_id":"P1"}"#,
+        r#"{"type":"product_view","event_id":"v2","ts":"2026-11-22T10:00:00Z","cookie_id":"ck2","crm_id":"C1","product_id":"P1"}"#,
+        r#"{"type":"product_view","event_id":"v3","ts":"2026-11-22T12:00:00Z","cookie_id":"ck3","crm_id":"C3","product_id":"P3"}"#,
+        r#"{"type":"purchase","event_id":"b1","ts":"2026-11-22T13:00:00Z","order_id":"O1","channel":"store","crm_id":"C100","items":[{"product_id":"P1"}]}"#,
+    ];
+    write(&input, (events.join("\n") + "\n").as_bytes());
+    let config = dir.path().join("c.toml");
+    write(&config, b"[holdout]\npercent = 10\n");
+    let (hold, conv) = (dir.path().join("h.jsonl"), dir.path().join("c.jsonl"));
+    let o = run(pretext()
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--config")
+        .arg(&config)
+        .arg("--holdout")
+        .arg(&hold)
+        .arg("--conversions")
+        .arg(&conv));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let treated = lines(&o.stdout);
+    let held = lines(&std::fs::read(&hold).unwrap());
+    let converted = lines(&std::fs::read(&conv).unwrap());
+    assert!(treated
+        .iter()
+        .all(|t| t["group"] == "treated" && t["crm_id"] != "C100"));
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        (held[0]["crm_id"].as_str(), held[0]["group"].as_str()),
+        (Some("C100"), Some("holdout"))
+    );
+    assert_eq!(converted.len(), 1);
+    assert_eq!(converted[0]["trigger_id"], held[0]["trigger_id"]);
+    assert_eq!(converted[0]["order_id"], "O1");
+    // Without the flags: the same stdout, the others only counted.
+    let o2 = run(pretext()
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--config")
+        .arg(&config));
+    assert_eq!(o2.stdout, o.stdout);
+    assert!(
+        stderr(&o2).contains("conversions: viewed_not_bought (treated 0, holdout 1)"),
+        "{}",
+        stderr(&o2)
+    );
+}

@@ -26,6 +26,9 @@ use serde_yaml::Value as Yaml;
 use pretext::config::Config;
 use pretext::engine::EngineStats;
 
+#[path = "common/broker.rs"]
+mod broker;
+
 /// The Kubernetes version the manifests are rendered for and validated
 /// against: the newest kubernetes-validate 1.37 ships, and the one helm
 /// 3.22 is built for.
@@ -961,6 +964,27 @@ fn promtool_parses_every_dashboard_query() {
     );
 }
 
+/// `promtool check metrics` on an exposition: whether it passed, and what
+/// it said (nothing when clean).
+fn promtool_check_metrics(exposition: &str) -> (bool, String) {
+    let mut child = tool("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    (out.status.success(), said)
+}
+
 #[test]
 fn promtool_check_metrics_accepts_the_exposition() {
     // The registry's exposition as /metrics serves it, with a lag series
@@ -980,49 +1004,20 @@ fn promtool_check_metrics_accepts_the_exposition() {
             .count()
             >= 16
     );
-    let mut child = tool("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let (ok, said) = promtool_check_metrics(&exposition);
     assert!(
-        out.status.success() && said.trim().is_empty(),
+        ok && said.trim().is_empty(),
         "promtool check metrics: {said}"
     );
 }
 
 #[test]
 fn promtool_check_metrics_reports_a_lint_problem() {
-    // Guards the check above: promtool flags a counter not named *_total.
+    // Guards the checks above: promtool flags a counter not named *_total.
     let bad = "# HELP pretext_things A counter.\n# TYPE pretext_things counter\npretext_things 1\n";
-    let mut child = tool("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(bad.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        !out.status.success(),
-        "promtool accepted a bad counter name"
-    );
+    let (ok, said) = promtool_check_metrics(bad);
+    assert!(!ok, "promtool accepted a bad counter name");
+    assert!(said.contains("_total"), "{said}");
 }
 
 // -------------------------------------------------------------- yamllint
@@ -1196,7 +1191,10 @@ fn check_jsonschema_accepts_what_pretext_writes() {
     assert_eq!(check_jsonschema("trigger.json", &files).len(), 1);
 }
 
-/// The dotted keys of a TOML table, the kafka.client map as one key.
+/// librdkafka pass-through maps: free-form, each one key of the configuration.
+const PASS_THROUGH: [&str; 3] = ["kafka.client", "kafka.consumer", "kafka.producer"];
+
+/// The dotted keys of a TOML table, each pass-through map as one key.
 fn toml_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
     for (k, v) in table {
         let key = if prefix.is_empty() {
@@ -1205,7 +1203,9 @@ fn toml_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
             format!("{prefix}.{k}")
         };
         match v {
-            toml::Value::Table(inner) if key != "kafka.client" => toml_keys(&key, inner, out),
+            toml::Value::Table(inner) if !PASS_THROUGH.contains(&key.as_str()) => {
+                toml_keys(&key, inner, out)
+            }
             _ => {
                 out.insert(key);
             }
@@ -1436,11 +1436,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = tool("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -1463,22 +1459,32 @@ impl Prometheus {
     /// An instant query through the HTTP API: the result vector.
     fn query(&self, promql: &str) -> Result<Vec<Json>, String> {
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        // HTTP/1.0: the server closes the connection after a plain body.
-        write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut response = String::new();
-        conn.read_to_string(&mut response)
-            .map_err(|e| e.to_string())?;
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let v: Json = serde_json::from_str(body).map_err(|e| format!("{e}: {response}"))?;
+        let (_, body) = http_get(self.port, &path)?;
+        let v: Json = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
         if v["status"] != "success" {
             return Err(format!("{promql}: {v}"));
         }
         Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
     }
+}
+
+/// A GET on loopback: the status code and the body.
+fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // HTTP/1.0: the server closes the connection after a plain body.
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head}"))?;
+    Ok((status, body.to_string()))
 }
 
 impl Drop for Prometheus {
@@ -1557,4 +1563,213 @@ fn a_real_prometheus_answers_every_dashboard_query_with_data() {
         .parse()
         .unwrap();
     assert!(v > 0.0, "relative uplift {v}");
+}
+
+/// A port on loopback that nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `pretext run` with no broker to reach: it serves HTTP while it waits for
+/// one. Killed when dropped.
+struct Live {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Live {
+    fn start() -> Live {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("pretext.toml");
+        fs::write(
+            &config,
+            format!(
+                "[kafka]\nbrokers = \"127.0.0.1:{}\"\n[state]\ndir = {:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"error\"\n",
+                free_port(),
+                dir.path().join("state").display().to_string(),
+            ),
+        )
+        .unwrap();
+        let child = pretext()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pretext run starts");
+        Live {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// GET `path`, retried until pretext serves HTTP (at most 30 s).
+    fn get(&mut self, path: &str) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(answer) = http_get(self.port, path) {
+                return answer;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("pretext run exited {status} before serving HTTP");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pretext serves no HTTP after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn promtool_check_metrics_accepts_a_live_pretexts_metrics() {
+    // The real binary's /metrics, before any broker answers: every metric
+    // but the per-partition lag (no partition assigned) is there.
+    let mut live = Live::start();
+    let (status, exposition) = live.get("/metrics");
+    assert_eq!(status, 200, "{exposition}");
+    assert_eq!(live.get("/readyz").0, 503, "not ready without a broker");
+    for name in pretext::metrics::NAMES {
+        if name != "pretext_consumer_lag_messages" {
+            assert!(
+                exposition.contains(&format!("# TYPE {name} ")),
+                "{name} missing from /metrics"
+            );
+        }
+    }
+    let (ok, said) = promtool_check_metrics(&exposition);
+    assert!(
+        ok && said.trim().is_empty(),
+        "promtool check metrics on /metrics: {said}"
+    );
+}
+
+/// One number of an instant query's first series, if any.
+fn scalar(prom: &Prometheus, promql: &str) -> Option<f64> {
+    let result = prom.query(promql).ok()?;
+    result.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// Dashboard panels whose value divides by the holdout's conversions.
+const OVER_HOLDOUT_CONVERSIONS: [&str; 2] = ["Uplift (relative)", "Relative uplift by type (7d)"];
+
+#[test]
+fn a_real_prometheus_scraping_a_live_pretext_answers_the_dashboard_after_traffic() {
+    // pretext run on a real Kafka broker, a 30% holdout and a cap of 3 a
+    // day; Prometheus scrapes it from before the traffic (the bundled
+    // sample) until after it, as the chart's ServiceMonitor would.
+    let kafka = broker::Broker::start();
+    let topics = broker::Topics::create(&kafka);
+    let (holdout, conversions) = (broker::unique("holdout"), broker::unique("conversions"));
+    kafka.create_topics(&[&holdout, &conversions], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let group = broker::unique("group");
+    let (config, state) = broker::write_config(dir.path(), &kafka.addr, &topics, &group);
+    let env = [
+        ("PRETEXT__HOLDOUT__PERCENT", "30"),
+        ("PRETEXT__PRESSURE__MAX_TRIGGERS", "3"),
+        ("PRETEXT__TOPICS__HOLDOUT", holdout.as_str()),
+        ("PRETEXT__TOPICS__CONVERSIONS", conversions.as_str()),
+    ];
+    let log = dir.path().join("pretext.log");
+    let live = broker::Pretext::start_with_env(&config, &state, &log, &env);
+    live.wait_ready();
+    let port: u16 = live.http.rsplit_once(':').unwrap().1.parse().unwrap();
+    let prom = Prometheus::start(port);
+    wait_for_scrapes(&prom, 3);
+
+    let sample = fs::read(root().join("examples/sample.jsonl")).unwrap();
+    let messages: Vec<(Option<&str>, &[u8])> =
+        lines(&sample).into_iter().map(|l| (None, l)).collect();
+    kafka.produce(&topics.input, &messages);
+    // Applied, duplicate or rejected: every message counted, then scraped.
+    let counted = "sum(pretext_events_total) + sum(pretext_events_duplicate_total) \
+                   + sum(pretext_events_rejected_total)";
+    broker::wait_for(
+        "prometheus to see the sample applied",
+        Duration::from_secs(120),
+        || (scalar(&prom, counted)? >= messages.len() as f64).then_some(()),
+    );
+    broker::wait_for(
+        "triggers and conversions scraped",
+        Duration::from_secs(60),
+        || {
+            let fired = scalar(&prom, "sum(pretext_triggers_total)")?;
+            let converted = scalar(&prom, "sum(pretext_conversions_total)")?;
+            (fired > 0.0 && converted > 0.0).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    let holdout_converted =
+        scalar(&prom, r#"sum(pretext_conversions_total{group="holdout"})"#).unwrap_or(0.0);
+    // The experiment is visible: about 30% of the triggers in the holdout,
+    // some held back by the cap.
+    let share = scalar(
+        &prom,
+        r#"sum(pretext_triggers_total{group="holdout"}) / sum(pretext_triggers_total)"#,
+    )
+    .unwrap_or(0.0);
+    let capped = scalar(
+        &prom,
+        r#"sum(pretext_suppressed_total{reason="frequency_cap"})"#,
+    )
+    .unwrap_or(0.0);
+    eprintln!("holdout share {share:.3}, capped {capped}, holdout conversions {holdout_converted}");
+    assert!((0.15..0.45).contains(&share), "holdout share {share}");
+    assert!(capped > 0.0, "the cap held nothing back");
+    // And its /metrics after traffic, every series present (the lag of the
+    // assigned partition too), passes promtool's lint.
+    let exposition = live.metrics().expect("/metrics answers");
+    assert!(
+        exposition.contains("pretext_consumer_lag_messages{"),
+        "{exposition}"
+    );
+    let (ok, said) = promtool_check_metrics(&exposition);
+    assert!(
+        ok && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+    let mut failed = Vec::new();
+    for (title, expr) in dashboard_queries_for(NAMESPACE, "pretext-0", "1m", "10m") {
+        let result = prom.query(&expr).unwrap_or_else(|e| panic!("{title}: {e}"));
+        let values: Vec<f64> = result
+            .iter()
+            .filter_map(|s| s["value"][1].as_str()?.parse().ok())
+            .collect();
+        // A ratio over a group with no conversion yet is not a number:
+        // only where the holdout has none may such a panel show none.
+        let may_be_undefined =
+            holdout_converted == 0.0 && OVER_HOLDOUT_CONVERSIONS.contains(&title.as_str());
+        if values.is_empty() || !(may_be_undefined || values.iter().any(|v| v.is_finite())) {
+            failed.push(format!("{title}: {expr} -> {result:?}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "dashboard queries without data after traffic:\n{}\npretext log: {}",
+        failed.join("\n"),
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

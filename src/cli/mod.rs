@@ -1,3 +1,5 @@
-//! Subcommands that work on files rather than on the stream.
+//! Subcommands of the `pretext` binary that live in the library, so that
+//! tests and the binary share them.
 
+pub mod inspect;
 pub mod uplift;

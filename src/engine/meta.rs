@@ -22,7 +22,7 @@ pub enum Num {
 }
 
 impl Num {
-    fn key(self) -> &'static [u8] {
+    pub fn key(self) -> &'static [u8] {
         match self {
             Num::MaxTs => b"max_ts",
             Num::IdleWatermark => b"idle_watermark",

@@ -14,6 +14,7 @@ mod identity;
 pub mod meta;
 pub mod params;
 pub mod pressure;
+pub mod query;
 pub mod records;
 pub mod stats;
 pub mod timers;
@@ -21,7 +22,7 @@ pub mod timers;
 use std::path::Path;
 
 use crate::config::Config;
-use crate::event::{Body, Event, Millis};
+use crate::event::{Body, Event, Millis, Purchase, View};
 use crate::state::keys::str_key;
 use crate::state::store::Entries;
 use crate::state::{Cf, StateError, StateSize, Store};
@@ -254,23 +255,7 @@ impl Engine {
     fn route(&mut self, event: &Event, sink: &mut dyn TriggerSink) -> Result<(), StateError> {
         let ts = event.ts;
         match &event.body {
-            Body::View(v) => {
-                let kept = Kept::View {
-                    kind: v.kind.into(),
-                    product_id: v.product_id.clone(),
-                    ts,
-                };
-                let msgs = self.navigate(&v.cookie_id, v.crm_id.as_deref(), ts, kept)?;
-                self.deliver(msgs, sink)?;
-                // Applied after the view itself, so a check the view fires
-                // early still names the category as it was before the view.
-                if let Some(category) = &v.category {
-                    let key = str_key(&v.product_id);
-                    self.store
-                        .put(Cf::Products, key, category.as_bytes().to_vec());
-                }
-                Ok(())
-            }
+            Body::View(v) => self.on_view(v, ts, sink),
             Body::Identify(i) => {
                 let mut msgs = Vec::new();
                 self.identity()
@@ -282,30 +267,7 @@ impl Engine {
                 });
                 self.deliver(msgs, sink)
             }
-            Body::Purchase(p) => {
-                let product_ids: Vec<String> =
-                    p.items.iter().map(|i| i.product_id.clone()).collect();
-                let msgs = match &p.cookie_id {
-                    Some(cookie) => {
-                        let kept = Kept::Purchase {
-                            product_ids,
-                            ts,
-                            order_id: p.order_id.clone(),
-                            channel: p.channel,
-                        };
-                        self.navigate(cookie, p.crm_id.as_deref(), ts, kept)?
-                    }
-                    None => vec![Resolved::Purchase {
-                        crm_id: p.crm_id.clone().unwrap_or_default(),
-                        cookie_id: None,
-                        product_ids,
-                        ts,
-                        order_id: p.order_id.clone(),
-                        channel: p.channel,
-                    }],
-                };
-                self.deliver(msgs, sink)
-            }
+            Body::Purchase(p) => self.on_purchase(p, ts, sink),
             Body::Promotion(p) => self.customers(sink).on_promotion(p, ts),
             Body::Consent(c) => self.customers(sink).on_consent(c),
             Body::Erase(e) => {
@@ -316,6 +278,61 @@ impl Engine {
                 Ok(())
             }
         }
+    }
+
+    fn on_view(
+        &mut self,
+        v: &View,
+        ts: Millis,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<(), StateError> {
+        let kept = Kept::View {
+            kind: v.kind.into(),
+            product_id: v.product_id.clone(),
+            ts,
+        };
+        let msgs = self.navigate(&v.cookie_id, v.crm_id.as_deref(), ts, kept)?;
+        self.deliver(msgs, sink)?;
+        // Applied after the view itself, so a check the view fires early
+        // still names the category as it was before the view.
+        if let Some(category) = &v.category {
+            let key = str_key(&v.product_id);
+            self.store
+                .put(Cf::Products, key, category.as_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    /// A purchase with a cookie goes through the identity stage (it may be
+    /// kept for an unlinked cookie); one with only a crm_id goes straight
+    /// to the customer.
+    fn on_purchase(
+        &mut self,
+        p: &Purchase,
+        ts: Millis,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<(), StateError> {
+        let product_ids: Vec<String> = p.items.iter().map(|i| i.product_id.clone()).collect();
+        let msgs = match &p.cookie_id {
+            Some(cookie) => {
+                let kept = Kept::Purchase {
+                    product_ids,
+                    ts,
+                    order_id: p.order_id.clone(),
+                    channel: p.channel,
+                };
+                self.navigate(cookie, p.crm_id.as_deref(), ts, kept)?
+            }
+            None => vec![Resolved::Purchase {
+                crm_id: p.crm_id.clone().unwrap_or_default(),
+                cookie_id: None,
+                product_ids,
+                ts,
+                order_id: p.order_id.clone(),
+                channel: p.channel,
+            }],
+        };
+        self.deliver(msgs, sink)
     }
 
     /// Resolves an event of a cookie (that may also name its customer) to

@@ -7,4 +7,4 @@
 pub mod keys;
 pub mod store;
 
-pub use store::{Cf, StateError, StateSize, Store};
+pub use store::{Cf, Reader, Snapshot, StateError, StateSize, Store};

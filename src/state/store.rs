@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocksdb::compaction_filter::Decision as CompactionDecision;
 use rocksdb::{
@@ -204,7 +205,8 @@ impl Overlay {
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 pub struct Store {
-    db: DB,
+    /// Shared with the `Reader`s of queries, which see committed data only.
+    db: Arc<DB>,
     overlays: Vec<Overlay>,
     overlay_bytes: usize,
     /// Every live entry of the resident families, committed or not (by
@@ -264,7 +266,7 @@ impl Store {
             .collect();
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(open_err)?;
         let mut store = Store {
-            db,
+            db: Arc::new(db),
             overlays: Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect(),
             overlay_bytes: 0,
             resident: vec![BTreeMap::new(); Cf::ALL.len()],
@@ -283,10 +285,15 @@ impl Store {
     }
 
     fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        // Every `Cf` is created at open, so the handle always exists.
-        match self.db.cf_handle(cf.name()) {
-            Some(h) => h,
-            None => unreachable!("column family {} is created at open", cf.name()),
+        cf_handle(&self.db, cf)
+    }
+
+    /// A read-only view of the committed state that other threads can
+    /// query while this store keeps writing.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            db: Arc::clone(&self.db),
+            secondary: false,
         }
     }
 
@@ -452,6 +459,126 @@ impl Store {
             .iterator_cf_opt(self.handle(cf), opts, IteratorMode::Start)
             .map(|r| {
                 r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|source| StateError::Read {
+                        cf: cf.name(),
+                        source,
+                    })
+            })
+            .collect()
+    }
+}
+
+fn cf_handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
+    // Every `Cf` is created at open, so the handle always exists.
+    match db.cf_handle(cf.name()) {
+        Some(h) => h,
+        None => unreachable!("column family {} is created at open", cf.name()),
+    }
+}
+
+/// A read-only view of committed state, for queries. Every commit is one
+/// atomic write batch, and a `Snapshot` of the store's own handle is a
+/// RocksDB snapshot: it sees the batches committed before it was taken,
+/// never part of one, and never the store's uncommitted overlay. Reading
+/// takes no lock the writer waits on.
+#[derive(Clone)]
+pub struct Reader {
+    db: Arc<DB>,
+    /// A secondary instance takes no snapshots (RocksDB does not support
+    /// them there); its view moves only on a catch-up, which it does once,
+    /// at open, so its reads are consistent without one.
+    secondary: bool,
+}
+
+impl Reader {
+    /// Opens the state at `dir` as a RocksDB secondary instance, keeping its
+    /// own info log in `scratch` (which must outlive the reader): it reads
+    /// the files of a state that another process may be writing, without
+    /// locking or changing them, as of the last batch that process wrote.
+    pub fn open_secondary(dir: &Path, scratch: &Path) -> Result<Reader, StateError> {
+        let open_err = |source| StateError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut opts = Options::default();
+        // A secondary keeps every file open: the primary may delete one.
+        opts.set_max_open_files(-1);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache)));
+        let db =
+            DB::open_cf_descriptors_as_secondary(&opts, dir, scratch, cfs).map_err(open_err)?;
+        db.try_catch_up_with_primary().map_err(open_err)?;
+        Ok(Reader {
+            db: Arc::new(db),
+            secondary: true,
+        })
+    }
+
+    /// The committed state as of now, consistent across every read of it.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            db: &self.db,
+            snap: (!self.secondary).then(|| self.db.snapshot()),
+        }
+    }
+}
+
+/// The committed state at one moment (see `Reader`).
+pub struct Snapshot<'a> {
+    db: &'a DB,
+    /// `None` on a secondary instance (see `Reader`).
+    snap: Option<rocksdb::Snapshot<'a>>,
+}
+
+impl Snapshot<'_> {
+    fn options(&self) -> ReadOptions {
+        let mut opts = ReadOptions::default();
+        if let Some(snap) = &self.snap {
+            opts.set_snapshot(snap);
+        }
+        opts
+    }
+
+    /// `f` of the value at `key`, read in place.
+    pub fn read<T>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> Result<T, StateError>,
+    ) -> Result<Option<T>, StateError> {
+        let opts = self.options();
+        let pinned = self
+            .db
+            .get_pinned_cf_opt(cf_handle(self.db, cf), key, &opts)
+            .map_err(|source| StateError::Read {
+                cf: cf.name(),
+                source,
+            })?;
+        pinned.as_deref().map(f).transpose()
+    }
+
+    /// Up to `limit` entries with `lower <= key < upper`, in key order.
+    /// For the families scanned by a leading string, `lower` and `upper`
+    /// must share it (a prefix seek).
+    pub fn scan(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StateError> {
+        let mut opts = self.options();
+        if let Some(u) = upper {
+            opts.set_iterate_upper_bound(u.to_vec());
+        }
+        let mode = IteratorMode::From(lower, Direction::Forward);
+        self.db
+            .iterator_cf_opt(cf_handle(self.db, cf), opts, mode)
+            .take(limit)
+            .map(|r| {
+                r.map(|(k, v)| (k.into_vec(), v.into_vec()))
                     .map_err(|source| StateError::Read {
                         cf: cf.name(),
                         source,

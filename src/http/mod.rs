@@ -1,6 +1,9 @@
 //! The HTTP endpoints of live mode: `/metrics` (Prometheus text), `/healthz`
-//! (200 while the process runs) and `/readyz` (200 once partitions are
-//! assigned and the state is open, else 503).
+//! (200 while the process runs), `/readyz` (200 once partitions are
+//! assigned and the state is open, else 503), and, when `http.query_token`
+//! is set, the queries of contract section 9 (`query`).
+
+pub mod query;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +24,9 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
     pub state_open: Arc<AtomicBool>,
     pub assigned: Arc<AtomicBool>,
+    /// The query routes' settings and, once the pipeline opened it, the
+    /// committed state they read.
+    pub queries: query::QueryState,
 }
 
 impl Health {
@@ -30,11 +36,14 @@ impl Health {
 }
 
 pub fn router(health: Health) -> Router {
+    let queries = query::routes(&health.queries);
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(health)
+        .merge(queries)
+        .fallback(query::not_found)
 }
 
 /// Serves until `shutdown` resolves.

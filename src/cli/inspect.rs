@@ -1,0 +1,123 @@
+//! `pretext inspect`: the query answer of contract section 9 for one
+//! customer or cookie of a state directory, as of its watermark.
+//!
+//! The state is opened as a RocksDB secondary instance: it can be the state
+//! of a running `pretext run` or `pretext replay`, which it neither locks
+//! nor changes; it shows the last batch that process committed.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args};
+
+use crate::config::Config;
+use crate::engine::query::{Queries, Subject, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::state::Reader;
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("subject").required(true).args(["customer", "cookie"])))]
+pub struct InspectArgs {
+    /// The state directory (of a replay with --state-dir, or state.dir of
+    /// a live instance, running or not).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// TOML configuration: the scoring settings, the allowed lateness and
+    /// the holdout the answer is computed with.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A customer's CRM id.
+    #[arg(long, value_name = "CRM_ID")]
+    pub customer: Option<String>,
+    /// A cookie id.
+    #[arg(long, value_name = "COOKIE_ID")]
+    pub cookie: Option<String>,
+    /// At most this many products (1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_LIMIT as u64))]
+    pub limit: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("give --customer CRM_ID or --cookie COOKIE_ID")]
+    NoSubject,
+    #[error("--state-dir {0}: no pretext state there")]
+    NoState(PathBuf),
+    #[error("cannot read the state at {dir}: {source}")]
+    Read {
+        dir: PathBuf,
+        source: crate::state::StateError,
+    },
+    #[error("cannot make a scratch directory for reading the state: {0}")]
+    Scratch(std::io::Error),
+    #[error("no state for {0} (never seen, or erased)")]
+    Unknown(String),
+}
+
+impl InspectError {
+    /// 2 for a bad configuration or argument, 1 for the rest.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            InspectError::Config(_) | InspectError::NoSubject | InspectError::NoState(_) => {
+                ExitCode::from(2)
+            }
+            _ => ExitCode::from(1),
+        }
+    }
+}
+
+/// Runs the command: the answer on stdout, or a message on stderr.
+pub fn main(args: &InspectArgs) -> ExitCode {
+    match inspect(args) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pretext: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// The answer as JSON.
+pub fn inspect(args: &InspectArgs) -> Result<String, InspectError> {
+    let config = Config::load(args.config.as_deref(), std::env::vars())?;
+    let subject = match (&args.customer, &args.cookie) {
+        (Some(crm_id), _) => Subject::Customer(crm_id.clone()),
+        (None, Some(cookie_id)) => Subject::Cookie(cookie_id.clone()),
+        (None, None) => return Err(InspectError::NoSubject),
+    };
+    let dir = &args.state_dir;
+    if !is_state(dir) {
+        return Err(InspectError::NoState(dir.clone()));
+    }
+    let read_err = |source| InspectError::Read {
+        dir: dir.clone(),
+        source,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("pretext-inspect")
+        .tempdir()
+        .map_err(InspectError::Scratch)?;
+    let reader = Reader::open_secondary(dir, scratch.path()).map_err(read_err)?;
+    let queries = Queries::from_config(&config);
+    let answer = queries
+        .answer(&reader.snapshot(), &subject, args.limit as usize)
+        .map_err(read_err)?;
+    drop(reader); // before its scratch directory goes
+    match answer {
+        Some(a) => Ok(a.to_json()),
+        None => Err(InspectError::Unknown(match subject {
+            Subject::Customer(id) => format!("customer {id:?}"),
+            Subject::Cookie(id) => format!("cookie {id:?}"),
+        })),
+    }
+}
+
+/// Whether `dir` holds a RocksDB database (its `CURRENT` file).
+fn is_state(dir: &Path) -> bool {
+    dir.join("CURRENT").is_file()
+}
