@@ -1594,7 +1594,10 @@ cooldown = "12h"
         let e = load_str("[state]\nretention = \"always\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("config key `state.retention`: invalid duration"), "{e}");
+        assert!(
+            e.starts_with("config key `state.retention`: invalid duration"),
+            "{e}"
+        );
         assert!(e.contains("or \"forever\""), "{e}");
     }
 

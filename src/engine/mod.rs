@@ -116,12 +116,7 @@ impl Engine {
             max_ts: meta::get(&store, Num::MaxTs)?,
             idle_watermark: meta::get(&store, Num::IdleWatermark)?,
             timers: Timers::open(&store)?,
-            dedup: Dedup::open(
-                &store,
-                params.dedup_window,
-                params.late_bound,
-                horizon,
-            )?,
+            dedup: Dedup::open(&store, params.dedup_window, params.late_bound, horizon)?,
             params,
             stats,
             store,
