@@ -53,6 +53,8 @@ struct Profile {
     unit: i64,
     lateness: i64,
     dedup: i64,
+    /// the viewed_not_bought delay: late events stay within lateness + delay
+    delay: i64,
 }
 
 const PROFILES: &[Profile] = &[
@@ -62,18 +64,20 @@ const PROFILES: &[Profile] = &[
         unit: 20 * MIN,
         lateness: 5 * MIN,
         dedup: DAY,
+        delay: HOUR,
     },
     Profile {
         name: "short",
         toml: "[watermark]\nallowed_lateness = \"2m\"\n\
                [input]\ndedup_window = \"1h\"\n\
                [identity]\nanonymous_buffer = 3\n\
-               [scoring]\nhalf_life = \"30m\"\nlookback = \"6h\"\n\
+               [scoring]\nhalf_life = \"30m\"\nlookback = \"2d\"\n\
                [triggers.viewed_not_bought]\ndelay = \"10m\"\ncooldown = \"30m\"\nmin_score = 0.8\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"20m\"\n",
         unit: 3 * MIN,
         lateness: 2 * MIN,
         dedup: HOUR,
+        delay: 10 * MIN,
     },
     Profile {
         name: "holdout30",
@@ -83,6 +87,7 @@ const PROFILES: &[Profile] = &[
         unit: 5 * MIN,
         lateness: 5 * MIN,
         dedup: DAY,
+        delay: 15 * MIN,
     },
     Profile {
         name: "cap",
@@ -93,6 +98,7 @@ const PROFILES: &[Profile] = &[
         unit: 4 * MIN,
         lateness: 5 * MIN,
         dedup: DAY,
+        delay: 10 * MIN,
     },
     Profile {
         name: "cap1_attr",
@@ -104,6 +110,7 @@ const PROFILES: &[Profile] = &[
         unit: 4 * MIN,
         lateness: MIN,
         dedup: DAY,
+        delay: 10 * MIN,
     },
 ];
 
@@ -131,7 +138,9 @@ impl Gen<'_> {
         match self.rng.below(20) {
             0..=2 => self.now,
             3 => self.now - (self.rng.below(self.p.lateness as u64) as i64),
-            4 => self.now - self.p.lateness - u * (1 + self.rng.below(10) as i64),
+            // late beyond the allowed lateness, but less than the delay more
+            // (FINDINGS.md, F2: pretext prunes older history)
+            4 => self.now - self.p.lateness - SEC - self.rng.below((self.p.delay - SEC) as u64) as i64,
             5 => {
                 self.now += u * (5 + self.rng.below(40) as i64);
                 self.now
@@ -230,6 +239,7 @@ impl Gen<'_> {
         let mut e = self.lines[i].clone();
         if self.rng.chance(25) {
             let far = self.now + self.p.dedup + self.p.unit * 3;
+            self.now = far;
             e["ts"] = json!(far);
             return Some((e, far));
         }
