@@ -75,6 +75,7 @@ brokers = "127.0.0.1:$kport"
 group_id = "bench-queries"
 [topics]
 inputs = ["$topic"]
+create = true
 [state]
 dir = "$work/state"
 [http]

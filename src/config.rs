@@ -355,6 +355,14 @@ pub struct Kafka {
     /// file are taken as their text.
     #[serde(deserialize_with = "client_settings")]
     pub client: BTreeMap<String, String>,
+    /// librdkafka settings for the consumer only, applied over `client`.
+    #[serde(deserialize_with = "client_settings")]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka settings for the producer only, applied over `client`.
+    #[serde(deserialize_with = "client_settings")]
+    pub producer: BTreeMap<String, String>,
+    /// Where a partition with no offset stored in the state starts.
+    pub start_from: StartFrom,
     /// A batch ends after this many messages…
     pub batch_max_messages: usize,
     /// …or after this long, whichever comes first.
@@ -371,6 +379,9 @@ impl Default for Kafka {
             brokers: "127.0.0.1:9092".into(),
             group_id: "pretext".into(),
             client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+            start_from: StartFrom::Earliest,
             batch_max_messages: 20000,
             batch_max_wait: Dur(100),
             producer_max_in_flight: 10_000,
@@ -391,10 +402,74 @@ pub fn is_secret(key: &str) -> bool {
 impl Kafka {
     /// `client` with secret values replaced by `***`, for display.
     pub fn redacted_client(&self) -> BTreeMap<&str, &str> {
-        self.client
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
-            .collect()
+        redacted(&self.client)
+    }
+
+    /// The pass-through settings of the consumer: `client`, then
+    /// `consumer` (which wins on a key both set).
+    pub fn consumer_settings(&self) -> impl Iterator<Item = (&str, &str)> {
+        merged(&self.client, &self.consumer)
+    }
+
+    /// The pass-through settings of the producer (and the admin client):
+    /// `client`, then `producer`.
+    pub fn producer_settings(&self) -> impl Iterator<Item = (&str, &str)> {
+        merged(&self.client, &self.producer)
+    }
+}
+
+fn redacted(settings: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+        .collect()
+}
+
+fn merged<'a>(
+    common: &'a BTreeMap<String, String>,
+    own: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    common
+        .iter()
+        .filter(|(k, _)| !own.contains_key(*k))
+        .chain(own)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// Where a partition the state has never read starts (`kafka.start_from`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The partition's first offset.
+    #[default]
+    Earliest,
+    /// The partition's end: only what is produced from now on.
+    Latest,
+    /// The first offset whose Kafka record timestamp is at or after this
+    /// time (Unix ms); the end when there is none.
+    Time(i64),
+}
+
+impl<'de> Deserialize<'de> for StartFrom {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StartFrom, D::Error> {
+        struct StartVisitor;
+        impl Visitor<'_> for StartVisitor {
+            type Value = StartFrom;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"earliest\", \"latest\" or an RFC 3339 time")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<StartFrom, E> {
+                match s {
+                    "earliest" => Ok(StartFrom::Earliest),
+                    "latest" => Ok(StartFrom::Latest),
+                    _ => crate::time::parse_rfc3339(s).map(StartFrom::Time).ok_or_else(|| {
+                        E::custom(format!(
+                            "{s:?} is not \"earliest\", \"latest\" or an RFC 3339 time with an offset (e.g. \"2026-11-22T10:00:00Z\")"
+                        ))
+                    }),
+                }
+            }
+        }
+        d.deserialize_str(StartVisitor)
     }
 }
 
@@ -405,6 +480,9 @@ impl fmt::Debug for Kafka {
             .field("brokers", &self.brokers)
             .field("group_id", &self.group_id)
             .field("client", &self.redacted_client())
+            .field("consumer", &redacted(&self.consumer))
+            .field("producer", &redacted(&self.producer))
+            .field("start_from", &self.start_from)
             .field("batch_max_messages", &self.batch_max_messages)
             .field("batch_max_wait", &self.batch_max_wait)
             .field("producer_max_in_flight", &self.producer_max_in_flight)
@@ -432,6 +510,29 @@ const RESERVED_CLIENT_SETTINGS: &[(&str, Option<&str>)] = &[
     ("acks", None),
     ("request.required.acks", None),
 ];
+
+impl Kafka {
+    /// No pass-through map may set what pretext sets itself.
+    fn check_reserved(&self) -> Result<(), ConfigError> {
+        let maps = [
+            ("client", &self.client),
+            ("consumer", &self.consumer),
+            ("producer", &self.producer),
+        ];
+        for (map, settings) in maps {
+            for (name, instead) in RESERVED_CLIENT_SETTINGS {
+                if settings.contains_key(*name) {
+                    let message = match instead {
+                        Some(key) => format!("set by pretext; use `{key}`"),
+                        None => "set by pretext, which relies on its value".to_string(),
+                    };
+                    return Err(invalid(&format!("kafka.{map}.{name}"), message));
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A librdkafka setting as text: librdkafka takes every value as a string,
 /// but a TOML file naturally writes `"session.timeout.ms" = 6000`.
@@ -483,6 +584,14 @@ pub struct Topics {
     pub holdout: String,
     /// Where conversion records are produced (key = `crm_id`).
     pub conversions: String,
+    /// Create missing output topics at start (else a missing one is a
+    /// configuration error, exit 2).
+    pub create: bool,
+    /// Partitions of a created topic; -1: the broker's `num.partitions`.
+    pub create_partitions: i32,
+    /// Replication factor of a created topic; -1: the broker's
+    /// `default.replication.factor`.
+    pub create_replication_factor: i32,
 }
 
 impl Default for Topics {
@@ -500,6 +609,9 @@ impl Default for Topics {
             dead_letter: "pretext.dead-letter".into(),
             holdout: "pretext.holdout".into(),
             conversions: "pretext.conversions".into(),
+            create: false,
+            create_partitions: -1,
+            create_replication_factor: -1,
         }
     }
 }
@@ -810,15 +922,7 @@ impl Config {
                 return Err(invalid(key, "must not be empty"));
             }
         }
-        for (name, instead) in RESERVED_CLIENT_SETTINGS {
-            if self.kafka.client.contains_key(*name) {
-                let message = match instead {
-                    Some(key) => format!("set by pretext; use `{key}`"),
-                    None => "set by pretext, which relies on its value".to_string(),
-                };
-                return Err(invalid(&format!("kafka.client.{name}"), message));
-            }
-        }
+        self.kafka.check_reserved()?;
         self.topics.validate()?;
         self.holdout.validate()?;
         positive("pressure.window", self.pressure.window)?;
@@ -896,6 +1000,20 @@ impl Topics {
                 return Err(invalid(
                     key,
                     format!("topic {name:?} is also an input topic"),
+                ));
+            }
+        }
+        for (key, n) in [
+            ("topics.create_partitions", self.create_partitions),
+            (
+                "topics.create_replication_factor",
+                self.create_replication_factor,
+            ),
+        ] {
+            if n == 0 || n < -1 {
+                return Err(invalid(
+                    key,
+                    format!("must be -1 (the broker's default) or at least 1, got {n}"),
                 ));
             }
         }
@@ -987,8 +1105,14 @@ fn not_a_section(key: &str, part: &str) -> ConfigError {
     invalid(key, format!("`{part}` is not a section"))
 }
 
-/// Sets the key a `PRETEXT__A__B__C` variable names. Under `kafka.client`
-/// the rest of the name is one librdkafka key, its parts joined with dots.
+/// The librdkafka pass-through maps, whose keys contain dots.
+const SETTING_MAPS: [&str; 3] = ["client", "consumer", "producer"];
+
+/// Sets the key a `PRETEXT__A__B__C` variable names. Under `kafka.client`,
+/// `kafka.consumer` and `kafka.producer` the rest of the name is one
+/// librdkafka key: a double underscore is a dot, a single one stays an
+/// underscore (`PRETEXT__KAFKA__CONSUMER__SESSION__TIMEOUT__MS` sets
+/// `session.timeout.ms`; `…__SSL__KEY__PASSWORD`, `ssl.key.password`).
 fn apply_env(
     table: &mut toml::Table,
     overrides: &mut Overrides,
@@ -1005,7 +1129,8 @@ fn apply_env(
             message: "does not name a config key (expected PRETEXT__SECTION__KEY, e.g. PRETEXT__KAFKA__BROKERS)".into(),
         });
     }
-    let under_client = path.len() > 2 && path[0] == "kafka" && path[1] == "client";
+    let under_client =
+        path.len() > 2 && path[0] == "kafka" && SETTING_MAPS.contains(&path[1].as_str());
     if under_client {
         let setting = path.split_off(2).join(".");
         path.push(setting);
@@ -1539,6 +1664,87 @@ cooldown = "12h"
             c.kafka.client["enable.ssl.certificate.verification"],
             "false"
         );
+    }
+
+    #[test]
+    fn consumer_and_producer_settings_go_to_their_client_only() {
+        let c = load_str(
+            r#"
+[kafka.client]
+"security.protocol" = "SSL"
+"client.id" = "both"
+[kafka.consumer]
+"session.timeout.ms" = 45000
+"client.id" = "consumer"
+[kafka.producer]
+"linger.ms" = 5
+"#,
+            &[
+                ("PRETEXT__KAFKA__CONSUMER__FETCH__MAX__BYTES", "1048576"),
+                ("PRETEXT__KAFKA__PRODUCER__LOG_LEVEL", "7"),
+            ],
+        )
+        .unwrap();
+        let consumer: BTreeMap<&str, &str> = c.kafka.consumer_settings().collect();
+        let producer: BTreeMap<&str, &str> = c.kafka.producer_settings().collect();
+        assert_eq!(
+            consumer,
+            BTreeMap::from([
+                ("client.id", "consumer"),
+                ("fetch.max.bytes", "1048576"),
+                ("security.protocol", "SSL"),
+                ("session.timeout.ms", "45000"),
+            ])
+        );
+        assert_eq!(
+            producer,
+            BTreeMap::from([
+                ("client.id", "both"),
+                ("linger.ms", "5"),
+                ("log_level", "7"),
+                ("security.protocol", "SSL"),
+            ])
+        );
+        let e = load_str("[kafka.producer]\nacks = \"1\"\n", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("kafka.producer.acks"));
+        let e = load_env(&[("PRETEXT__KAFKA__CONSUMER__GROUP__ID", "x")]).unwrap_err();
+        assert_eq!(e.key(), Some("kafka.consumer.group.id"));
+        assert!(e.to_string().contains("kafka.group_id"), "{e}");
+    }
+
+    #[test]
+    fn start_from_is_earliest_latest_or_a_time() {
+        assert_eq!(Config::default().kafka.start_from, StartFrom::Earliest);
+        let at = |v: &str| load_env(&[("PRETEXT__KAFKA__START_FROM", v)]);
+        assert_eq!(at("latest").unwrap().kafka.start_from, StartFrom::Latest);
+        assert_eq!(
+            at("earliest").unwrap().kafka.start_from,
+            StartFrom::Earliest
+        );
+        assert_eq!(
+            at("2026-11-22T11:00:00+01:00").unwrap().kafka.start_from,
+            StartFrom::Time(1_795_341_600_000)
+        );
+        for bad in ["yesterday", "2026-11-22", "2026-11-22T10:00:00", "Earliest"] {
+            let e = at(bad).unwrap_err();
+            assert_eq!(e.key(), Some("kafka.start_from"), "{bad}: {e}");
+            assert_eq!(e.var(), Some("PRETEXT__KAFKA__START_FROM"));
+            assert!(e.to_string().contains("RFC 3339"), "{e}");
+        }
+        let e = load_str("[kafka]\nstart_from = 5\n", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("kafka.start_from"));
+    }
+
+    #[test]
+    fn created_topics_take_a_partition_count_and_replication_factor() {
+        let c = load_str("[topics]\ncreate = true\ncreate_partitions = 6\n", &[]).unwrap();
+        assert!(c.topics.create);
+        assert_eq!(c.topics.create_partitions, 6);
+        assert_eq!(c.topics.create_replication_factor, -1);
+        for (key, v) in [("create_partitions", 0), ("create_replication_factor", -2)] {
+            let e = load_str(&format!("[topics]\n{key} = {v}\n"), &[]).unwrap_err();
+            assert_eq!(e.key(), Some(format!("topics.{key}").as_str()), "{e}");
+        }
     }
 
     #[test]

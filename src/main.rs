@@ -163,7 +163,10 @@ fn run_live(config: Config) -> ExitCode {
     };
     match runtime.block_on(pretext::live::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(e) => {
+            eprintln!("pretext: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

@@ -5,42 +5,223 @@
 //! trigger types, assigned partitions). Engine-derived counters are advanced
 //! from `EngineStats` deltas once per batch.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use prometheus::core::Collector;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
-use crate::engine::stats::ByKindGroup;
-
 use crate::decode::Reason;
+use crate::engine::stats::ByKindGroup;
 use crate::engine::{EngineStats, Suppressed};
 use crate::event::EVENT_TYPES;
 use crate::trigger::{Group, TriggerKind};
 
+/// One exported metric: its name and help text. Labels and buckets are
+/// where it is built, in `Metrics::new`.
+#[derive(Clone, Copy)]
+pub struct Def {
+    pub name: &'static str,
+    pub help: &'static str,
+}
+
+const fn def(name: &'static str, help: &'static str) -> Def {
+    Def { name, help }
+}
+
+/// Every metric pretext exports, defined once.
+pub const DEFS: [Def; 20] = [
+    def("pretext_events_total", "Events applied, by type"),
+    def(
+        "pretext_events_rejected_total",
+        "Input messages rejected (dead-lettered), by reason",
+    ),
+    def(
+        "pretext_events_duplicate_total",
+        "Events ignored as duplicates of an applied event_id",
+    ),
+    def(
+        "pretext_events_ignored_erased_total",
+        "Events of an erased customer stamped at or before the erase, ignored",
+    ),
+    def(
+        "pretext_triggers_total",
+        "Triggers fired, by type and group (treated or holdout)",
+    ),
+    def(
+        "pretext_conversions_total",
+        "Triggers converted by a purchase within the attribution window, by type and group",
+    ),
+    def(
+        "pretext_suppressed_total",
+        "Triggers considered that did not fire, by reason",
+    ),
+    def(
+        "pretext_batch_duration_seconds",
+        "Time to apply a batch, produce its output and commit",
+    ),
+    def(
+        "pretext_event_time_lag_seconds",
+        "Wall clock minus the highest applied event time; absent before the first event",
+    ),
+    def(
+        "pretext_watermark_seconds",
+        "The event-time watermark, Unix seconds; absent before the first event",
+    ),
+    def("pretext_pending_checks", "viewed_not_bought checks pending"),
+    def(
+        "pretext_consumer_lag_messages",
+        "Messages behind the partition's end",
+    ),
+    def(
+        "pretext_state_size_bytes",
+        "RocksDB size on disk and in memtables, approximate",
+    ),
+    def("pretext_state_keys", "RocksDB keys, approximate"),
+    def("pretext_dead_letters_total", "Dead letters produced"),
+    def(
+        "pretext_ready",
+        "1 when partitions are assigned and the state is open",
+    ),
+    def(
+        "pretext_produce_errors_total",
+        "Produced messages that failed delivery",
+    ),
+    def(
+        "pretext_kafka_errors_total",
+        "Kafka client errors, by kind (fatal ones stop the process)",
+    ),
+    def(
+        "pretext_rebalances_total",
+        "Partition assignments and revocations, by kind",
+    ),
+    def(
+        "pretext_skipped_below_position_total",
+        "Input messages below the position stored with the state, skipped (after an offset reset)",
+    ),
+];
+
 /// The name of every metric pretext exports: what dashboards and alerts may
 /// use (tests/ops_static.rs and tests/live_e2e.rs hold them to it).
-pub const NAMES: [&str; 17] = [
-    "pretext_events_total",
-    "pretext_events_rejected_total",
-    "pretext_events_duplicate_total",
-    "pretext_events_ignored_erased_total",
-    "pretext_triggers_total",
-    "pretext_conversions_total",
-    "pretext_suppressed_total",
-    "pretext_batch_duration_seconds",
+pub const NAMES: [&str; DEFS.len()] = names();
+
+/// The metrics shown only once they have a value: a watermark or a lag
+/// before the first event would be a number with no meaning.
+pub const AFTER_FIRST_EVENT: [&str; 2] = [
     "pretext_event_time_lag_seconds",
     "pretext_watermark_seconds",
-    "pretext_pending_checks",
-    "pretext_consumer_lag_messages",
-    "pretext_state_size_bytes",
-    "pretext_state_keys",
-    "pretext_dead_letters_total",
-    "pretext_ready",
-    "pretext_produce_errors_total",
 ];
+
+const fn names() -> [&'static str; DEFS.len()] {
+    let mut out = [""; DEFS.len()];
+    let mut i = 0;
+    while i < DEFS.len() {
+        out[i] = DEFS[i].name;
+        i += 1;
+    }
+    out
+}
+
+fn help(name: &str) -> &'static str {
+    DEFS.iter().find(|d| d.name == name).map_or("", |d| d.help)
+}
+
+fn opts(name: &str) -> Opts {
+    Opts::new(name, help(name))
+}
+
+/// Kinds of Kafka client errors: the bounded label set of
+/// `pretext_kafka_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaErrorKind {
+    Transport = 0,
+    AllBrokersDown = 1,
+    Timeout = 2,
+    Auth = 3,
+    UnknownTopic = 4,
+    Fatal = 5,
+    Commit = 6,
+    Delivery = 7,
+    Other = 8,
+}
+
+impl KafkaErrorKind {
+    pub const ALL: [KafkaErrorKind; 9] = [
+        KafkaErrorKind::Transport,
+        KafkaErrorKind::AllBrokersDown,
+        KafkaErrorKind::Timeout,
+        KafkaErrorKind::Auth,
+        KafkaErrorKind::UnknownTopic,
+        KafkaErrorKind::Fatal,
+        KafkaErrorKind::Commit,
+        KafkaErrorKind::Delivery,
+        KafkaErrorKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaErrorKind::Transport => "transport",
+            KafkaErrorKind::AllBrokersDown => "all_brokers_down",
+            KafkaErrorKind::Timeout => "timeout",
+            KafkaErrorKind::Auth => "auth",
+            KafkaErrorKind::UnknownTopic => "unknown_topic",
+            KafkaErrorKind::Fatal => "fatal",
+            KafkaErrorKind::Commit => "commit",
+            KafkaErrorKind::Delivery => "delivery",
+            KafkaErrorKind::Other => "other",
+        }
+    }
+}
+
+/// A gauge that exports nothing until it is first set.
+#[derive(Clone)]
+pub struct LateGauge {
+    gauge: Gauge,
+    set: Arc<AtomicBool>,
+}
+
+impl LateGauge {
+    fn new(name: &str) -> Result<LateGauge, prometheus::Error> {
+        Ok(LateGauge {
+            gauge: Gauge::with_opts(opts(name))?,
+            set: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn set(&self, v: f64) {
+        self.gauge.set(v);
+        self.set.store(true, Ordering::Release);
+    }
+
+    pub fn get(&self) -> Option<f64> {
+        self.set.load(Ordering::Acquire).then(|| self.gauge.get())
+    }
+}
+
+impl Collector for LateGauge {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if self.set.load(Ordering::Acquire) {
+            self.gauge.collect()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// When each kind of error was last logged, and how many went unlogged.
+struct LogLimit {
+    last: Mutex<[Option<Instant>; KafkaErrorKind::ALL.len()]>,
+    unlogged: [AtomicU64; KafkaErrorKind::ALL.len()],
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -52,9 +233,12 @@ pub struct Metrics {
     triggers: Vec<Vec<IntCounter>>,
     conversions: Vec<Vec<IntCounter>>,
     suppressed: Vec<IntCounter>,
+    kafka_errors: Vec<IntCounter>,
+    /// Assignments, then revocations.
+    rebalances: [IntCounter; 2],
     pub batch_duration: Histogram,
-    pub event_time_lag: Gauge,
-    pub watermark: Gauge,
+    pub event_time_lag: LateGauge,
+    pub watermark: LateGauge,
     pub pending_checks: IntGauge,
     pub consumer_lag: IntGaugeVec,
     pub state_size_bytes: IntGauge,
@@ -62,8 +246,10 @@ pub struct Metrics {
     pub dead_letters: IntCounter,
     pub ready: IntGauge,
     pub produce_errors: IntCounter,
+    pub skipped_below_position: IntCounter,
     /// The engine counts already exported.
     last: Mutex<EngineStats>,
+    log_limit: LogLimit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +259,8 @@ pub struct MetricsError(#[from] prometheus::Error);
 impl Metrics {
     pub fn new() -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, label: &str, values: &[&str]| {
-            let vec = IntCounterVec::new(Opts::new(name, help), &[label])?;
+        let counter_vec = |name: &str, label: &str, values: &[&str]| {
+            let vec = IntCounterVec::new(opts(name), &[label])?;
             registry.register(Box::new(vec.clone()))?;
             // Resolve every child now, so each series shows (at 0) from the start.
             Ok::<_, prometheus::Error>(
@@ -84,8 +270,8 @@ impl Metrics {
                     .collect::<Vec<_>>(),
             )
         };
-        let by_kind_group = |name: &str, help: &str| {
-            let vec = IntCounterVec::new(Opts::new(name, help), &["type", "group"])?;
+        let by_kind_group = |name: &str| {
+            let vec = IntCounterVec::new(opts(name), &["type", "group"])?;
             registry.register(Box::new(vec.clone()))?;
             let children = TriggerKind::ALL.iter().map(|k| {
                 Group::ALL
@@ -97,104 +283,75 @@ impl Metrics {
         };
         let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         let suppressed: Vec<&str> = Suppressed::ALL.iter().map(|s| s.as_str()).collect();
+        let errors: Vec<&str> = KafkaErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        let rebalances = counter_vec("pretext_rebalances_total", "kind", &["assign", "revoke"])?;
+        let counter = |name: &str| IntCounter::with_opts(opts(name));
+        let gauge = |name: &str| IntGauge::with_opts(opts(name));
         let m = Metrics {
-            events: counter_vec(
-                "pretext_events_total",
-                "Events applied, by type",
-                "type",
-                &EVENT_TYPES,
-            )?,
-            rejected: counter_vec(
-                "pretext_events_rejected_total",
-                "Input messages rejected (dead-lettered), by reason",
-                "reason",
-                &reasons,
-            )?,
-            triggers: by_kind_group(
-                "pretext_triggers_total",
-                "Triggers fired, by type and group (treated or holdout)",
-            )?,
-            conversions: by_kind_group(
-                "pretext_conversions_total",
-                "Triggers converted by a purchase within the attribution window, by type and group",
-            )?,
-            suppressed: counter_vec(
-                "pretext_suppressed_total",
-                "Triggers considered that did not fire, by reason",
-                "reason",
-                &suppressed,
-            )?,
-            duplicates: IntCounter::new(
-                "pretext_events_duplicate_total",
-                "Events ignored as duplicates of an applied event_id",
-            )?,
-            ignored_erased: IntCounter::new(
-                "pretext_events_ignored_erased_total",
-                "Events of an erased customer stamped at or before the erase, ignored",
-            )?,
+            events: counter_vec("pretext_events_total", "type", &EVENT_TYPES)?,
+            rejected: counter_vec("pretext_events_rejected_total", "reason", &reasons)?,
+            triggers: by_kind_group("pretext_triggers_total")?,
+            conversions: by_kind_group("pretext_conversions_total")?,
+            suppressed: counter_vec("pretext_suppressed_total", "reason", &suppressed)?,
+            kafka_errors: counter_vec("pretext_kafka_errors_total", "kind", &errors)?,
+            rebalances: [rebalances[0].clone(), rebalances[1].clone()],
+            duplicates: counter("pretext_events_duplicate_total")?,
+            ignored_erased: counter("pretext_events_ignored_erased_total")?,
             batch_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "pretext_batch_duration_seconds",
-                    "Time to apply a batch, produce its output and commit",
+                    help("pretext_batch_duration_seconds"),
                 )
                 .buckets(vec![
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ]),
             )?,
-            event_time_lag: Gauge::new(
-                "pretext_event_time_lag_seconds",
-                "Wall clock minus the highest applied event time",
-            )?,
-            watermark: Gauge::new(
-                "pretext_watermark_seconds",
-                "The event-time watermark, Unix seconds",
-            )?,
-            pending_checks: IntGauge::new(
-                "pretext_pending_checks",
-                "viewed_not_bought checks pending",
-            )?,
+            event_time_lag: LateGauge::new("pretext_event_time_lag_seconds")?,
+            watermark: LateGauge::new("pretext_watermark_seconds")?,
+            pending_checks: gauge("pretext_pending_checks")?,
             consumer_lag: IntGaugeVec::new(
-                Opts::new(
-                    "pretext_consumer_lag_messages",
-                    "Messages behind the partition's end",
-                ),
+                opts("pretext_consumer_lag_messages"),
                 &["topic", "partition"],
             )?,
-            state_size_bytes: IntGauge::new(
-                "pretext_state_size_bytes",
-                "RocksDB size on disk and in memtables, approximate",
-            )?,
-            state_keys: IntGauge::new("pretext_state_keys", "RocksDB keys, approximate")?,
-            dead_letters: IntCounter::new("pretext_dead_letters_total", "Dead letters produced")?,
-            ready: IntGauge::new(
-                "pretext_ready",
-                "1 when partitions are assigned and the state is open",
-            )?,
-            produce_errors: IntCounter::new(
-                "pretext_produce_errors_total",
-                "Produced messages that failed delivery",
-            )?,
+            state_size_bytes: gauge("pretext_state_size_bytes")?,
+            state_keys: gauge("pretext_state_keys")?,
+            dead_letters: counter("pretext_dead_letters_total")?,
+            ready: gauge("pretext_ready")?,
+            produce_errors: counter("pretext_produce_errors_total")?,
+            skipped_below_position: counter("pretext_skipped_below_position_total")?,
             last: Mutex::new(EngineStats::default()),
+            log_limit: LogLimit {
+                last: Mutex::new([None; KafkaErrorKind::ALL.len()]),
+                unlogged: Default::default(),
+            },
             registry,
         };
-        let others: [Box<dyn Collector>; 12] = [
-            Box::new(m.duplicates.clone()),
-            Box::new(m.ignored_erased.clone()),
-            Box::new(m.dead_letters.clone()),
-            Box::new(m.produce_errors.clone()),
-            Box::new(m.batch_duration.clone()),
-            Box::new(m.event_time_lag.clone()),
-            Box::new(m.watermark.clone()),
-            Box::new(m.pending_checks.clone()),
-            Box::new(m.state_size_bytes.clone()),
-            Box::new(m.state_keys.clone()),
-            Box::new(m.ready.clone()),
-            Box::new(m.consumer_lag.clone()),
-        ];
-        for c in others {
-            m.registry.register(c)?;
-        }
+        m.register_plain()?;
         Ok(m)
+    }
+
+    /// Registers the metrics that are not labelled vectors (those register
+    /// as they are built).
+    fn register_plain(&self) -> Result<(), prometheus::Error> {
+        let plain: [Box<dyn Collector>; 13] = [
+            Box::new(self.duplicates.clone()),
+            Box::new(self.ignored_erased.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.produce_errors.clone()),
+            Box::new(self.skipped_below_position.clone()),
+            Box::new(self.batch_duration.clone()),
+            Box::new(self.event_time_lag.clone()),
+            Box::new(self.watermark.clone()),
+            Box::new(self.pending_checks.clone()),
+            Box::new(self.state_size_bytes.clone()),
+            Box::new(self.state_keys.clone()),
+            Box::new(self.ready.clone()),
+            Box::new(self.consumer_lag.clone()),
+        ];
+        for c in plain {
+            self.registry.register(c)?;
+        }
+        Ok(())
     }
 
     /// Advances the engine-derived counters to `stats`.
@@ -234,6 +391,29 @@ impl Metrics {
         }
     }
 
+    pub fn kafka_error(&self, kind: KafkaErrorKind) {
+        self.kafka_errors[kind as usize].inc();
+    }
+
+    pub fn rebalance(&self, assigned: bool) {
+        self.rebalances[usize::from(!assigned)].inc();
+    }
+
+    /// Whether an error of `kind` may be logged now (none was in the last
+    /// `every`): then the number not logged since the last one, else `None`
+    /// (and it counts as not logged).
+    pub fn may_log(&self, kind: KafkaErrorKind, every: Duration) -> Option<u64> {
+        let i = kind as usize;
+        let now = Instant::now();
+        let mut last = self.log_limit.last.lock().ok()?;
+        if last[i].is_some_and(|t| now.duration_since(t) < every) {
+            self.log_limit.unlogged[i].fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        last[i] = Some(now);
+        Some(self.log_limit.unlogged[i].swap(0, Ordering::Relaxed))
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -257,6 +437,7 @@ mod tests {
             "pretext_triggers_total{group=\"holdout\",type=\"promo_on_viewed_item\"} 0",
             "pretext_conversions_total{group=\"treated\",type=\"viewed_not_bought\"} 0",
             "pretext_suppressed_total{reason=\"frequency_cap\"} 0",
+            "pretext_kafka_errors_total{kind=\"all_brokers_down\"} 0",
             "pretext_events_duplicate_total 0",
             "pretext_batch_duration_seconds_count 0",
             "pretext_ready 0",
@@ -268,8 +449,11 @@ mod tests {
     #[test]
     fn names_lists_exactly_the_exported_metrics() {
         let m = Metrics::new().unwrap();
-        // Lag series exist per assigned partition; make one.
+        // Lag series exist per assigned partition; make one. The watermark
+        // and the event-time lag show from the first event.
         m.consumer_lag.with_label_values(&["t", "0"]).set(0);
+        m.watermark.set(1.0);
+        m.event_time_lag.set(1.0);
         let text = m.render();
         let mut typed: Vec<&str> = text
             .lines()
@@ -280,6 +464,23 @@ mod tests {
         let mut names = NAMES.to_vec();
         names.sort_unstable();
         assert_eq!(typed, names);
+    }
+
+    #[test]
+    fn the_watermark_and_lag_are_absent_until_set() {
+        let m = Metrics::new().unwrap();
+        let text = m.render();
+        for name in AFTER_FIRST_EVENT {
+            assert!(!text.contains(name), "{name} shown before it has a value");
+        }
+        m.watermark.set(1_700_000_000.0);
+        let text = m.render();
+        assert!(
+            text.contains("pretext_watermark_seconds 1700000000"),
+            "{text}"
+        );
+        assert!(!text.contains("pretext_event_time_lag_seconds"));
+        assert!(!text.contains("NaN"));
     }
 
     #[test]

@@ -18,7 +18,9 @@ use broker::{
 use jsonschema::{Draft, Resource, Validator};
 use serde_json::Value;
 
-/// schemas/trigger.json with its siblings registered under their `$id`s.
+/// schemas/trigger.json with its siblings registered where its relative
+/// `$ref`s (`common.json#/...`) point: under the base URI the `jsonschema`
+/// crate gives a schema without `$id`, as tests/ops_static.rs does.
 fn trigger_schema() -> Validator {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
     let mut opts = jsonschema::options();
@@ -26,12 +28,16 @@ fn trigger_schema() -> Validator {
     let mut trigger = None;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".json") {
+            continue;
+        }
         let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let id = schema["$id"].as_str().unwrap().to_string();
-        if path.file_name().is_some_and(|n| n == "trigger.json") {
+        if name == "trigger.json" {
             trigger = Some(schema.clone());
         }
-        opts.with_resource(id, Resource::from_contents(schema).unwrap());
+        let uri = format!("json-schema:///{name}");
+        opts.with_resource(uri, Resource::from_contents(schema).unwrap());
     }
     opts.build(&trigger.expect("schemas/trigger.json")).unwrap()
 }

@@ -128,13 +128,23 @@ fn http_answers_before_assignment_not_ready() {
     });
     assert_eq!(http_get(&pretext.http, "/readyz").map(|r| r.0), Some(503));
     let metrics = pretext.metrics().unwrap();
-    // Lag series appear per assigned partition, so not yet.
+    // Lag series appear per assigned partition, so not yet; the watermark
+    // and event-time lag gauges only once an event was applied.
     let names = metric_names::used_by_dashboard_and_alerts();
     assert!(names.len() >= 12, "the dashboard and alerts name {names:?}");
     let all = pretext::metrics::NAMES.iter().map(|n| n.to_string());
-    for name in all.chain(names).filter(|n| !n.contains("consumer_lag")) {
+    let later = |n: &String| {
+        n.contains("consumer_lag") || pretext::metrics::AFTER_FIRST_EVENT.contains(&n.as_str())
+    };
+    for name in all.chain(names).filter(|n| !later(n)) {
         let typed = format!("# TYPE {name} ");
         assert!(metrics.contains(&typed), "{name} missing:\n{metrics}");
+    }
+    for name in pretext::metrics::AFTER_FIRST_EVENT {
+        assert!(
+            !metrics.contains(&format!("\n{name} ")),
+            "{name} before any event:\n{metrics}"
+        );
     }
     for series in [
         "pretext_ready 0",
@@ -330,7 +340,15 @@ fn rebalance_round_trip(cooperative: bool) {
     let broker = Broker::start();
     let topics = Topics::named();
     broker.create_topics(&[&topics.input], 2);
-    broker.create_topics(&[&topics.triggers, &topics.dead_letter], 1);
+    broker.create_topics(
+        &[
+            &topics.triggers,
+            &topics.dead_letter,
+            &topics.holdout,
+            &topics.conversions,
+        ],
+        1,
+    );
     let dir = tempfile::tempdir().unwrap();
     let t = t0();
     // One customer per (partition, phase); the second phase two hours
@@ -432,7 +450,10 @@ fn a_member_joins_and_leaves_while_events_flow_cooperatively() {
     let topics = Topics::named();
     broker.create_topics(&[&topics.input], 2);
     broker.create_topics(&[&topics.triggers], 3);
-    broker.create_topics(&[&topics.dead_letter], 1);
+    broker.create_topics(
+        &[&topics.dead_letter, &topics.holdout, &topics.conversions],
+        1,
+    );
     let dir = tempfile::tempdir().unwrap();
     let t = t0();
     let n = 450;

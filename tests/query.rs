@@ -1,8 +1,12 @@
 //! The queries of contract section 9: `pretext inspect` on a state made by
 //! `pretext replay --state-dir`, the HTTP routes of the library's real
 //! server on the same state (answers equal, auth, errors), the snapshot
-//! consistency of a reader beside a writing engine, and schemathesis
-//! against docs/openapi.yaml.
+//! consistency of a reader beside a writing engine, `pretext run` on a
+//! real Kafka broker serving the queries while inspect reads its state, and
+//! schemathesis against docs/openapi.yaml.
+
+#[path = "common/broker.rs"]
+mod broker;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -551,6 +555,62 @@ fn inspect_reads_the_state_of_a_running_writer() {
         .apply(&event("c", t0 + 2, "C7", "P3"), &mut sink)
         .unwrap();
     engine.commit(&[]).unwrap();
+}
+
+/// Live mode: `pretext run` on a real broker answers the queries over HTTP
+/// as a replay's state does, and `pretext inspect` reads the state the
+/// running process holds, with the same answers.
+#[test]
+fn live_mode_serves_the_queries_and_inspect_reads_its_running_state() {
+    let b = broker::Broker::start();
+    let topics = broker::Topics::create(&b);
+    let dir = tempfile::tempdir().unwrap();
+    let group = broker::unique("query");
+    let (config, state) = broker::write_config(dir.path(), &b.addr, &topics, &group);
+    let mut env = broker::EXACT.to_vec();
+    env.push(("PRETEXT__HTTP__QUERY_TOKEN", TOKEN));
+    // The holdout and conversions topics of the defaults.
+    env.push(("PRETEXT__TOPICS__CREATE", "true"));
+    let log = dir.path().join("pretext.log");
+    let p = broker::Pretext::start_with_env(&config, &state, &log, &env);
+    p.wait_ready();
+    let messages: Vec<(Option<&str>, &[u8])> =
+        EVENTS.iter().map(|l| (None, l.as_bytes())).collect();
+    b.produce(&topics.input, &messages);
+    broker::wait_for("every event applied", Duration::from_secs(60), || {
+        let m = p.metrics()?;
+        (broker::metric_sum(&m, "pretext_events_total") as usize == EVENTS.len()).then_some(())
+    });
+    let addr: SocketAddr = p.http.parse().unwrap();
+    // With no lateness W = 11:00, the highest event time, as in the replay.
+    assert_eq!(get(addr, "/v1/customers/C1").json(), c1());
+    assert_eq!(get(addr, "/v1/customers/C3").status, 404);
+    assert_eq!(request(addr, "GET", "/v1/customers/C1", None).status, 401);
+    let inspect_live = |args: &[&str]| {
+        let o = run(pretext()
+            .envs(broker::EXACT)
+            .arg("inspect")
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args));
+        assert!(o.status.success(), "inspect {args:?}: {}", text(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    for (path, args) in [
+        ("/v1/customers/C2", ["--customer", "C2"]),
+        ("/v1/cookies/ck9", ["--cookie", "ck9"]),
+        ("/v1/cookies/ck_anon", ["--cookie", "ck_anon"]),
+    ] {
+        assert_eq!(get(addr, path).json(), inspect_live(&args), "{path}");
+    }
+    assert_eq!(inspect_live(&["--customer", "C1"]), c1());
+    let status = p.terminate();
+    assert!(
+        status.success(),
+        "pretext run exits cleanly after inspect: {status}"
+    );
 }
 
 fn repo(rel: &str) -> PathBuf {

@@ -347,21 +347,7 @@ impl CustomerStage<'_> {
 
     /// The intent score of `interest` at `t` (contract section 3).
     fn score(&self, interest: &Interest, t: Millis) -> f64 {
-        let from = t.saturating_sub(self.params.lookback);
-        let after = interest.latest_purchase_until(t);
-        let half_life = self.params.half_life as f64;
-        interest
-            .views_in(from, t)
-            .iter()
-            .filter(|v| after.is_none_or(|p| v.ts > p))
-            .map(|v| {
-                let w = match v.kind {
-                    KindCode::ProductView => self.params.weight_view,
-                    KindCode::AddToCart => self.params.weight_cart,
-                };
-                w * (-((t - v.ts) as f64) / half_life).exp2()
-            })
-            .sum()
+        interest.intent_score(self.params, t)
     }
 
     fn build(

@@ -15,7 +15,7 @@ use crate::trigger::round2;
 use super::meta::Num;
 use super::params::Params;
 use super::pressure::Holdout;
-use super::records::{decode, insert_sorted, Customer, Interest, Kept, KeptEvents, KindCode, Link};
+use super::records::{decode, insert_sorted, Customer, Interest, Kept, KeptEvents, Link};
 
 /// The default and the bounds of `limit`.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -192,27 +192,10 @@ impl Queries {
     }
 }
 
-/// The intent score of `interest` at `t` (contract section 3): the decayed
-/// weights of the views in the lookback made after the latest purchase
-/// stamped at or before `t`.
-// TODO(lead): the same rule as `CustomerStage::score`; one copy should call
-// the other (see the report of helper `query`).
+/// The intent score of `interest` at `t` (contract section 3), as the
+/// customer stage decides with it.
 pub fn intent_score(params: &Params, interest: &Interest, t: Millis) -> f64 {
-    let from = t.saturating_sub(params.lookback);
-    let after = interest.latest_purchase_until(t);
-    let half_life = params.half_life as f64;
-    interest
-        .views_in(from, t)
-        .iter()
-        .filter(|v| after.is_none_or(|p| v.ts > p))
-        .map(|v| {
-            let w = match v.kind {
-                KindCode::ProductView => params.weight_view,
-                KindCode::AddToCart => params.weight_cart,
-            };
-            w * (-((t - v.ts) as f64) / half_life).exp2()
-        })
-        .sum()
+    interest.intent_score(params, t)
 }
 
 /// W as the engine computes it (`Engine::watermark`), from what the last
@@ -329,6 +312,7 @@ fn top(mut products: Vec<ProductAnswer>, limit: usize) -> Vec<ProductAnswer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::records::KindCode;
 
     fn params() -> Params {
         Params::from_config(&Config::default())

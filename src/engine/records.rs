@@ -272,6 +272,26 @@ impl Interest {
         hi.checked_sub(1).map(|i| self.purchases[i])
     }
 
+    /// The intent score at `t` (contract section 3): the decayed weights of
+    /// the views in the lookback made after the latest purchase stamped at
+    /// or before `t`.
+    pub fn intent_score(&self, params: &super::params::Params, t: Millis) -> f64 {
+        let from = t.saturating_sub(params.lookback);
+        let after = self.latest_purchase_until(t);
+        let half_life = params.half_life as f64;
+        self.views_in(from, t)
+            .iter()
+            .filter(|v| after.is_none_or(|p| v.ts > p))
+            .map(|v| {
+                let w = match v.kind {
+                    KindCode::ProductView => params.weight_view,
+                    KindCode::AddToCart => params.weight_cart,
+                };
+                w * (-((t - v.ts) as f64) / half_life).exp2()
+            })
+            .sum()
+    }
+
     /// Whether a purchase is stamped at or after `t`.
     pub fn purchased_since(&self, t: Millis) -> bool {
         self.purchases.last().is_some_and(|&p| p >= t)

@@ -5,7 +5,7 @@
 //!
 //! A query reads a RocksDB snapshot of the committed state on a blocking
 //! thread: it sees whole batches only and holds no lock the pipeline waits
-//! on.
+//! on; at most half the cores compute queries at once.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::config::Config;
@@ -31,6 +32,9 @@ pub struct QueryState {
     token_digest: Option<[u8; 32]>,
     queries: Arc<Queries>,
     reader: Arc<OnceLock<Reader>>,
+    /// Queries computed at once: at most half the cores, so that a flood
+    /// of queries queues here rather than taking the pipeline's CPU.
+    running: Arc<Semaphore>,
 }
 
 impl fmt::Debug for QueryState {
@@ -49,6 +53,7 @@ impl QueryState {
             token_digest: token.is_set().then(|| digest(token.expose().as_bytes())),
             queries: Arc::new(Queries::from_config(config)),
             reader: Arc::new(OnceLock::new()),
+            running: Arc::new(Semaphore::new(query_threads())),
         }
     }
 
@@ -139,6 +144,10 @@ async fn lookup(
     };
     let queries = Arc::clone(&q.queries);
     let subject = subject(id);
+    // The semaphore is never closed.
+    let Ok(_permit) = q.running.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
+    };
     let answered = tokio::task::spawn_blocking(move || {
         let snapshot = reader.snapshot();
         queries.answer(&snapshot, &subject, limit)
@@ -172,6 +181,11 @@ async fn not_allowed(State(q): State<QueryState>, headers: HeaderMap) -> Respons
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     response
+}
+
+/// Half the cores, at least one.
+fn query_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// Any path no route serves.

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
-use tracing::warn;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+use super::events::DeliveryFailed;
+use super::pipeline::{Output, Stop};
 use super::LiveError;
 
 /// How long a batch's output may take to be acknowledged.
@@ -37,22 +39,29 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
+        if let Err((error, m)) = result {
             self.failed.fetch_add(1, Ordering::AcqRel);
-            self.metrics.produce_errors.inc();
-            warn!(error = %e, "message delivery failed");
+            DeliveryFailed {
+                topic: m.topic(),
+                error,
+            }
+            .emit(&self.metrics);
         }
     }
 }
 
+/// The Kafka producer as the pipeline's `Output`.
 pub struct Sink {
     producer: BaseProducer<SinkContext>,
+    /// Waiting for room or acknowledgements ends when the stop is
+    /// abandoned (the shutdown deadline passed).
+    stop: Arc<Stop>,
 }
 
 impl Sink {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Sink, LiveError> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>, stop: Arc<Stop>) -> Result<Sink, LiveError> {
         let mut cc = ClientConfig::new();
-        for (k, v) in &config.kafka.client {
+        for (k, v) in config.kafka.producer_settings() {
             cc.set(k, v);
         }
         cc.set("bootstrap.servers", &config.kafka.brokers)
@@ -72,12 +81,14 @@ impl Sink {
                 what: "create the producer",
                 source,
             })?;
-        Ok(Sink { producer })
+        Ok(Sink { producer, stop })
     }
+}
 
+impl Output for Sink {
     /// Queues one message; when the in-flight bound is reached, serves
-    /// delivery reports until there is room.
-    pub fn send(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<(), LiveError> {
+    /// delivery reports until there is room (or the stop is abandoned).
+    fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<(), LiveError> {
         loop {
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
             if let Some(k) = key {
@@ -86,6 +97,9 @@ impl Sink {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if self.stop.is_abandoned() {
+                        return Err(LiveError::Abandoned);
+                    }
                     self.producer.poll(Duration::from_millis(50));
                 }
                 Err((source, _)) => {
@@ -100,13 +114,16 @@ impl Sink {
 
     /// Waits until every queued message is acknowledged; an error if any
     /// failed, so the batch's offsets are not stored and it is read again.
-    pub fn flush(&self) -> Result<(), LiveError> {
+    fn flush(&mut self) -> Result<(), LiveError> {
         // Not `BaseProducer::flush`: between its checks it polls for up to
         // 100 ms, and its last poll often waits that long after the last
         // acknowledgement (a tenth of a second per batch, measured). Short
         // polls serve the delivery reports as they come.
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         while self.producer.in_flight_count() > 0 {
+            if self.stop.is_abandoned() {
+                return Err(LiveError::Abandoned);
+            }
             if Instant::now() >= deadline {
                 return Err(LiveError::Kafka {
                     what: "flush the producer",

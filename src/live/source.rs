@@ -1,7 +1,9 @@
 //! The Kafka side of input: a consumer in the group, seeking to the offsets
-//! stored with the state, handing out owned messages in bounded batches.
+//! stored with the state (or, for a partition the state has never read, to
+//! where `kafka.start_from` says), handing out owned messages in bounded
+//! batches. Consumer errors are classified: fatal ones end the pipeline,
+//! transient ones are counted and logged rate-limited.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,14 +18,23 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, StartFrom};
 use crate::engine::SourceOffset;
-use crate::metrics::Metrics;
+use crate::metrics::{KafkaErrorKind, Metrics};
 
+use super::events::{classify, CommitFailed, ConsumerError, ConsumerFatal, Rebalance};
+use super::offsets::{Offsets, OffsetsView};
+use super::pipeline::{BatchSource, Stop};
 use super::LiveError;
 
-/// The next offset to read per (topic, partition): what the state holds.
-pub type Positions = Arc<Mutex<HashMap<(String, i32), i64>>>;
+/// How long the start of a new partition may wait for offsets-for-times.
+const OFFSETS_FOR_TIMES_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a metadata request (to tell which input topic is unknown) may
+/// take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an input topic may be missing before that is fatal: time for
+/// a deployment that creates its topics beside pretext to do so.
+const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(30);
 
 /// One input message, owned: library types stay at the edge.
 #[derive(Debug, Clone)]
@@ -38,7 +49,11 @@ pub struct InputMessage {
 /// Rebalance and statistics callbacks. They run inside `poll`, on the
 /// pipeline's own thread, so they are short and only touch shared state.
 pub struct SourceContext {
-    positions: Positions,
+    positions: OffsetsView,
+    start_from: StartFrom,
+    /// A callback found it cannot go on (no start offset for a partition):
+    /// the pipeline stops with this.
+    fatal: Mutex<Option<String>>,
     assigned: Arc<AtomicBool>,
     /// Set on revoke: the pipeline ends the batch it is collecting at once.
     revoked: AtomicBool,
@@ -57,9 +72,7 @@ impl ClientContext for SourceContext {
     /// not yet committed where it matters (Kafka's committed offsets are
     /// for monitoring and may trail).
     fn stats(&self, stats: Statistics) {
-        let Ok(positions) = self.positions.lock() else {
-            return;
-        };
+        let positions = &self.positions;
         for (topic, t) in &stats.topics {
             for (&partition, p) in &t.partitions {
                 // -1 is librdkafka's internal partition; `desired` marks the
@@ -67,8 +80,8 @@ impl ClientContext for SourceContext {
                 if partition < 0 || !p.desired || p.hi_offset < 0 {
                     continue;
                 }
-                let lag = match positions.get(&(topic.clone(), partition)) {
-                    Some(&next) => p.hi_offset - next,
+                let lag = match positions.next(topic, partition) {
+                    Some(next) => p.hi_offset - next,
                     None if p.lo_offset >= 0 => p.hi_offset - p.lo_offset,
                     None => continue,
                 };
@@ -100,19 +113,29 @@ impl ConsumerContext for SourceContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.start_at_stored_offsets(tpl);
+                self.set_start_offsets(consumer, tpl);
                 let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
                 };
                 match assigned {
-                    Ok(()) => info!(partitions = tpl.count(), cooperative, "partitions assigned"),
+                    Ok(()) => Rebalance {
+                        assigned: true,
+                        partitions: tpl.count(),
+                        cooperative,
+                    }
+                    .emit(&self.metrics),
                     Err(e) => warn!(error = %e, "failed to assign partitions"),
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                info!(partitions = tpl.count(), cooperative, "partitions revoked");
+                Rebalance {
+                    assigned: false,
+                    partitions: tpl.count(),
+                    cooperative,
+                }
+                .emit(&self.metrics);
                 for e in tpl.elements() {
                     let partition = e.partition().to_string();
                     // Soon not ours: no stale lag series.
@@ -156,41 +179,123 @@ impl SourceContext {
         self.assigned.store(any, Ordering::Release);
     }
 
-    fn start_at_stored_offsets(&self, tpl: &mut TopicPartitionList) {
-        let Ok(positions) = self.positions.lock() else {
-            return;
-        };
+    /// Each partition starts at the offset stored with the state; one the
+    /// state has never read starts where `kafka.start_from` says.
+    fn set_start_offsets(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let parts: Vec<(String, i32)> = tpl
             .elements()
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
+        let mut new = Vec::new();
         for (topic, partition) in parts {
-            let offset = match positions.get(&(topic.clone(), partition)) {
-                Some(&next) => Offset::Offset(next),
-                None => Offset::Beginning,
+            let offset = match self.positions.next(&topic, partition) {
+                Some(next) => Offset::Offset(next),
+                None => match self.start_from {
+                    StartFrom::Earliest => Offset::Beginning,
+                    StartFrom::Latest => Offset::End,
+                    StartFrom::Time(_) => {
+                        new.push((topic, partition));
+                        continue;
+                    }
+                },
             };
             if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
                 warn!(error = %e, partition, "cannot set the start offset");
             }
         }
+        if let (StartFrom::Time(t), false) = (self.start_from, new.is_empty()) {
+            self.start_at_time(consumer, tpl, &new, t);
+        }
+    }
+
+    /// The first offset whose Kafka timestamp is at or after `t`, per
+    /// partition; the end of a partition with none. If the broker cannot
+    /// tell, the pipeline stops (a guess would skip or repeat history).
+    fn start_at_time(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        new: &[(String, i32)],
+        t: i64,
+    ) {
+        let found = match times_list(new, t) {
+            Ok(query) => consumer.offsets_for_times(query, OFFSETS_FOR_TIMES_TIMEOUT),
+            Err(e) => Err(e),
+        };
+        for (topic, partition) in new {
+            let offset = match &found {
+                Ok(found) => start_offset(found, topic, *partition),
+                Err(_) => None,
+            };
+            let offset = offset.unwrap_or_else(|| {
+                self.set_fatal(format!(
+                    "cannot find the offset of {topic}[{partition}] at kafka.start_from: {}",
+                    found
+                        .as_ref()
+                        .err()
+                        .map_or("no answer".to_string(), |e| e.to_string())
+                ));
+                Offset::End
+            });
+            if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                warn!(error = %e, partition, "cannot set the start offset");
+            }
+        }
+    }
+
+    fn set_fatal(&self, message: String) {
+        if let Ok(mut fatal) = self.fatal.lock() {
+            fatal.get_or_insert(message);
+        }
+    }
+
+    fn take_fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|mut f| f.take())
     }
 }
 
+fn times_list(parts: &[(String, i32)], t: i64) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in parts {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(t))?;
+    }
+    Ok(tpl)
+}
+
+/// The start offset offsets-for-times found: an offset, or the end when no
+/// record is stamped at or after the time (librdkafka answers -1, `End`).
+fn start_offset(found: &TopicPartitionList, topic: &str, partition: i32) -> Option<Offset> {
+    let e = found.find_partition(topic, partition)?;
+    if e.error().is_err() {
+        return None;
+    }
+    match e.offset() {
+        Offset::Offset(o) if o >= 0 => Some(Offset::Offset(o)),
+        Offset::End | Offset::Offset(_) => Some(Offset::End),
+        _ => None,
+    }
+}
+
+/// The Kafka consumer as the pipeline's `BatchSource`.
 pub struct Source {
     consumer: BaseConsumer<SourceContext>,
+    inputs: Vec<String>,
+    metrics: Arc<Metrics>,
+    /// Since when an input topic has been reported unknown, if one is.
+    unknown_since: Option<Instant>,
 }
 
 impl Source {
     pub fn new(
         config: &Config,
-        positions: Positions,
+        positions: OffsetsView,
         assigned: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
     ) -> Result<Source, LiveError> {
         let mut cc = ClientConfig::new();
         // Pass-through settings first: the ones below keep us safe and win.
-        for (k, v) in &config.kafka.client {
+        for (k, v) in config.kafka.consumer_settings() {
             cc.set(k, v);
         }
         cc.set("bootstrap.servers", &config.kafka.brokers)
@@ -199,16 +304,22 @@ impl Source {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
-        if !config.kafka.client.contains_key("statistics.interval.ms") {
+        if !config
+            .kafka
+            .consumer_settings()
+            .any(|(k, _)| k == "statistics.interval.ms")
+        {
             cc.set("statistics.interval.ms", "5000");
         }
         let context = SourceContext {
             positions,
+            start_from: config.kafka.start_from,
+            fatal: Mutex::new(None),
             assigned,
             revoked: AtomicBool::new(false),
             pending_revoke: Mutex::new(None),
             closing: AtomicBool::new(false),
-            metrics,
+            metrics: metrics.clone(),
         };
         let consumer: BaseConsumer<SourceContext> =
             cc.create_with_context(context)
@@ -223,50 +334,109 @@ impl Source {
                 what: "subscribe to the input topics",
                 source,
             })?;
-        Ok(Source { consumer })
+        Ok(Source {
+            consumer,
+            inputs: config.topics.inputs.clone(),
+            metrics,
+            unknown_since: None,
+        })
     }
 
-    /// Up to `max` messages, within `max_wait` of the call. Ends early on a
-    /// revoke (so the batch is committed before more is read) or a stop.
-    pub fn next_batch(
-        &self,
-        max: usize,
-        max_wait: Duration,
-        stop: &AtomicBool,
-    ) -> Vec<InputMessage> {
-        let deadline = Instant::now() + max_wait;
-        let mut batch = Vec::new();
-        while batch.len() < max && !stop.load(Ordering::Acquire) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+    /// A consumer error: counted and logged if librdkafka recovers from it,
+    /// else the fatal error that stops the pipeline.
+    fn on_error(&mut self, e: &KafkaError) -> Result<(), LiveError> {
+        let (kind, fix) = classify(e);
+        let fix = match (kind, fix) {
+            (_, Some(fix)) => Some(fix.to_string()),
+            (KafkaErrorKind::UnknownTopic, None) => {
+                self.unknown_since.get_or_insert_with(Instant::now);
+                None
             }
-            match self.consumer.poll(left.min(Duration::from_millis(100))) {
-                Some(Ok(m)) => batch.push(InputMessage {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                }),
-                Some(Err(e)) => warn!(error = %e, "consumer error"),
-                None => {}
-            }
-            if self
-                .consumer
-                .context()
-                .revoked
-                .swap(false, Ordering::AcqRel)
-            {
-                break;
+            _ => None,
+        };
+        let Some(fix) = fix else {
+            ConsumerError { kind, error: e }.emit(&self.metrics);
+            return Ok(());
+        };
+        self.fatal(kind, e, fix)
+    }
+
+    /// An input topic reported unknown and still missing from the
+    /// cluster's metadata past the grace is fatal; one that appeared is
+    /// forgotten.
+    fn check_unknown(&mut self) -> Result<(), LiveError> {
+        let Some(since) = self.unknown_since else {
+            return Ok(());
+        };
+        if since.elapsed() < UNKNOWN_TOPIC_GRACE {
+            return Ok(());
+        }
+        self.unknown_since = None;
+        match self.missing_input() {
+            None => Ok(()),
+            Some(fix) => {
+                let e = KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition);
+                self.fatal(KafkaErrorKind::UnknownTopic, &e, fix)
             }
         }
-        batch
     }
 
-    /// Commits the offsets to Kafka too, asynchronously: for lag monitoring
-    /// only; the offsets that count are stored with the state.
-    pub fn commit_to_kafka(&self, offsets: &[SourceOffset], mode: CommitMode) {
+    fn fatal(&self, kind: KafkaErrorKind, e: &KafkaError, fix: String) -> Result<(), LiveError> {
+        ConsumerFatal {
+            kind,
+            error: e,
+            fix: &fix,
+        }
+        .emit(&self.metrics);
+        self.consumer
+            .context()
+            .assigned
+            .store(false, Ordering::Release);
+        Err(LiveError::Fatal {
+            error: e.to_string(),
+            fix,
+        })
+    }
+
+    /// The fix to print when an input topic is missing from the cluster's
+    /// metadata, or `None` when every input topic exists.
+    fn missing_input(&self) -> Option<String> {
+        let metadata = self.consumer.fetch_metadata(None, METADATA_TIMEOUT).ok()?;
+        let known: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.name())
+            .collect();
+        let (i, name) = self
+            .inputs
+            .iter()
+            .enumerate()
+            .find(|(_, name)| !known.contains(&name.as_str()))?;
+        Some(format!(
+            "input topic {name:?} does not exist: create it, or remove it from topics.inputs (topics.inputs[{i}])"
+        ))
+    }
+
+    fn fatal_from_callback(&self) -> Result<(), LiveError> {
+        match self.consumer.context().take_fatal() {
+            None => Ok(()),
+            Some(error) => {
+                self.consumer
+                    .context()
+                    .assigned
+                    .store(false, Ordering::Release);
+                Err(LiveError::Fatal {
+                    error,
+                    fix: "check that the broker answers and kafka.start_from is a time the input topics can look up".into(),
+                })
+            }
+        }
+    }
+
+    /// Commits the offsets to Kafka too: for lag monitoring only; the
+    /// offsets that count are stored with the state.
+    fn commit_to_kafka(&self, offsets: &[SourceOffset], mode: CommitMode) {
         // An empty list must not reach librdkafka (rust-rdkafka #681).
         if offsets.is_empty() {
             return;
@@ -282,17 +452,71 @@ impl Source {
         }
         match self.consumer.commit(&tpl, mode) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => warn!(error = %e, "failed to commit offsets to kafka"),
+            Err(error) => CommitFailed { error: &error }.emit(&self.metrics),
         }
     }
 }
 
-impl Source {
+impl BatchSource for Source {
+    fn next_batch(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+        stop: &Stop,
+    ) -> Result<Vec<InputMessage>, LiveError> {
+        self.check_unknown()?;
+        let deadline = Instant::now() + max_wait;
+        let mut batch = Vec::new();
+        while batch.len() < max && !stop.is_requested() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let polled = self.consumer.poll(left.min(Duration::from_millis(100)));
+            // A rebalance callback ran inside the poll and could not go on.
+            self.fatal_from_callback()?;
+            let error = match polled {
+                Some(Ok(m)) => {
+                    batch.push(InputMessage {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    });
+                    None
+                }
+                Some(Err(e)) => Some(e),
+                None => None,
+            };
+            if let Some(e) = error {
+                self.on_error(&e)?;
+            }
+            if self
+                .consumer
+                .context()
+                .revoked
+                .swap(false, Ordering::AcqRel)
+            {
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
+    fn is_assigned(&self) -> bool {
+        self.consumer.context().assigned.load(Ordering::Acquire)
+    }
+
+    fn committed(&mut self, offsets: &[SourceOffset]) {
+        self.commit_to_kafka(offsets, CommitMode::Async);
+    }
+
     /// Hands over partitions revoked while a batch was being collected, now
     /// that it is committed to the state: first their offsets go to Kafka,
     /// synchronously, while the partitions are still ours, then they are
     /// unassigned and the rebalance goes on.
-    pub fn finish_revoke(&self) {
+    fn finish_revoke(&mut self, offsets: &Offsets) {
         let context = self.consumer.context();
         let Some(tpl) = context
             .pending_revoke
@@ -302,22 +526,8 @@ impl Source {
         else {
             return;
         };
-        let offsets: Vec<SourceOffset> = match context.positions.lock() {
-            Ok(positions) => tpl
-                .elements()
-                .iter()
-                .filter_map(|e| {
-                    let key = (e.topic().to_string(), e.partition());
-                    positions.get(&key).map(|&next_offset| SourceOffset {
-                        topic: key.0,
-                        partition: key.1,
-                        next_offset,
-                    })
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        self.commit_to_kafka(&offsets, CommitMode::Sync);
+        let revoked = offsets.of(tpl.elements().iter().map(|e| (e.topic(), e.partition())));
+        self.commit_to_kafka(&revoked, CommitMode::Sync);
         context.unassign(&self.consumer, &tpl);
         context.update_assigned(&self.consumer);
         info!(partitions = tpl.count(), "revoked partitions handed over");
@@ -339,5 +549,31 @@ impl Drop for Source {
         {
             context.unassign(&self.consumer, &tpl);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_with_no_record_that_late_starts_at_the_end() {
+        let mut found = TopicPartitionList::new();
+        found
+            .add_partition_offset("t", 0, Offset::Offset(42))
+            .unwrap();
+        found.add_partition_offset("t", 1, Offset::End).unwrap();
+        found
+            .add_partition_offset("t", 2, Offset::Beginning)
+            .unwrap();
+        assert_eq!(start_offset(&found, "t", 0), Some(Offset::Offset(42)));
+        assert_eq!(start_offset(&found, "t", 1), Some(Offset::End));
+        assert_eq!(start_offset(&found, "t", 2), None, "not an answer");
+        assert_eq!(start_offset(&found, "t", 3), None, "not asked");
+        let query = times_list(&[("t".into(), 0), ("u".into(), 5)], 1_795_341_600_000).unwrap();
+        assert_eq!(
+            query.find_partition("u", 5).map(|e| e.offset()),
+            Some(Offset::Offset(1_795_341_600_000))
+        );
     }
 }

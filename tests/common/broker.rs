@@ -429,6 +429,8 @@ pub struct Topics {
     pub input: String,
     pub triggers: String,
     pub dead_letter: String,
+    pub holdout: String,
+    pub conversions: String,
 }
 
 impl Topics {
@@ -438,17 +440,23 @@ impl Topics {
             input: unique("in"),
             triggers: unique("triggers"),
             dead_letter: unique("dead"),
+            holdout: unique("holdout"),
+            conversions: unique("conversions"),
         }
     }
 
     /// Fresh names, created on `broker`: the input with one partition (a
     /// replay of a file is one ordered stream, and the tests compare with
     /// one), the triggers with three (keyed by `crm_id`, so spread over
-    /// them), the dead letters with one.
+    /// them, like the holdout triggers and the conversions), the dead
+    /// letters with one. pretext refuses to start without its outputs.
     pub fn create(broker: &Broker) -> Topics {
         let t = Topics::named();
         broker.create_topics(&[&t.input, &t.dead_letter], 1);
-        broker.create_topics(&[&t.triggers], TRIGGER_PARTITIONS);
+        broker.create_topics(
+            &[&t.triggers, &t.holdout, &t.conversions],
+            TRIGGER_PARTITIONS,
+        );
         t
     }
 }
@@ -475,12 +483,15 @@ brokers = "{broker}"
 group_id = "{group}"
 batch_max_messages = 200
 [kafka.client]
-"session.timeout.ms" = "6000"
 "statistics.interval.ms" = "1000"
+[kafka.consumer]
+"session.timeout.ms" = "6000"
 [topics]
 inputs = ["{input}"]
 triggers = "{triggers}"
 dead_letter = "{dead}"
+holdout = "{holdout}"
+conversions = "{conversions}"
 [state]
 dir = "{state}"
 [log]
@@ -491,6 +502,8 @@ level = "info"
         input = topics.input,
         triggers = topics.triggers,
         dead = topics.dead_letter,
+        holdout = topics.holdout,
+        conversions = topics.conversions,
         state = state_dir.display(),
     );
     std::fs::write(&config, text).unwrap();

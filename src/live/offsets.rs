@@ -1,0 +1,140 @@
+//! The next offset to read of each input partition: one owner.
+//!
+//! The durable copy is in the state (`Engine::commit` writes it in the same
+//! RocksDB write batch as the state changes); `Offsets` is the copy in
+//! memory, and only the pipeline moves it, right after that commit. The
+//! consumer's callbacks (assignment, statistics) read it through an
+//! `OffsetsView`, which cannot write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::engine::SourceOffset;
+
+use super::source::InputMessage;
+
+type Map = HashMap<(String, i32), i64>;
+
+/// The pipeline's offsets: read them, and advance them after a commit.
+pub struct Offsets {
+    shared: Arc<RwLock<Map>>,
+}
+
+/// A read-only handle on the offsets, for the consumer's callbacks.
+#[derive(Clone)]
+pub struct OffsetsView {
+    shared: Arc<RwLock<Map>>,
+}
+
+impl Offsets {
+    /// The offsets stored with the state.
+    pub fn from_stored(stored: Vec<SourceOffset>) -> Offsets {
+        let map = stored
+            .into_iter()
+            .map(|o| ((o.topic, o.partition), o.next_offset))
+            .collect();
+        Offsets {
+            shared: Arc::new(RwLock::new(map)),
+        }
+    }
+
+    pub fn view(&self) -> OffsetsView {
+        OffsetsView {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A message before the stored position was applied by an earlier run.
+    /// Assignment starts every partition at its stored position, so this
+    /// takes an offset reset (a recreated topic) to happen.
+    pub fn already_applied(&self, m: &InputMessage) -> bool {
+        self.view()
+            .next(&m.topic, m.partition)
+            .is_some_and(|next| m.offset < next)
+    }
+
+    /// Called with the offsets `Engine::commit` has just stored, never
+    /// before: memory never runs ahead of the state.
+    pub fn advance(&mut self, committed: &[SourceOffset]) {
+        let mut map = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+        for o in committed {
+            map.insert((o.topic.clone(), o.partition), o.next_offset);
+        }
+    }
+
+    /// The stored offsets of those `partitions` the state has read.
+    pub fn of<'a>(
+        &self,
+        partitions: impl IntoIterator<Item = (&'a str, i32)>,
+    ) -> Vec<SourceOffset> {
+        let view = self.view();
+        partitions
+            .into_iter()
+            .filter_map(|(topic, partition)| {
+                view.next(topic, partition).map(|next_offset| SourceOffset {
+                    topic: topic.to_string(),
+                    partition,
+                    next_offset,
+                })
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shared.read().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl OffsetsView {
+    /// The next offset to read of a partition, if the state has read it.
+    pub fn next(&self, topic: &str, partition: i32) -> Option<i64> {
+        let map = self.shared.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(&(topic.to_string(), partition)).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offset(topic: &str, partition: i32, next_offset: i64) -> SourceOffset {
+        SourceOffset {
+            topic: topic.into(),
+            partition,
+            next_offset,
+        }
+    }
+
+    fn message(topic: &str, partition: i32, offset: i64) -> InputMessage {
+        InputMessage {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: None,
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn views_see_what_the_owner_advances() {
+        let mut offsets = Offsets::from_stored(vec![offset("a", 0, 5)]);
+        let view = offsets.view();
+        assert_eq!(view.next("a", 0), Some(5));
+        assert_eq!(view.next("a", 1), None);
+        assert!(offsets.already_applied(&message("a", 0, 4)));
+        assert!(!offsets.already_applied(&message("a", 0, 5)));
+        assert!(!offsets.already_applied(&message("a", 1, 0)));
+        offsets.advance(&[offset("a", 0, 9), offset("a", 1, 2)]);
+        assert_eq!(view.next("a", 0), Some(9));
+        assert_eq!(
+            offsets.of([("a", 1), ("b", 0)]),
+            vec![offset("a", 1, 2)],
+            "only partitions the state has read"
+        );
+        assert_eq!(offsets.len(), 2);
+    }
+}

@@ -1,0 +1,492 @@
+//! The live pipeline in two steps, each batch:
+//!
+//! 1. `apply_batch`, the pure step: decoded messages through the engine,
+//!    giving the batch's output (triggers, dead letters) and the next input
+//!    offsets. It changes the state in memory only; nothing is committed.
+//! 2. The effectful step, in this order: publish the output and flush it
+//!    (every message acknowledged), then commit the state with the offsets
+//!    (one RocksDB write batch), then tell the source (Kafka's committed
+//!    offsets, for monitoring). A failure before the commit leaves the
+//!    state and offsets as they were: the batch is read again.
+//!
+//! The input and the output are behind two small traits, `BatchSource` and
+//! `Output`, and time behind `Clock`, so the pipeline runs in tests with no
+//! broker (tests/pipeline.rs).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::{Config, Topics};
+use crate::deadletter::DeadLetter;
+use crate::decode::{decode, Reason};
+use crate::engine::{Engine, Outcome, SourceOffset, TriggerSink};
+use crate::event::Millis;
+use crate::http::Health;
+use crate::trigger::{Conversion, Group, Trigger};
+
+use super::events::{DeadLettered, SkippedBelowPosition};
+use super::idle::Idle;
+use super::offsets::Offsets;
+use super::source::InputMessage;
+use super::LiveError;
+
+/// A too-large message's payload is cut to this in its dead letter, which
+/// must itself fit in a Kafka message; topic, partition and offset locate
+/// the original.
+const DEAD_LETTER_PAYLOAD_MAX: usize = 64 * 1024;
+
+/// Where the batches come from (Kafka in production).
+pub trait BatchSource {
+    /// Up to `max` messages within `max_wait`; ends early on a revoke (so
+    /// the batch is committed before more is read) or a stop. An error is
+    /// fatal: the pipeline stops.
+    fn next_batch(
+        &mut self,
+        max: usize,
+        max_wait: Duration,
+        stop: &Stop,
+    ) -> Result<Vec<InputMessage>, LiveError>;
+
+    /// Whether any input partition is ours now.
+    fn is_assigned(&self) -> bool;
+
+    /// These offsets are now stored with the state.
+    fn committed(&mut self, offsets: &[SourceOffset]);
+
+    /// Hands over partitions revoked while the last batch was collected,
+    /// now that it is committed; `offsets` are the stored positions.
+    fn finish_revoke(&mut self, offsets: &Offsets);
+}
+
+/// Where the output goes (Kafka in production).
+pub trait Output {
+    /// Queues one message.
+    fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<(), LiveError>;
+
+    /// Returns once every queued message is acknowledged; an error if any
+    /// was not, so the batch's offsets are not stored.
+    fn flush(&mut self) -> Result<(), LiveError>;
+}
+
+/// The two clocks the pipeline reads: a monotonic one for timeouts, the
+/// wall clock for the idle advance.
+pub trait Clock {
+    /// Monotonic time since some fixed origin.
+    fn mono(&self) -> Duration;
+    /// Unix epoch milliseconds.
+    fn wall_ms(&self) -> Millis;
+}
+
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> SystemClock {
+        SystemClock {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn mono(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn wall_ms(&self) -> Millis {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
+    }
+}
+
+/// How the pipeline is told to stop. `request`: finish the batch being
+/// collected, publish it, commit it, return. `abandon`: the shutdown
+/// deadline passed (or the process is leaving on an error): give up at
+/// once, committing nothing more; the uncommitted batch is read again.
+#[derive(Default)]
+pub struct Stop {
+    requested: AtomicBool,
+    abandoned: AtomicBool,
+}
+
+impl Stop {
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+    }
+
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.request();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+}
+
+/// A dead letter ready to produce, with what locates its message.
+pub struct DeadLetterOut {
+    pub key: Option<Vec<u8>>,
+    pub json: String,
+    pub reason: Reason,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What a batch makes, in the order the engine made it, produced before
+/// its offsets are stored: triggers of either group (each goes to its
+/// group's topic), conversions, dead letters.
+#[derive(Default)]
+pub struct Produced {
+    pub triggers: Vec<Trigger>,
+    pub conversions: Vec<Conversion>,
+    pub dead_letters: Vec<DeadLetterOut>,
+}
+
+impl Produced {
+    pub fn is_empty(&self) -> bool {
+        self.triggers.is_empty() && self.conversions.is_empty() && self.dead_letters.is_empty()
+    }
+}
+
+impl TriggerSink for Produced {
+    fn emit(&mut self, trigger: Trigger) {
+        self.triggers.push(trigger);
+    }
+
+    fn convert(&mut self, conversion: Conversion) {
+        self.conversions.push(conversion);
+    }
+}
+
+/// The result of the pure step.
+#[derive(Default)]
+pub struct Applied {
+    pub produced: Produced,
+    /// The next offset to read of each partition the batch touched.
+    pub next: Vec<SourceOffset>,
+    /// Messages below the stored position, skipped: (topic, partition, offset).
+    pub skipped: Vec<(String, i32, i64)>,
+    /// Whether the engine applied any event (duplicates and ignored ones
+    /// are not applied).
+    pub applied_any: bool,
+}
+
+/// The pure step: applies `batch` to the engine, in order. The state
+/// changes stay uncommitted. An engine error names the message.
+pub fn apply_batch(
+    engine: &mut Engine,
+    offsets: &Offsets,
+    batch: &[InputMessage],
+    max_bytes: usize,
+) -> Result<Applied, LiveError> {
+    let mut out = Applied::default();
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        if offsets.already_applied(m) {
+            out.skipped.push((m.topic.clone(), m.partition, m.offset));
+            continue;
+        }
+        match decode(&m.payload, max_bytes) {
+            Ok(event) => {
+                let outcome =
+                    engine
+                        .apply(&event, &mut out.produced)
+                        .map_err(|source| LiveError::Apply {
+                            topic: m.topic.clone(),
+                            partition: m.partition,
+                            offset: m.offset,
+                            source,
+                        })?;
+                out.applied_any |= outcome == Outcome::Applied;
+            }
+            Err(rejection) => out.produced.dead_letters.push(DeadLetterOut {
+                key: m.key.clone(),
+                json: dead_letter(m, rejection.reason, &rejection.error),
+                reason: rejection.reason,
+                topic: m.topic.clone(),
+                partition: m.partition,
+                offset: m.offset,
+            }),
+        }
+        next.insert((&m.topic, m.partition), m.offset + 1);
+    }
+    out.next = next
+        .into_iter()
+        .map(|((topic, partition), next_offset)| SourceOffset {
+            topic: topic.to_string(),
+            partition,
+            next_offset,
+        })
+        .collect();
+    Ok(out)
+}
+
+/// Sends a batch's output and waits for every acknowledgement.
+pub fn publish(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Result<(), LiveError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    for t in &out.triggers {
+        // Holdout triggers never reach the triggers topic.
+        let topic = match t.group {
+            Group::Treated => &topics.triggers,
+            Group::Holdout => &topics.holdout,
+        };
+        output.send(topic, Some(t.crm_id.as_bytes()), t.to_json().as_bytes())?;
+    }
+    for c in &out.conversions {
+        output.send(
+            &topics.conversions,
+            Some(c.crm_id.as_bytes()),
+            c.to_json().as_bytes(),
+        )?;
+    }
+    for d in &out.dead_letters {
+        output.send(&topics.dead_letter, d.key.as_deref(), d.json.as_bytes())?;
+    }
+    output.flush()
+}
+
+pub struct Pipeline<S, O, C> {
+    config: Config,
+    engine: Engine,
+    offsets: Offsets,
+    source: S,
+    output: O,
+    clock: C,
+    health: Health,
+    idle: Idle,
+}
+
+impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
+    /// `offsets` must be those stored in `engine`'s state (the source was
+    /// given their view).
+    pub fn new(
+        config: Config,
+        engine: Engine,
+        offsets: Offsets,
+        source: S,
+        output: O,
+        clock: C,
+        health: Health,
+    ) -> Pipeline<S, O, C> {
+        let idle = Idle::new(&config, engine.max_event_ts(), engine.watermark(), &clock);
+        health.state_open.store(true, Ordering::Release);
+        Pipeline {
+            config,
+            engine,
+            offsets,
+            source,
+            output,
+            clock,
+            health,
+            idle,
+        }
+    }
+
+    /// Runs until `stop` is requested (the batch being collected is then
+    /// finished and committed) or an error. On an error the state is no
+    /// longer served: readiness goes false.
+    pub fn run(&mut self, stop: &Stop) -> Result<(), LiveError> {
+        let result = self.run_loop(stop);
+        if result.is_err() {
+            self.health.state_open.store(false, Ordering::Release);
+            self.observe();
+        }
+        result
+    }
+
+    fn run_loop(&mut self, stop: &Stop) -> Result<(), LiveError> {
+        let max = self.config.kafka.batch_max_messages;
+        let wait = self.config.kafka.batch_max_wait.std();
+        self.observe();
+        while !stop.is_requested() {
+            let batch = self.source.next_batch(max, wait, stop)?;
+            if stop.is_abandoned() {
+                break;
+            }
+            let now = self.clock.mono();
+            // Idle means no input while partitions are assigned: before an
+            // assignment (a group still rebalancing) nothing can arrive, and
+            // following the clock then would make the backlog late.
+            if !batch.is_empty() || !self.source.is_assigned() {
+                self.idle.input_at(now);
+            }
+            if batch.is_empty() {
+                self.idle_advance()?;
+            } else {
+                self.process(&batch)?;
+            }
+            // A revoke ended the batch: it is committed, hand the partitions over.
+            self.source.finish_revoke(&self.offsets);
+        }
+        Ok(())
+    }
+
+    /// Applies a batch, produces its output, then stores state and offsets.
+    fn process(&mut self, batch: &[InputMessage]) -> Result<(), LiveError> {
+        let started = self.clock.mono();
+        let max_bytes = self.config.input.max_message_bytes;
+        let applied = apply_batch(&mut self.engine, &self.offsets, batch, max_bytes)?;
+        let metrics = self.health.metrics.clone();
+        for (topic, partition, offset) in &applied.skipped {
+            SkippedBelowPosition {
+                topic,
+                partition: *partition,
+                offset: *offset,
+            }
+            .emit(&metrics);
+        }
+        if let (true, Some(m)) = (applied.applied_any, self.engine.max_event_ts()) {
+            self.idle.applied(m, self.clock.wall_ms());
+        }
+        publish(&mut self.output, &self.config.topics, &applied.produced)?;
+        for d in &applied.produced.dead_letters {
+            DeadLettered {
+                reason: d.reason,
+                topic: &d.topic,
+                partition: d.partition,
+                offset: d.offset,
+            }
+            .emit(&metrics);
+        }
+        self.commit(&applied.next)?;
+        metrics
+            .batch_duration
+            .observe((self.clock.mono().saturating_sub(started)).as_secs_f64());
+        self.observe();
+        Ok(())
+    }
+
+    /// State and offsets in one write batch; then memory and Kafka follow.
+    fn commit(&mut self, next: &[SourceOffset]) -> Result<(), LiveError> {
+        self.engine.commit(next)?;
+        self.offsets.advance(next);
+        self.source.committed(next);
+        Ok(())
+    }
+
+    /// No input for `idle_timeout`: the watermark follows the wall clock
+    /// from the last applied event (contract section 3), so checks fire in
+    /// quiet hours; fired checks are published, then the state committed
+    /// (it keeps the idle watermark across restarts).
+    fn idle_advance(&mut self) -> Result<(), LiveError> {
+        let Some(to) = self.idle.target(self.clock.mono(), self.clock.wall_ms()) else {
+            return Ok(());
+        };
+        let before = self.engine.watermark();
+        let mut out = Produced::default();
+        self.engine.advance_watermark(to, &mut out)?;
+        if self.engine.watermark() == before {
+            self.observe_clock();
+            return Ok(());
+        }
+        if !out.triggers.is_empty() {
+            tracing::info!(
+                triggers = out.triggers.len(),
+                "idle watermark advance fired checks"
+            );
+        }
+        publish(&mut self.output, &self.config.topics, &out)?;
+        self.commit(&[])?;
+        self.observe();
+        Ok(())
+    }
+
+    fn observe(&self) {
+        let m = &self.health.metrics;
+        m.observe_engine(self.engine.stats());
+        self.observe_clock();
+        let size = self.engine.state_size();
+        m.state_size_bytes.set(size.bytes as i64);
+        m.state_keys.set(size.keys as i64);
+        m.ready.set(i64::from(self.health.is_ready()));
+    }
+
+    /// The gauges that move with the clock even when nothing else does.
+    fn observe_clock(&self) {
+        let m = &self.health.metrics;
+        if let Some(w) = self.engine.watermark() {
+            m.watermark.set(w as f64 / 1000.0);
+        }
+        if let Some(ts) = self.engine.max_event_ts() {
+            let lag = self.clock.wall_ms().saturating_sub(ts);
+            m.event_time_lag.set(lag as f64 / 1000.0);
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    pub fn output(&self) -> &O {
+        &self.output
+    }
+
+    /// Gives the parts back (tests reopen the state from them).
+    pub fn into_parts(self) -> (Engine, S, O) {
+        (self.engine, self.source, self.output)
+    }
+}
+
+fn dead_letter(m: &InputMessage, reason: Reason, error: &str) -> String {
+    let payload = truncated(&m.payload, DEAD_LETTER_PAYLOAD_MAX);
+    DeadLetter {
+        error,
+        reason,
+        topic: &m.topic,
+        partition: m.partition,
+        offset: m.offset,
+        payload,
+    }
+    .to_json()
+}
+
+/// At most `max` bytes of `payload`; a cut inside a UTF-8 character moves
+/// back to its start, so a text payload stays text (`payload`, not
+/// `payload_b64`) in the dead letter.
+fn truncated(payload: &[u8], max: usize) -> &[u8] {
+    if payload.len() <= max {
+        return payload;
+    }
+    let cut = &payload[..max];
+    match std::str::from_utf8(cut) {
+        // An incomplete character at the end, after valid text.
+        Err(e) if e.error_len().is_none() => &cut[..e.valid_up_to()],
+        _ => cut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn truncation_keeps_text_whole_characters() {
+        assert_eq!(truncated(b"short", 10), b"short");
+        let text = "xé".as_bytes(); // 3 bytes, 'é' in two
+        assert_eq!(truncated(text, 2), b"x");
+        assert_eq!(truncated(text, 1), b"x");
+        // Not UTF-8 anyway: a plain cut (the dead letter uses base64).
+        assert_eq!(truncated(&[0xff, 0xfe, 0xfd], 2), &[0xff, 0xfe]);
+    }
+}

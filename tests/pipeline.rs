@@ -1,0 +1,623 @@
+//! The live pipeline in process, with no broker: a real engine on a real
+//! RocksDB in a temporary directory, a scripted batch source, a recording
+//! output and a clock the test moves. What Kafka adds on top (rebalance
+//! callbacks, the producer) is tested end to end in tests/live_e2e.rs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pretext::config::{Config, Dur};
+use pretext::engine::{Engine, SourceOffset};
+use pretext::event::Millis;
+use pretext::http::Health;
+use pretext::live::offsets::Offsets;
+use pretext::live::pipeline::{BatchSource, Clock, Output, Pipeline, Stop};
+use pretext::live::{InputMessage, LiveError};
+use pretext::metrics::Metrics;
+use serde_json::{json, Value};
+
+const HOUR: i64 = 3_600_000;
+const MIN: i64 = 60_000;
+/// 2026-11-22T10:00:00Z
+const T0: i64 = 1_795_341_600_000;
+const TOPIC: &str = "in";
+
+/// What the fakes saw, in the order they saw it.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Sent { topic: String, payload: Value },
+    Flushed,
+    Committed(Vec<SourceOffset>),
+    HandedOver(Vec<SourceOffset>),
+}
+
+type Log = Rc<RefCell<Vec<Seen>>>;
+
+#[derive(Clone)]
+struct FakeClock {
+    mono: Rc<Cell<Duration>>,
+    wall: Rc<Cell<Millis>>,
+}
+
+impl FakeClock {
+    fn at(wall: Millis) -> FakeClock {
+        FakeClock {
+            mono: Rc::new(Cell::new(Duration::ZERO)),
+            wall: Rc::new(Cell::new(wall)),
+        }
+    }
+
+    fn advance(&self, d: Duration) {
+        self.mono.set(self.mono.get() + d);
+        self.wall.set(self.wall.get() + d.as_millis() as Millis);
+    }
+}
+
+impl Clock for FakeClock {
+    fn mono(&self) -> Duration {
+        self.mono.get()
+    }
+
+    fn wall_ms(&self) -> Millis {
+        self.wall.get()
+    }
+}
+
+/// One call of `next_batch`.
+enum Step {
+    Batch(Vec<InputMessage>),
+    /// A batch during which these partitions were revoked.
+    Revoke(Vec<InputMessage>, Vec<i32>),
+    /// A batch during which SIGTERM arrived.
+    StopDuring(Vec<InputMessage>),
+    /// A batch during which the shutdown deadline passed.
+    AbandonDuring(Vec<InputMessage>),
+    /// Nothing arrives for this long.
+    Quiet(Duration),
+}
+
+struct FakeSource {
+    steps: VecDeque<Step>,
+    clock: FakeClock,
+    log: Log,
+    pending_revoke: Vec<i32>,
+    assigned: bool,
+}
+
+impl BatchSource for FakeSource {
+    fn next_batch(
+        &mut self,
+        _max: usize,
+        max_wait: Duration,
+        stop: &Stop,
+    ) -> Result<Vec<InputMessage>, LiveError> {
+        let Some(step) = self.steps.pop_front() else {
+            stop.request();
+            return Ok(Vec::new());
+        };
+        Ok(match step {
+            Step::Batch(b) => b,
+            Step::Revoke(b, partitions) => {
+                self.pending_revoke = partitions;
+                b
+            }
+            Step::StopDuring(b) => {
+                stop.request();
+                b
+            }
+            Step::AbandonDuring(b) => {
+                stop.abandon();
+                b
+            }
+            Step::Quiet(d) => {
+                // One empty poll per second of quiet, as the pipeline sees
+                // a consumer with nothing to hand out.
+                let step = d.min(max_wait.max(Duration::from_secs(1)));
+                self.clock.advance(step);
+                if d > step {
+                    self.steps.push_front(Step::Quiet(d - step));
+                }
+                Vec::new()
+            }
+        })
+    }
+
+    fn is_assigned(&self) -> bool {
+        self.assigned
+    }
+
+    fn committed(&mut self, offsets: &[SourceOffset]) {
+        if !offsets.is_empty() {
+            self.log
+                .borrow_mut()
+                .push(Seen::Committed(offsets.to_vec()));
+        }
+    }
+
+    fn finish_revoke(&mut self, offsets: &Offsets) {
+        if self.pending_revoke.is_empty() {
+            return;
+        }
+        let parts: Vec<(&str, i32)> = self.pending_revoke.iter().map(|&p| (TOPIC, p)).collect();
+        self.log
+            .borrow_mut()
+            .push(Seen::HandedOver(offsets.of(parts)));
+        self.pending_revoke.clear();
+    }
+}
+
+struct RecordingOutput {
+    log: Log,
+    queued: Vec<Seen>,
+    fail_flush: bool,
+}
+
+impl Output for RecordingOutput {
+    fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<(), LiveError> {
+        let payload: Value = serde_json::from_slice(payload).unwrap();
+        if topic != "dead" {
+            assert_eq!(key, payload["crm_id"].as_str().map(str::as_bytes));
+        }
+        self.queued.push(Seen::Sent {
+            topic: topic.into(),
+            payload,
+        });
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), LiveError> {
+        if self.fail_flush {
+            let failed = self.queued.len() as u64;
+            self.queued.clear();
+            return Err(LiveError::Delivery { failed });
+        }
+        let mut log = self.log.borrow_mut();
+        log.append(&mut self.queued);
+        log.push(Seen::Flushed);
+        Ok(())
+    }
+}
+
+struct Harness {
+    config: Config,
+    clock: FakeClock,
+    log: Log,
+    metrics: Arc<Metrics>,
+}
+
+impl Harness {
+    fn new(dir: &Path, wall: Millis) -> Harness {
+        let mut config = Config::default();
+        config.state.dir = dir.to_path_buf();
+        config.topics.inputs = vec![TOPIC.into()];
+        config.topics.triggers = "triggers".into();
+        config.topics.dead_letter = "dead".into();
+        config.topics.holdout = "holdout".into();
+        config.topics.conversions = "conversions".into();
+        config.watermark.idle_timeout = Dur::secs(10);
+        Harness {
+            config,
+            clock: FakeClock::at(wall),
+            log: Rc::new(RefCell::new(Vec::new())),
+            metrics: Arc::new(Metrics::new().unwrap()),
+        }
+    }
+
+    /// Runs the pipeline on a state opened from the directory, through
+    /// `steps`; then stops (the source requests it once out of steps).
+    fn run(&self, steps: Vec<Step>, fail_flush: bool) -> (Result<(), LiveError>, Engine) {
+        let engine = Engine::open(&self.config.state.dir, &self.config).unwrap();
+        let offsets = Offsets::from_stored(engine.stored_offsets().unwrap());
+        let source = FakeSource {
+            steps: steps.into(),
+            clock: self.clock.clone(),
+            log: self.log.clone(),
+            pending_revoke: Vec::new(),
+            assigned: true,
+        };
+        let output = RecordingOutput {
+            log: self.log.clone(),
+            queued: Vec::new(),
+            fail_flush,
+        };
+        let health = Health {
+            metrics: self.metrics.clone(),
+            state_open: Arc::new(AtomicBool::new(false)),
+            assigned: Arc::new(AtomicBool::new(true)),
+            queries: pretext::http::query::QueryState::from_config(&self.config),
+        };
+        let mut p = Pipeline::new(
+            self.config.clone(),
+            engine,
+            offsets,
+            source,
+            output,
+            self.clock.clone(),
+            health,
+        );
+        let result = p.run(&Stop::default());
+        let (engine, _, _) = p.into_parts();
+        (result, engine)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.log.borrow().clone()
+    }
+
+    fn reopen(&self) -> Engine {
+        Engine::open(&self.config.state.dir, &self.config).unwrap()
+    }
+
+    fn gauge(&self, name: &str) -> Option<f64> {
+        let text = self.metrics.render();
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} ")))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn counter(&self, name: &str) -> f64 {
+        self.gauge(name).unwrap_or(f64::NAN)
+    }
+}
+
+fn view(id: &str, crm: &str, product: &str, ts: i64) -> Value {
+    json!({"type": "product_view", "event_id": id, "ts": ts,
+           "cookie_id": format!("ck-{crm}"), "crm_id": crm, "product_id": product})
+}
+
+fn msg(partition: i32, offset: i64, payload: &Value) -> InputMessage {
+    raw(partition, offset, payload.to_string().as_bytes())
+}
+
+fn raw(partition: i32, offset: i64, payload: &[u8]) -> InputMessage {
+    InputMessage {
+        topic: TOPIC.into(),
+        partition,
+        offset,
+        key: Some(b"k".to_vec()),
+        payload: payload.to_vec(),
+    }
+}
+
+fn offset(partition: i32, next_offset: i64) -> SourceOffset {
+    SourceOffset {
+        topic: TOPIC.into(),
+        partition,
+        next_offset,
+    }
+}
+
+fn sent_to<'a>(seen: &'a [Seen], topic: &str) -> Vec<&'a Value> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Sent { topic: t, payload } if t == topic => Some(payload),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn outputs_go_out_in_firing_order_and_are_flushed_before_the_offsets_are_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let steps = vec![
+        Step::Batch(vec![
+            msg(0, 0, &view("e1", "C2", "P2", T0 + MIN)),
+            raw(0, 1, b"{not json"),
+            msg(1, 0, &view("e2", "C1", "P1", T0)),
+        ]),
+        // Past both checks: they fire by check time, C1's first.
+        Step::Batch(vec![msg(1, 1, &view("e3", "C3", "P3", T0 + 2 * HOUR))]),
+    ];
+    let (result, engine) = h.run(steps, false);
+    result.unwrap();
+    let seen = h.seen();
+    let dead = json!({"error": "", "reason": "invalid_json"});
+    assert!(matches!(&seen[0], Seen::Sent { topic, payload }
+        if topic == "dead" && payload["reason"] == dead["reason"] && payload["offset"] == 1));
+    assert_eq!(seen[1], Seen::Flushed);
+    assert_eq!(seen[2], Seen::Committed(vec![offset(0, 2), offset(1, 1)]));
+    let triggers = sent_to(&seen[3..], "triggers");
+    let crms: Vec<&str> = triggers
+        .iter()
+        .map(|t| t["crm_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(crms, ["C1", "C2"]);
+    assert_eq!(seen[5], Seen::Flushed);
+    assert_eq!(seen[6], Seen::Committed(vec![offset(1, 2)]));
+    assert_eq!(seen.len(), 7);
+    drop(engine);
+    assert_eq!(
+        h.reopen().stored_offsets().unwrap(),
+        vec![offset(0, 2), offset(1, 2)]
+    );
+    assert_eq!(h.counter("pretext_dead_letters_total"), 1.0);
+}
+
+#[test]
+fn messages_below_the_stored_position_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let first: Vec<InputMessage> = (0..3)
+        .map(|i| {
+            msg(
+                0,
+                i,
+                &view(&format!("e{i}"), "C1", &format!("P{i}"), T0 + i),
+            )
+        })
+        .collect();
+    let (result, engine) = h.run(vec![Step::Batch(first)], false);
+    result.unwrap();
+    assert_eq!(engine.stats().applied(), 3);
+    drop(engine);
+    // An offset reset (a recreated topic) hands out offsets 0.. again; the
+    // events differ, so applying them twice would show.
+    let again: Vec<InputMessage> = (0..5)
+        .map(|i| {
+            msg(
+                0,
+                i,
+                &view(&format!("x{i}"), "C9", &format!("Q{i}"), T0 + i),
+            )
+        })
+        .collect();
+    let (result, engine) = h.run(vec![Step::Batch(again)], false);
+    result.unwrap();
+    assert_eq!(
+        engine.stats().applied(),
+        2,
+        "only offsets 3 and 4 are applied"
+    );
+    assert_eq!(engine.stored_offsets().unwrap(), vec![offset(0, 5)]);
+    assert_eq!(h.counter("pretext_skipped_below_position_total"), 3.0);
+}
+
+#[test]
+fn revoked_partitions_are_handed_over_after_their_batch_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let steps = vec![
+        Step::Batch(vec![msg(1, 6, &view("e0", "C0", "P0", T0))]),
+        Step::Revoke(
+            vec![
+                msg(0, 4, &view("e1", "C1", "P1", T0)),
+                msg(1, 7, &view("e2", "C2", "P2", T0)),
+            ],
+            vec![1, 2],
+        ),
+    ];
+    let (result, _engine) = h.run(steps, false);
+    result.unwrap();
+    let seen = h.seen();
+    let committed = seen
+        .iter()
+        .position(|s| *s == Seen::Committed(vec![offset(0, 5), offset(1, 8)]))
+        .expect("the batch is committed");
+    // Partition 2 was never read: nothing stored, nothing to hand over.
+    assert_eq!(
+        seen[committed + 1..],
+        [Seen::HandedOver(vec![offset(1, 8)])]
+    );
+}
+
+#[test]
+fn a_failed_publish_commits_nothing_and_the_batch_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let batch = || {
+        vec![
+            msg(0, 0, &view("e1", "C1", "P1", T0)),
+            msg(0, 1, &view("e2", "C1", "P1", T0 + 2 * HOUR)),
+            raw(0, 2, b"\xff"),
+        ]
+    };
+    let (result, engine) = h.run(vec![Step::Batch(batch())], true);
+    assert!(
+        matches!(result, Err(LiveError::Delivery { failed: 2 })),
+        "{result:?}"
+    );
+    drop(engine);
+    assert!(h.seen().is_empty(), "nothing flushed, nothing committed");
+    let reopened = h.reopen();
+    assert_eq!(reopened.stored_offsets().unwrap(), vec![]);
+    assert_eq!(reopened.max_event_ts(), None, "no state change was stored");
+    drop(reopened);
+    // Read again: the same output, then the commit.
+    let (result, _engine) = h.run(vec![Step::Batch(batch())], false);
+    result.unwrap();
+    let seen = h.seen();
+    assert_eq!(sent_to(&seen, "triggers").len(), 1);
+    assert_eq!(sent_to(&seen, "dead").len(), 1);
+    assert_eq!(seen.last(), Some(&Seen::Committed(vec![offset(0, 3)])));
+}
+
+#[test]
+fn a_stop_during_a_batch_finishes_and_commits_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let steps = vec![
+        Step::StopDuring(vec![
+            msg(0, 0, &view("e1", "C1", "P1", T0)),
+            msg(0, 1, &view("e2", "C1", "P1", T0 + 2 * HOUR)),
+        ]),
+        Step::Batch(vec![msg(0, 2, &view("e3", "C1", "P1", T0 + 3 * HOUR))]),
+    ];
+    let (result, engine) = h.run(steps, false);
+    result.unwrap();
+    assert_eq!(engine.stored_offsets().unwrap(), vec![offset(0, 2)]);
+    let seen = h.seen();
+    assert_eq!(sent_to(&seen, "triggers").len(), 1);
+    assert_eq!(seen.last(), Some(&Seen::Committed(vec![offset(0, 2)])));
+}
+
+#[test]
+fn past_the_shutdown_deadline_the_batch_is_abandoned_uncommitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let steps = vec![
+        Step::Batch(vec![msg(0, 0, &view("e1", "C1", "P1", T0))]),
+        Step::AbandonDuring(vec![msg(0, 1, &view("e2", "C1", "P1", T0 + 2 * HOUR))]),
+    ];
+    let (result, engine) = h.run(steps, false);
+    result.unwrap();
+    drop(engine);
+    assert_eq!(h.reopen().stored_offsets().unwrap(), vec![offset(0, 1)]);
+    assert!(sent_to(&h.seen(), "triggers").is_empty());
+}
+
+#[test]
+fn no_idle_advance_before_the_first_event_and_no_gauges() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0);
+    let (result, engine) = h.run(vec![Step::Quiet(Duration::from_secs(3600))], false);
+    result.unwrap();
+    assert_eq!(engine.watermark(), None);
+    assert_eq!(h.gauge("pretext_watermark_seconds"), None);
+    assert_eq!(h.gauge("pretext_event_time_lag_seconds"), None);
+    assert!(!h.metrics.render().contains("NaN"));
+}
+
+/// The trap of contract v1: a process idle on empty topics, then a
+/// historical log produced into them. Event time must run on from the
+/// log, not jump to the wall clock, or every check would fire at once.
+#[test]
+fn idle_advance_runs_on_from_the_last_event_not_from_the_wall_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let wall = T0 + 30 * 24 * HOUR;
+    let h = Harness::new(dir.path(), wall);
+    let lateness = h.config.watermark.allowed_lateness.millis();
+    let steps = vec![
+        Step::Quiet(Duration::from_secs(60)),
+        Step::Batch(vec![msg(0, 0, &view("e1", "C1", "P1", T0))]),
+        Step::Quiet(Duration::from_secs(30)),
+    ];
+    let (result, engine) = h.run(steps, false);
+    result.unwrap();
+    // The batch was applied at wall + 60 s; 30 s of quiet later W is
+    // m + 30 s − lateness, within the idle cadence.
+    let w = engine.watermark().unwrap();
+    assert!(
+        w <= T0 + 30_000 - lateness && w >= T0 + 18_000 - lateness,
+        "{w}"
+    );
+    assert!(
+        sent_to(&h.seen(), "triggers").is_empty(),
+        "the check is an hour away"
+    );
+    let gauge = h.gauge("pretext_watermark_seconds").unwrap();
+    assert_eq!(
+        gauge,
+        w as f64 / 1000.0,
+        "the gauge moves with the idle advance"
+    );
+    let lag = h.gauge("pretext_event_time_lag_seconds").unwrap();
+    assert_eq!(lag, (h.clock.wall_ms() - T0) as f64 / 1000.0);
+    drop(engine);
+    // A restart keeps m and the idle W.
+    assert_eq!(h.reopen().watermark(), Some(w));
+}
+
+/// Quiet hours on a real-time stream: the check fires on the wall clock.
+#[test]
+fn idle_advance_fires_checks_in_quiet_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0);
+    let lateness = h.config.watermark.allowed_lateness.millis();
+    let steps = vec![
+        Step::Batch(vec![msg(0, 0, &view("e1", "C1", "P1", T0))]),
+        Step::Quiet(Duration::from_secs(3600)),
+    ];
+    let (result, engine) = h.run(steps, false);
+    result.unwrap();
+    assert!(
+        sent_to(&h.seen(), "triggers").is_empty(),
+        "W is 5 min short"
+    );
+    drop(engine);
+    let steps = vec![Step::Quiet(Duration::from_secs(6 * 60))];
+    let (result, engine) = h.run(steps, false);
+    result.unwrap();
+    let seen = h.seen();
+    let triggers = sent_to(&seen, "triggers");
+    assert_eq!(triggers.len(), 1);
+    assert_eq!(triggers[0]["fired_at"], pretext::time::format_ts(T0 + HOUR));
+    // After the restart, a counts from the reopening: W resumed from the
+    // idle W it had stored, not from m − lateness.
+    let w = engine.watermark().unwrap();
+    assert!(w >= T0 + HOUR && w <= h.clock.wall_ms() - lateness, "{w}");
+}
+
+fn purchase(id: &str, crm: &str, product: &str, ts: i64) -> Value {
+    json!({"type": "purchase", "event_id": id, "ts": ts, "order_id": format!("O-{id}"),
+           "channel": "web", "items": [{"product_id": product}], "crm_id": crm})
+}
+
+/// Holdout triggers go to the holdout topic, never to the triggers topic,
+/// and conversions to theirs, each produced with its batch before the
+/// batch's offsets are committed.
+#[test]
+fn holdout_triggers_and_conversions_go_to_their_topics_before_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    h.config.holdout.percent = 100.0;
+    let steps = vec![
+        Step::Batch(vec![msg(0, 0, &view("e1", "C1", "P1", T0))]),
+        Step::Batch(vec![msg(0, 1, &view("e2", "C2", "P2", T0 + 2 * HOUR))]),
+        Step::Batch(vec![msg(0, 2, &purchase("b1", "C1", "P1", T0 + 3 * HOUR))]),
+    ];
+    let (result, _engine) = h.run(steps, false);
+    result.unwrap();
+    let seen = h.seen();
+    assert!(sent_to(&seen, "triggers").is_empty(), "{seen:?}");
+    let holdout = sent_to(&seen, "holdout");
+    assert_eq!(holdout.len(), 1);
+    assert_eq!(holdout[0]["group"], "holdout");
+    assert_eq!(holdout[0]["crm_id"], "C1");
+    let conversions = sent_to(&seen, "conversions");
+    assert_eq!(conversions.len(), 1);
+    assert_eq!(conversions[0]["trigger_id"], holdout[0]["trigger_id"]);
+    assert_eq!(conversions[0]["order_id"], "O-b1");
+    let tail = &seen[seen.len() - 3..];
+    assert!(matches!(&tail[0], Seen::Sent { topic, .. } if topic == "conversions"));
+    assert_eq!(
+        tail[1..],
+        [Seen::Flushed, Seen::Committed(vec![offset(0, 3)])]
+    );
+    let text = h.metrics.render();
+    for series in [
+        "pretext_triggers_total{group=\"holdout\",type=\"viewed_not_bought\"} 1",
+        "pretext_triggers_total{group=\"treated\",type=\"viewed_not_bought\"} 0",
+        "pretext_conversions_total{group=\"holdout\",type=\"viewed_not_bought\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+}
+
+#[test]
+fn capped_triggers_are_not_produced_and_are_counted_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    h.config.pressure.max_triggers = 1;
+    let steps = vec![
+        Step::Batch(vec![
+            msg(0, 0, &view("e1", "C1", "P1", T0)),
+            msg(0, 1, &view("e2", "C1", "P2", T0 + MIN)),
+        ]),
+        Step::Batch(vec![msg(0, 2, &view("e3", "C9", "P9", T0 + 2 * HOUR))]),
+    ];
+    let (result, _engine) = h.run(steps, false);
+    result.unwrap();
+    let seen = h.seen();
+    let triggers = sent_to(&seen, "triggers");
+    assert_eq!(triggers.len(), 1, "{seen:?}");
+    assert_eq!(triggers[0]["product_id"], "P1");
+    assert_eq!(
+        h.gauge("pretext_suppressed_total{reason=\"frequency_cap\"}"),
+        Some(1.0)
+    );
+}
