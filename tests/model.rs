@@ -1,144 +1,125 @@
 //! Random streams through `pretext replay`, checked against an independent
 //! reference model of the contract (`tests/model/contract_model.py`, written
-//! from CONTRACT.md alone). Every field of every trigger, holdout trigger and
-//! conversion record is compared, except `trigger_id` (xxh3 is not in
-//! Python's stdlib); order is compared too.
+//! from CONTRACT.md alone) over several config profiles. Compared exactly:
+//! every field of every trigger, holdout trigger, conversion record and dead
+//! letter, their order, and the counting lines of the replay summary. The
+//! two free parts are checked for what the contract fixes: `trigger_id` is a
+//! function of (type, crm_id, product_id, fired_at), one id per such key,
+//! and a conversion names its trigger's id; a dead letter's `error` is a
+//! non-empty text.
 //!
-//! `MODEL_STREAMS=N` runs N streams per config instead of the default;
-//! `MODEL_KEEP=1` keeps the failing inputs in the temp dir.
+//! On a difference the test shrinks the stream to a minimal one that still
+//! differs and prints it with the seed and profile.
+//!
+//! `MODEL_STREAMS=N` runs N streams per profile (default 20), `MODEL_SEED0=S`
+//! starts at seed S, `MODEL_PROFILE=name` runs one profile,
+//! `MODEL_NO_SHRINK=1` skips shrinking.
 
-use std::path::Path;
+#[path = "model/gen.rs"]
+mod gen;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::{json, Value};
+use gen::{Gen, Mix, DAY, HOUR, MIN};
+use serde_json::Value;
 
-/// 2026-11-22T00:00:00Z
-const T0: i64 = 1_795_305_600_000;
-const SEC: i64 = 1_000;
-const MIN: i64 = 60 * SEC;
-const HOUR: i64 = 60 * MIN;
-const DAY: i64 = 24 * HOUR;
+/// Streams that differ because of a pretext bug still open in
+/// tests/model/FINDINGS.md: (profile, seed, finding). Still run and printed;
+/// they do not fail the test.
+const KNOWN: &[(&str, u64, &str)] = &[];
 
-/// Streams that disagree because of a pretext bug written down in
-/// tests/model/FINDINGS.md: (config, seed, finding). They are still run and
-/// their result printed; they do not fail the test.
-/// Each was shrunk (tests/model/shrink.py) to the pattern of its finding.
-const KNOWN: &[(&str, u64, &str)] = &[
-    ("lookback1h", 7, "F2b: stitched check misses pruned history"),
-    (
-        "lookback1h",
-        35,
-        "F2b: stitched check misses pruned history",
-    ),
-];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
+#[derive(Clone, Copy, PartialEq)]
+enum Flush {
+    Never,
+    Always,
+    /// odd seeds
+    Alternate,
 }
 
 struct Profile {
     name: &'static str,
     toml: &'static str,
-    /// typical gap between events
-    unit: i64,
-    lateness: i64,
-    dedup: i64,
-    /// the viewed_not_bought delay: late events stay within lateness + delay
-    delay: i64,
-    /// percent of events that are an erase
-    erase: u64,
+    flush: Flush,
+    mix: Mix,
+}
+
+const fn mix(unit: i64, lateness: i64, far: i64) -> Mix {
+    Mix {
+        unit,
+        lateness,
+        dedup: DAY,
+        far,
+        late: 5,
+        erase: 2,
+        dup: 8,
+        anon: 5,
+        bad: 3,
+        max_bytes: None,
+    }
 }
 
 const PROFILES: &[Profile] = &[
     Profile {
         name: "defaults",
         toml: "",
-        unit: 20 * MIN,
-        lateness: 5 * MIN,
-        dedup: DAY,
-        delay: HOUR,
-        erase: 2,
+        flush: Flush::Alternate,
+        mix: mix(20 * MIN, 5 * MIN, 2 * DAY),
     },
     Profile {
+        // short lookback, delay and cooldowns: the rules meet within a stream
         name: "short",
         toml: "[watermark]\nallowed_lateness = \"2m\"\n\
                [input]\ndedup_window = \"1h\"\n\
                [identity]\nanonymous_buffer = 3\n\
-               [scoring]\nhalf_life = \"30m\"\nlookback = \"2d\"\n\
+               [scoring]\nhalf_life = \"30m\"\nlookback = \"2h\"\n\
                [triggers.viewed_not_bought]\ndelay = \"10m\"\ncooldown = \"30m\"\nmin_score = 0.8\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"20m\"\n",
-        unit: 3 * MIN,
-        lateness: 2 * MIN,
-        dedup: HOUR,
-        delay: 10 * MIN,
-        erase: 2,
+        flush: Flush::Alternate,
+        mix: Mix {
+            dedup: HOUR,
+            ..mix(3 * MIN, 2 * MIN, 3 * HOUR)
+        },
     },
     Profile {
         name: "holdout30",
         toml: "[holdout]\npercent = 30\nsalt = \"s1\"\n\
                [triggers.viewed_not_bought]\ndelay = \"15m\"\ncooldown = \"1h\"\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"1h\"\n",
-        unit: 5 * MIN,
-        lateness: 5 * MIN,
-        dedup: DAY,
-        delay: 15 * MIN,
-        erase: 2,
+        flush: Flush::Alternate,
+        mix: mix(5 * MIN, 5 * MIN, 3 * HOUR),
     },
     Profile {
-        name: "cap",
+        // holdout, cap and conversions together
+        name: "measure",
         toml: "[pressure]\nmax_triggers = 2\nwindow = \"1h\"\n\
+               [measurement]\nattribution_window = \"45m\"\n\
                [triggers.viewed_not_bought]\ndelay = \"10m\"\ncooldown = \"20m\"\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"15m\"\n\
-               [holdout]\npercent = 50\n",
-        unit: 4 * MIN,
-        lateness: 5 * MIN,
-        dedup: DAY,
-        delay: 10 * MIN,
-        erase: 2,
+               [holdout]\npercent = 50.5\n",
+        flush: Flush::Alternate,
+        mix: mix(4 * MIN, 5 * MIN, 2 * HOUR),
     },
     Profile {
-        name: "cap1_attr",
+        name: "cap1",
         toml: "[pressure]\nmax_triggers = 1\nwindow = \"30m\"\n\
                [measurement]\nattribution_window = \"40m\"\n\
                [watermark]\nallowed_lateness = \"1m\"\n\
                [triggers.viewed_not_bought]\ndelay = \"10m\"\ncooldown = \"25m\"\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"25m\"\n",
-        unit: 4 * MIN,
-        lateness: MIN,
-        dedup: DAY,
-        delay: 10 * MIN,
-        erase: 2,
+        flush: Flush::Alternate,
+        mix: mix(4 * MIN, MIN, 2 * HOUR),
     },
     Profile {
-        // scores of exactly x.xx5 and exactly min_score
+        // scores of exactly x.xx5 and exactly min_score (on the grid)
         name: "rounding",
         toml: "[scoring]\nhalf_life = \"10m\"\n\
                [scoring.weights]\nproduct_view = 0.25\nadd_to_cart = 0.75\n\
                [triggers.viewed_not_bought]\ndelay = \"10m\"\ncooldown = \"10m\"\nmin_score = 0.125\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"5m\"\n",
-        unit: 5 * MIN,
-        lateness: 5 * MIN,
-        dedup: DAY,
-        delay: 10 * MIN,
-        erase: 1,
+        flush: Flush::Alternate,
+        mix: mix(5 * MIN, 5 * MIN, HOUR),
     },
     Profile {
         // the lookback edge and the stitching cut within the stream
@@ -147,408 +128,432 @@ const PROFILES: &[Profile] = &[
                [watermark]\nallowed_lateness = \"0s\"\n\
                [triggers.viewed_not_bought]\ndelay = \"5m\"\ncooldown = \"10m\"\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"10m\"\n",
-        unit: 5 * MIN,
-        lateness: 0,
-        dedup: DAY,
-        delay: 5 * MIN,
-        erase: 2,
+        flush: Flush::Alternate,
+        mix: Mix {
+            anon: 15,
+            ..mix(5 * MIN, 0, 2 * HOUR)
+        },
     },
     Profile {
-        name: "churn",
-        toml: "[identity]\nanonymous_buffer = 2\n\
+        // lateness 0: every late event is beyond the watermark
+        name: "lateness0",
+        toml: "[watermark]\nallowed_lateness = \"0s\"\n\
+               [triggers.viewed_not_bought]\ndelay = \"15m\"\ncooldown = \"1h\"\n\
+               [triggers.promo_on_viewed_item]\ncooldown = \"30m\"\n",
+        flush: Flush::Alternate,
+        mix: Mix {
+            late: 25,
+            ..mix(5 * MIN, 0, 3 * HOUR)
+        },
+    },
+    Profile {
+        // heavy duplicates, late events, erases, stitching and bad lines; a
+        // small message limit
+        name: "chaos",
+        toml: "[input]\nmax_message_bytes = 400\ndedup_window = \"2h\"\n\
+               [identity]\nanonymous_buffer = 2\n\
+               [scoring]\nlookback = \"6h\"\n\
                [triggers.viewed_not_bought]\ndelay = \"10m\"\ncooldown = \"15m\"\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"10m\"\n\
-               [measurement]\nattribution_window = \"1h\"\n",
-        unit: 3 * MIN,
-        lateness: 5 * MIN,
-        dedup: DAY,
-        delay: 10 * MIN,
-        erase: 8,
+               [measurement]\nattribution_window = \"1h\"\n\
+               [pressure]\nmax_triggers = 3\nwindow = \"2h\"\n",
+        flush: Flush::Alternate,
+        mix: Mix {
+            unit: 3 * MIN,
+            lateness: 5 * MIN,
+            dedup: 2 * HOUR,
+            far: 8 * HOUR,
+            late: 20,
+            erase: 8,
+            dup: 20,
+            anon: 20,
+            bad: 12,
+            max_bytes: Some(400),
+        },
+    },
+    Profile {
+        // long quiet gaps; every pending check fired at the end
+        name: "flush",
+        toml: "[triggers.viewed_not_bought]\ndelay = \"2h\"\ncooldown = \"3h\"\n\
+               [triggers.promo_on_viewed_item]\ncooldown = \"1h\"\n",
+        flush: Flush::Always,
+        mix: mix(30 * MIN, 5 * MIN, 4 * HOUR),
     },
 ];
 
-const CRMS: &[&str] = &["C1", "C2", "C3", "Zoë-4"];
-const COOKIES: &[&str] = &["k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8"];
-const PRODUCTS: &[&str] = &["P1", "P2", "P3"];
-const CATEGORIES: &[&str] = &["coats", "shoes"];
-
-struct Gen<'a> {
-    rng: Rng,
-    p: &'a Profile,
-    now: i64,
-    next_id: u64,
-    lines: Vec<Value>,
-    /// event time of each line, in ms
-    times: Vec<i64>,
-    last_ts: i64,
-    grid: bool,
+/// One stream's files, kept in a temporary directory.
+struct Case {
+    dir: tempfile::TempDir,
+    inputs: Vec<PathBuf>,
+    flush: bool,
 }
 
-impl Gen<'_> {
-    /// The event time of the next event: mostly forward, sometimes equal,
-    /// late within or beyond the allowed lateness.
-    fn ts(&mut self) -> i64 {
-        let t = self.raw_ts();
-        if self.grid {
-            // on a 5-minute grid, checks, cooldowns and windows meet exactly
-            t - (t - T0).rem_euclid(5 * MIN)
-        } else if self.rng.chance(10) {
-            t + 1 + self.rng.below(999) as i64
-        } else {
-            t
-        }
+impl Case {
+    fn new(toml: &str, files: &[(String, Vec<Vec<u8>>)], flush: bool) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), toml).unwrap();
+        let inputs = files
+            .iter()
+            .map(|(name, lines)| write_input(&dir.path().join(name), lines))
+            .collect();
+        Case { dir, inputs, flush }
     }
 
-    fn raw_ts(&mut self) -> i64 {
-        let u = self.p.unit;
-        match self.rng.below(20) {
-            0..=2 => self.now,
-            3 => self.now - (self.rng.below(self.p.lateness.max(1) as u64) as i64),
-            // late beyond the allowed lateness, but less than the delay more
-            // (FINDINGS.md, F2: pretext prunes older history)
-            4 => {
-                self.now
-                    - self.p.lateness
-                    - SEC
-                    - self.rng.below((self.p.delay - SEC) as u64) as i64
-            }
-            5 => {
-                self.now += u * (5 + self.rng.below(40) as i64);
-                self.now
-            }
-            _ => {
-                self.now += (self.rng.below(2 * u as u64 / SEC as u64) as i64) * SEC;
-                self.now
-            }
-        }
-    }
-
-    fn ts_value(&mut self, ms: i64) -> Value {
-        match self.rng.below(6) {
-            0 => json!(pretext::time::format_ts(ms)),
-            1 => {
-                // the same instant with a +01:00 offset
-                let s = pretext::time::format_ts(ms + HOUR);
-                json!(s.replace('Z', "+01:00"))
-            }
-            _ => json!(ms),
-        }
-    }
-
-    fn base(&mut self, kind: &str) -> (Value, i64) {
-        self.next_id += 1;
-        let ts = self.ts();
-        let tv = self.ts_value(ts);
-        self.last_ts = ts;
-        (
-            json!({"type": kind, "event_id": format!("e{}", self.next_id), "ts": tv}),
-            ts,
-        )
-    }
-
-    fn view(&mut self, kind: &str) -> Value {
-        let (mut e, _) = self.base(kind);
-        e["cookie_id"] = json!(self.rng.pick(COOKIES));
-        e["product_id"] = json!(self.rng.pick(PRODUCTS));
-        match self.rng.below(10) {
-            0..=4 => e["category"] = json!(self.rng.pick(CATEGORIES)),
-            5 => e["category"] = Value::Null,
-            _ => {}
-        }
-        match self.rng.below(20) {
-            0..=2 => e["crm_id"] = json!(self.rng.pick(CRMS)),
-            3 => e["crm_id"] = Value::Null,
-            _ => {}
-        }
-        if self.rng.chance(30) {
-            e["price"] = json!(19.5);
-        }
-        e
-    }
-
-    fn purchase(&mut self) -> Value {
-        let (mut e, _) = self.base("purchase");
-        e["order_id"] = json!(format!("O{}", self.next_id));
-        let store = self.rng.chance(30);
-        e["channel"] = json!(if store { "store" } else { "web" });
-        match self.rng.below(3) {
-            0 => e["crm_id"] = json!(self.rng.pick(CRMS)),
-            1 => e["cookie_id"] = json!(self.rng.pick(COOKIES)),
-            _ => {
-                e["crm_id"] = json!(self.rng.pick(CRMS));
-                if !store {
-                    e["cookie_id"] = json!(self.rng.pick(COOKIES));
-                }
-            }
-        }
-        let mut items = vec![json!({"product_id": self.rng.pick(PRODUCTS), "quantity": 1})];
-        if self.rng.chance(25) {
-            items.push(json!({"product_id": self.rng.pick(PRODUCTS), "price": 5.0}));
-        }
-        e["items"] = json!(items);
-        e
-    }
-
-    fn promotion(&mut self) -> Value {
-        let (mut e, ts) = self.base("promotion");
-        e["product_id"] = json!(self.rng.pick(PRODUCTS));
-        if self.rng.chance(60) {
-            e["discount_pct"] = json!(if self.rng.chance(50) {
-                json!(15)
-            } else {
-                json!(12.5)
-            });
-        }
-        if self.rng.chance(40) {
-            e["promo_price"] = json!(9.99);
-        }
-        if self.rng.chance(50) {
-            let until = ts + DAY;
-            e["valid_until"] = self.ts_value(until);
-        }
-        e
-    }
-
-    /// A retry of an earlier event: the same line, or the same id at a time
-    /// well beyond the dedup window (then it is a new event). An exact retry
-    /// is only made of an event stamped within the dedup window of the
-    /// current time (see FINDINGS.md, F1: pretext forgets older ids).
-    fn duplicate(&mut self) -> Option<(Value, i64)> {
-        if self.lines.is_empty() {
-            return None;
-        }
-        let i = self.rng.below(self.lines.len() as u64) as usize;
-        if self.rng.chance(15) {
-            // a new event that reuses an earlier id (ids are global)
-            let mut e = self.view("product_view");
-            e["event_id"] = self.lines[i]["event_id"].clone();
-            return Some((e, self.last_ts));
-        }
-        let mut e = self.lines[i].clone();
-        if self.rng.chance(25) {
-            let far = self.now + self.p.dedup + self.p.unit * 3;
-            self.now = far;
-            e["ts"] = json!(far);
-            return Some((e, far));
-        }
-        let ts = self.times[i];
-        let newest = self.times.iter().copied().max().unwrap_or(T0);
-        (ts > newest - self.p.dedup + self.p.unit).then_some((e, ts))
-    }
-
-    fn event(&mut self) -> Option<(Value, i64)> {
-        if self.rng.below(100) < self.p.erase {
-            let (mut e, _) = self.base("erase");
-            e["crm_id"] = json!(self.rng.pick(CRMS));
-            return Some((e, self.last_ts));
-        }
-        let e = match self.rng.below(98) {
-            0..=29 => self.view("product_view"),
-            30..=39 => self.view("add_to_cart"),
-            40..=51 => {
-                let (mut e, _) = self.base("identify");
-                e["cookie_id"] = json!(self.rng.pick(COOKIES));
-                e["crm_id"] = json!(self.rng.pick(CRMS));
-                e["source"] = json!("login");
-                e
-            }
-            52..=65 => self.purchase(),
-            66..=73 => self.promotion(),
-            74..=80 => {
-                let (mut e, _) = self.base("consent");
-                e["crm_id"] = json!(self.rng.pick(CRMS));
-                for ch in ["email", "sms", "ads"] {
-                    match self.rng.below(5) {
-                        0 | 1 => e[ch] = json!(self.rng.chance(50)),
-                        2 => e[ch] = Value::Null,
-                        _ => {}
-                    }
-                }
-                e
-            }
-            _ => return self.duplicate(),
-        };
-        Some((e, self.last_ts))
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 }
 
-fn generate(p: &Profile, seed: u64) -> Vec<Value> {
-    let mut g = Gen {
-        rng: Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED),
-        p,
-        now: T0,
-        next_id: 0,
-        lines: Vec::new(),
-        times: Vec::new(),
-        last_ts: T0,
-        grid: seed % 3 == 0,
-    };
-    let n = 20 + g.rng.below(181);
-    while (g.lines.len() as u64) < n {
-        if let Some((e, ts)) = g.event() {
-            g.lines.push(e);
-            g.times.push(ts);
-        }
+fn write_input(path: &Path, lines: &[Vec<u8>]) -> PathBuf {
+    let mut bytes: Vec<u8> = lines.join(&b'\n');
+    if !lines.is_empty() {
+        bytes.push(b'\n');
     }
-    g.lines
+    if path.extension().is_some_and(|e| e == "gz") {
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&bytes).unwrap();
+        bytes = z.finish().unwrap();
+    }
+    std::fs::write(path, bytes).unwrap();
+    path.to_path_buf()
 }
+
+/// The stream of a seed, split over one or two files (the second one
+/// sometimes gzipped): the watermark and the state carry over.
+fn files_of(p: &Profile, seed: u64) -> Vec<(String, Vec<Vec<u8>>)> {
+    let mut lines = Gen::new(&p.mix, seed).lines();
+    if seed % 4 != 1 {
+        return vec![("in.jsonl".into(), lines)];
+    }
+    let second = lines.split_off(lines.len() / 3);
+    let name = if seed % 8 == 5 { "in2.jsonl.gz" } else { "in2.jsonl" };
+    vec![("in1.jsonl".into(), lines), (name.into(), second)]
+}
+
+/// What a run gives, normalised for comparison.
+#[derive(PartialEq, Debug)]
+struct Outputs {
+    files: Vec<(&'static str, Vec<Value>)>,
+    summary: Vec<String>,
+}
+
+const OUTPUTS: &[(&str, &str)] = &[
+    ("triggers", "t.jsonl"),
+    ("holdout", "h.jsonl"),
+    ("conversions", "c.jsonl"),
+    ("dead-letter", "d.jsonl"),
+];
 
 fn read_jsonl(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("trigger_id");
-            v
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
 
-struct Outcome {
-    mismatch: Option<String>,
+/// The counting lines of the summary (not the timing).
+fn summary_lines(text: &str) -> Vec<String> {
+    let counted = ["replayed ", "triggers: ", "conversions: ", "suppressed: ", "rejected: "];
+    text.lines()
+        .filter(|l| counted.iter().any(|c| l.starts_with(c)))
+        .map(String::from)
+        .collect()
 }
 
-fn first_diff(what: &str, got: &[Value], want: &[Value]) -> Option<String> {
-    for i in 0..got.len().max(want.len()) {
-        let (g, w) = (got.get(i), want.get(i));
-        if g != w {
-            return Some(format!(
-                "{what}[{i}]: pretext {} / model {}",
-                g.map_or("<none>".into(), |v| v.to_string()),
-                w.map_or("<none>".into(), |v| v.to_string())
-            ));
-        }
-    }
-    None
-}
-
-fn run_pretext(d: &Path, flush: bool) {
+fn run_pretext(case: &Case) -> Result<Outputs, String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pretext"));
-    cmd.arg("replay").arg("--input").arg(d.join("in.jsonl"));
-    cmd.arg("--output").arg(d.join("t.jsonl"));
-    cmd.arg("--holdout").arg(d.join("h.jsonl"));
-    cmd.arg("--conversions").arg(d.join("c.jsonl"));
-    cmd.arg("--config")
-        .arg(d.join("config.toml"))
-        .arg("--quiet");
-    if flush {
+    cmd.arg("replay");
+    for input in &case.inputs {
+        cmd.arg("--input").arg(input);
+    }
+    for (flag, file) in [
+        ("--output", "t.jsonl"),
+        ("--holdout", "h.jsonl"),
+        ("--conversions", "c.jsonl"),
+        ("--dead-letter", "d.jsonl"),
+    ] {
+        cmd.arg(flag).arg(case.path(file));
+    }
+    cmd.arg("--config").arg(case.path("config.toml")).arg("--quiet");
+    if case.flush {
         cmd.arg("--flush");
     }
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "pretext failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("pretext failed: {stderr}"));
+    }
+    let files = OUTPUTS
+        .iter()
+        .map(|(what, file)| (*what, read_jsonl(&case.path(file))))
+        .collect();
+    let mut outputs = Outputs {
+        files,
+        summary: summary_lines(&stderr),
+    };
+    free_parts(&mut outputs)?;
+    Ok(outputs)
 }
 
-/// Runs the model and returns the first difference from pretext's files.
-fn compare_with_model(d: &Path, flush: bool) -> Option<String> {
-    let model_dir = d.join("model");
-    std::fs::create_dir(&model_dir).unwrap();
+fn run_model(case: &Case) -> Outputs {
+    let dir = case.path("model");
+    std::fs::create_dir_all(&dir).unwrap();
     let mut py = Command::new("python3");
-    py.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/model/contract_model.py"
-    ));
-    py.arg(d.join("in.jsonl")).arg(d.join("config.toml"));
-    if flush {
+    py.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/model/contract_model.py"));
+    py.arg(case.path("config.toml")).arg(&dir);
+    if case.flush {
         py.arg("--flush");
     }
-    let out = py.arg(&model_dir).output().unwrap();
+    let out = py.args(&case.inputs).output().unwrap();
     assert!(
         out.status.success(),
         "model failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    [
-        ("triggers", "t.jsonl", "triggers.jsonl"),
-        ("holdout", "h.jsonl", "holdout.jsonl"),
-        ("conversions", "c.jsonl", "conversions.jsonl"),
-    ]
-    .iter()
-    .find_map(|(what, ours, theirs)| {
-        let got = read_jsonl(&d.join(ours));
-        let want = read_jsonl(&model_dir.join(theirs));
-        first_diff(what, &got, &want)
+    let model_files = ["triggers", "holdout", "conversions", "dead-letter"];
+    let files = OUTPUTS
+        .iter()
+        .zip(model_files)
+        .map(|((what, _), file)| (*what, read_jsonl(&dir.join(format!("{file}.jsonl")))))
+        .collect();
+    let summary = std::fs::read_to_string(dir.join("summary.txt")).unwrap();
+    let mut outputs = Outputs {
+        files,
+        summary: summary_lines(&summary),
+    };
+    for (_, rows) in &mut outputs.files {
+        for row in rows {
+            let o = row.as_object_mut().unwrap();
+            o.remove("trigger_id");
+            o.remove("error");
+        }
+    }
+    outputs
+}
+
+type Key = (String, String, String, String);
+
+fn key_of(v: &Value) -> Key {
+    let s = |f: &str| v[f].as_str().unwrap_or_default().to_string();
+    (s("type"), s("crm_id"), s("product_id"), s("fired_at"))
+}
+
+/// Checks pretext's `trigger_id`s and dead-letter `error`s for what the
+/// contract fixes, then removes them (the model leaves them open).
+fn free_parts(o: &mut Outputs) -> Result<(), String> {
+    let mut ids: HashMap<Key, String> = HashMap::new();
+    let mut keys: HashMap<String, Key> = HashMap::new();
+    for (what, rows) in &o.files {
+        for row in rows {
+            if *what == "dead-letter" {
+                if !row["error"].as_str().is_some_and(|e| !e.is_empty()) {
+                    return Err(format!("dead letter without an error text: {row}"));
+                }
+                continue;
+            }
+            let (key, id) = (key_of(row), row["trigger_id"].as_str().unwrap_or("").to_string());
+            if id.is_empty() {
+                return Err(format!("no trigger_id: {row}"));
+            }
+            if *what == "conversions" {
+                if ids.get(&key) != Some(&id) {
+                    return Err(format!("conversion names no trigger of its key: {row}"));
+                }
+                continue;
+            }
+            if ids.get(&key).is_some_and(|known| *known != id)
+                || keys.get(&id).is_some_and(|known| *known != key)
+            {
+                return Err(format!("trigger_id is not one per (type, crm, product, fired_at): {row}"));
+            }
+            ids.insert(key.clone(), id.clone());
+            keys.insert(id, key);
+        }
+    }
+    for (_, rows) in &mut o.files {
+        for row in rows {
+            let obj = row.as_object_mut().unwrap();
+            obj.remove("trigger_id");
+            obj.remove("error");
+        }
+    }
+    Ok(())
+}
+
+/// The first difference between pretext and the model, if any.
+fn difference(case: &Case) -> Option<String> {
+    let got = match run_pretext(case) {
+        Ok(got) => got,
+        Err(e) => return Some(e),
+    };
+    let want = run_model(case);
+    for ((what, g), (_, w)) in got.files.iter().zip(&want.files) {
+        if let Some(d) = first_diff(what, g, w) {
+            return Some(d);
+        }
+    }
+    (got.summary != want.summary).then(|| {
+        format!(
+            "summary: pretext {:?} / model {:?}",
+            got.summary, want.summary
+        )
     })
 }
 
-fn run_one(p: &Profile, seed: u64, flush: bool) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let lines: Vec<String> = generate(p, seed).iter().map(|v| v.to_string()).collect();
-    std::fs::write(d.join("in.jsonl"), lines.join("\n") + "\n").unwrap();
-    std::fs::write(d.join("config.toml"), p.toml).unwrap();
-    run_pretext(d, flush);
-    let mismatch = compare_with_model(d, flush);
-    if mismatch.is_some() && std::env::var_os("MODEL_KEEP").is_some() {
-        let keep = std::env::temp_dir().join(format!("model-{}-{seed}.jsonl", p.name));
-        std::fs::copy(d.join("in.jsonl"), &keep).unwrap();
-    }
-    Outcome { mismatch }
+fn first_diff(what: &str, got: &[Value], want: &[Value]) -> Option<String> {
+    (0..got.len().max(want.len())).find_map(|i| {
+        let (g, w) = (got.get(i), want.get(i));
+        (g != w).then(|| {
+            let show = |v: Option<&Value>| v.map_or("<none>".into(), |v| v.to_string());
+            format!("{what}[{i}]: pretext {} / model {}", show(g), show(w))
+        })
+    })
 }
 
-/// One line per stream that differs, tagged with its known finding if any.
-fn check_all(per_profile: u64) -> (usize, Vec<String>, Vec<String>) {
+fn flush_of(p: &Profile, seed: u64) -> bool {
+    match p.flush {
+        Flush::Never => false,
+        Flush::Always => true,
+        Flush::Alternate => seed % 2 == 1,
+    }
+}
+
+/// Removes lines (chunks, then single ones) while the stream still differs.
+fn shrink(p: &Profile, mut files: Vec<(String, Vec<Vec<u8>>)>, flush: bool) -> String {
+    let differs = |files: &[(String, Vec<Vec<u8>>)]| difference(&Case::new(p.toml, files, flush));
+    let mut last = differs(&files).unwrap_or_default();
+    let total: usize = files.iter().map(|f| f.1.len()).sum();
+    let mut chunk = total.div_ceil(2);
+    while chunk >= 1 {
+        for f in 0..files.len() {
+            let mut i = 0;
+            while i < files[f].1.len() {
+                let mut trial = files.clone();
+                let end = (i + chunk).min(trial[f].1.len());
+                trial[f].1.drain(i..end);
+                match differs(&trial) {
+                    Some(d) => (files, last) = (trial, d),
+                    None => i += chunk,
+                }
+            }
+        }
+        chunk /= 2;
+    }
+    let mut out = format!("difference: {last}\nconfig:\n{}\n", p.toml);
+    for (name, lines) in &files {
+        out.push_str(&format!("--- {name}\n"));
+        for l in lines {
+            out.push_str(&String::from_utf8_lossy(l));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Keeps a failing stream under target/model-failures for a look by hand.
+fn keep(p: &Profile, seed: u64, files: &[(String, Vec<Vec<u8>>)]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("model-failures")
+        .join(format!("{}-{seed}", p.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), p.toml).unwrap();
+    for (name, lines) in files {
+        write_input(&dir.join(name), lines);
+    }
+    dir
+}
+
+struct Failure {
+    line: String,
+    known: bool,
+}
+
+fn check(p: &Profile, seed: u64) -> Option<Failure> {
+    let flush = flush_of(p, seed);
+    let files = files_of(p, seed);
+    let diff = difference(&Case::new(p.toml, &files, flush))?;
+    let known = KNOWN.iter().find(|(n, s, _)| *n == p.name && *s == seed);
+    let mut line = format!("profile {} seed {seed} (flush {flush}): {diff}", p.name);
+    if let Some((_, _, finding)) = known {
+        line.push_str(&format!(" [known: {finding}]"));
+    } else {
+        let kept = keep(p, seed, &files);
+        line.push_str(&format!("\nstream kept in {}", kept.display()));
+        if std::env::var_os("MODEL_NO_SHRINK").is_none() {
+            line.push_str(&format!("\nshrunk repro:\n{}", shrink(p, files, flush)));
+        }
+    }
+    Some(Failure {
+        line,
+        known: known.is_some(),
+    })
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs every (profile, seed) on two threads; the failures, in job order.
+fn check_all(streams: u64, seed0: u64) -> (usize, Vec<Failure>) {
+    let only = std::env::var("MODEL_PROFILE").ok();
     let jobs: Vec<(&Profile, u64)> = PROFILES
         .iter()
-        .flat_map(|p| (0..per_profile).map(move |s| (p, s)))
+        .filter(|p| only.as_deref().is_none_or(|o| o == p.name))
+        .flat_map(|p| (seed0..seed0 + streams).map(move |s| (p, s)))
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = std::sync::Mutex::new(Vec::new());
+    let failures = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..2 {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&(p, seed)) = jobs.get(i) else { break };
-                let flush = seed % 2 == 1;
-                let outcome = run_one(p, seed, flush);
-                results
-                    .lock()
-                    .unwrap()
-                    .push((i, p.name, seed, flush, outcome));
+                if let Some(f) = check(p, seed) {
+                    eprintln!("{}", f.line);
+                    failures.lock().unwrap().push((i, f));
+                }
             });
         }
     });
-    let mut results = results.into_inner().unwrap();
-    results.sort_by_key(|r| r.0);
-    let (mut passed, mut known, mut failures) = (0, Vec::new(), Vec::new());
-    for (_, name, seed, flush, outcome) in results {
-        let Some(m) = outcome.mismatch else {
-            passed += 1;
-            continue;
-        };
-        let line = format!("{name} seed {seed} (flush {flush}): {m}");
-        let listed = KNOWN.iter().find(|(n, s, _)| *n == name && *s == seed);
-        match listed {
-            Some((_, _, finding)) => known.push(format!("{line} [{finding}]")),
-            None => failures.push(line),
-        }
-    }
-    (passed, known, failures)
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|f| f.0);
+    (jobs.len(), failures.into_iter().map(|f| f.1).collect())
 }
 
 #[test]
 fn replay_matches_the_contract_model() {
-    let per_profile: u64 = std::env::var("MODEL_STREAMS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(24);
-    let (passed, known, failures) = check_all(per_profile);
-    let total = per_profile as usize * PROFILES.len();
-    println!("{passed} of {total} streams match the contract model exactly");
-    for k in &known {
-        println!("KNOWN FAILING (pretext, see tests/model/FINDINGS.md): {k}");
-    }
-    assert!(
-        passed + known.len() + failures.len() == total && passed > total / 2,
-        "too few streams compared"
+    let streams = env_u64("MODEL_STREAMS", 20);
+    let (total, failures) = check_all(streams, env_u64("MODEL_SEED0", 0));
+    let (known, new): (Vec<_>, Vec<_>) = failures.into_iter().partition(|f| f.known);
+    println!(
+        "{} of {total} streams match the contract model exactly",
+        total - known.len() - new.len()
     );
+    for k in &known {
+        println!("KNOWN (pretext, see tests/model/FINDINGS.md): {}", k.line);
+    }
+    assert!(total > 0, "no stream compared");
+    let lines: Vec<&str> = new.iter().map(|f| f.line.as_str()).collect();
+    assert!(new.is_empty(), "{} streams differ:\n{}", new.len(), lines.join("\n\n"));
+}
+
+/// The model itself on a hand-made stream whose outputs the contract fixes
+/// (tests/model/check_model.py holds more): a guard against a model that
+/// agrees with pretext by being equally wrong.
+#[test]
+fn the_model_gives_the_contracts_own_example_outcomes() {
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/model/check_model.py"))
+        .output()
+        .unwrap();
     assert!(
-        failures.is_empty(),
-        "{} streams differ:\n{}",
-        failures.len(),
-        failures.join("\n")
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

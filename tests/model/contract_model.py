@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Reference model of the pretext contract v2 (sections 2, 3, 4 and 8).
+"""Reference model of the pretext contract v2 (sections 2, 3, 4, 6 and 8).
 
-Written from /work/shared/CONTRACT.md alone (plus the documented choices
-where the contract is silent), never from src/engine, so that it can catch
-the engine's bugs. It is slow on purpose: every decision is recomputed from
-the full kept history.
+Written from /work/shared/CONTRACT.md alone (plus the project's documented
+choices where the contract is silent: README "Where the contract is silent",
+docs/architecture.md, docs/reliability.md), never from src/engine, so that it
+can catch the engine's bugs. It is slow on purpose: every decision is
+recomputed from the full kept history, which is never pruned.
 
-usage: contract_model.py INPUT.jsonl CONFIG.toml [--flush] OUT_DIR
-writes OUT_DIR/triggers.jsonl, OUT_DIR/holdout.jsonl, OUT_DIR/conversions.jsonl
-with the fields pretext writes, except trigger_id (xxh3 is not in the
-stdlib): it is written as null.
-
-Input must hold valid events only.
+usage: contract_model.py CONFIG.toml OUT_DIR [--flush] INPUT.jsonl...
+writes OUT_DIR/triggers.jsonl, holdout.jsonl, conversions.jsonl,
+dead-letter.jsonl and summary.txt (the counting lines of the replay
+summary). trigger_id is written as null (the contract fixes only what it
+depends on; tests/model.rs checks that), and a dead letter's `error` text
+as null (free text).
 """
 
+import base64
+import gzip
 import hashlib
 import json
 import math
@@ -21,6 +24,8 @@ import re
 import sys
 import tomllib
 from datetime import datetime, timezone
+
+import validate
 
 UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -65,13 +70,11 @@ class Config:
         self.max_triggers = int(get("pressure", "max_triggers", 0))
         self.pressure_window = duration(get("pressure", "window", "24h"))
         self.attribution = duration(get("measurement", "attribution_window", "7d"))
+        self.max_bytes = int(get("input", "max_message_bytes", 1048576))
 
 
 def parse_ts(value):
-    if isinstance(value, int):
-        return value
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return round(dt.timestamp() * 1000)
+    return validate.parse_time(value)
 
 
 def fmt_ts(ms):
@@ -83,8 +86,10 @@ def fmt_ts(ms):
 
 
 def round2(x):
-    """Half away from zero to 2 decimals, as f64 arithmetic does it."""
-    r = math.floor(abs(x) * 100 + 0.5) / 100
+    """Half away from zero to 2 decimals of the f64 x * 100."""
+    y = abs(x * 100)
+    f = math.floor(y)
+    r = (f + 1 if y - f >= 0.5 else f) / 100
     return math.copysign(r, x) if r else 0.0
 
 
@@ -112,6 +117,9 @@ class Model:
         self.triggers = []
         self.holdout = []
         self.conversions = []
+        self.count = {"applied": 0, "duplicate": 0, "ignored": 0}
+        self.suppressed = dict.fromkeys(
+            ("purchased", "low_score", "cooldown", "frequency_cap"), 0)
 
     # ---- helpers
     def watermark(self):
@@ -134,12 +142,14 @@ class Model:
         bought = [ts for p, ts in c.purchases if p == product and ts <= t]
         after = max(bought) if bought else None
         total = 0.0
-        for p, ts, w in c.views:
+        # summed in ts order (ties: arrival), exp2 as the f64 libm has it, so
+        # that a score on a rounding or min_score edge is the same float
+        for p, ts, w in sorted(c.views, key=lambda v: v[1]):
             if p != product or not (t - self.cfg.lookback <= ts <= t):
                 continue
             if after is not None and ts <= after:
                 continue
-            total += w * 2 ** (-(t - ts) / self.cfg.half_life)
+            total += w * math.exp2(-(t - ts) / self.cfg.half_life)
         return total
 
     def views_in(self, c, product, t):
@@ -155,19 +165,10 @@ class Model:
         """Apply purchase/score/cooldown/cap in order; fire if all pass."""
         c = self.cust(crm)
         cfg = self.cfg
-        if ttype == "viewed_not_bought":
-            if any(p == product and ts >= first_view for p, ts in c.purchases):
-                return
-            if self.score(c, product, t) < cfg.min_score:
-                return
-        cd = cfg.cooldown[ttype]
-        if any(f["type"] == ttype and f["product"] == product and abs(t - f["fired_at"]) < cd
-               for f in c.fired):
+        reason = self.suppression(c, ttype, product, t, first_view)
+        if reason is not None:
+            self.suppressed[reason] += 1
             return
-        if cfg.max_triggers > 0:
-            near = sum(1 for f in c.fired if abs(t - f["fired_at"]) < cfg.pressure_window)
-            if near >= cfg.max_triggers:
-                return
         views = self.views_in(c, product, t)
         group = "holdout" if self.in_holdout(crm) else "treated"
         out = {
@@ -188,6 +189,23 @@ class Model:
         (self.holdout if group == "holdout" else self.triggers).append(out)
         c.fired.append({"type": ttype, "product": product, "fired_at": t,
                         "group": group, "converted": False})
+
+    def suppression(self, c, ttype, product, t, first_view):
+        cfg = self.cfg
+        if ttype == "viewed_not_bought":
+            if any(p == product and ts >= first_view for p, ts in c.purchases):
+                return "purchased"
+            if self.score(c, product, t) < cfg.min_score:
+                return "low_score"
+        cd = cfg.cooldown[ttype]
+        if any(f["type"] == ttype and f["product"] == product and abs(t - f["fired_at"]) < cd
+               for f in c.fired):
+            return "cooldown"
+        if cfg.max_triggers > 0:
+            near = sum(1 for f in c.fired if abs(t - f["fired_at"]) < cfg.pressure_window)
+            if near >= cfg.max_triggers:
+                return "frequency_cap"
+        return None
 
     def fire_check(self, key):
         check_at, first_view = self.pending.pop(key)
@@ -303,9 +321,13 @@ class Model:
         return crm is not None and crm in self.tombstones and ev["_ts"] <= self.tombstones[crm]
 
     def apply(self, ev):
-        ev["_ts"] = parse_ts(ev["ts"])
-        if self.is_duplicate(ev) or self.erased(ev):
+        if self.is_duplicate(ev):
+            self.count["duplicate"] += 1
             return
+        if self.erased(ev):
+            self.count["ignored"] += 1
+            return
+        self.count["applied"] += 1
         self.seen_ids.setdefault(ev["event_id"], []).append(ev["_ts"])
         t = ev["_ts"]
         self.max_ts = t if self.max_ts is None else max(self.max_ts, t)
@@ -340,26 +362,96 @@ class Model:
             self.keep(cookie, ev)
 
 
+class Replay:
+    """The driver: lines of the input files in order, each applied or
+    rejected (a blank line is a message, a final newline is not)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.model = Model(cfg)
+        self.messages = 0
+        self.dead = []
+        self.rejected = {}
+
+    def read(self, path):
+        with open(path, "rb") as f:
+            data = f.read()
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        for number, raw in enumerate(lines, start=1):
+            self.message(path, number, raw)
+
+    def message(self, path, number, raw):
+        self.messages += 1
+        ev, reason = validate.check(raw, self.cfg.max_bytes)
+        if ev is not None:
+            self.model.apply(ev)
+            return
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        letter = {"error": None, "reason": reason, "topic": path, "partition": 0,
+                  "offset": number}
+        try:
+            letter["payload"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            letter["payload_b64"] = base64.b64encode(raw).decode()
+        self.dead.append(letter)
+
+    def finish(self, flush):
+        m = self.model
+        if m.max_ts is not None:
+            m.fire_due(m.max_ts)
+            if flush:
+                m.fire_due(float("inf"))
+
+    def summary(self):
+        m = self.model
+        rejected_total = sum(self.rejected.values())
+        lines = [f"replayed {self.messages} messages: {m.count['applied']} applied, "
+                 f"{m.count['duplicate']} duplicate, {m.count['ignored']} ignored "
+                 f"(erased customer), {rejected_total} rejected"]
+        for what, rows in (("triggers", m.triggers + m.holdout), ("conversions", m.conversions)):
+            parts = []
+            for ttype in ("viewed_not_bought", "promo_on_viewed_item"):
+                n = {g: sum(1 for r in rows if r["type"] == ttype and r["group"] == g)
+                     for g in ("treated", "holdout")}
+                parts.append(f"{ttype} (treated {n['treated']}, holdout {n['holdout']})")
+            lines.append(f"{what}: " + ", ".join(parts))
+        lines.append("suppressed: " + ", ".join(f"{k} {v}" for k, v in m.suppressed.items()))
+        if rejected_total:
+            lines.append("rejected: " + ", ".join(
+                f"{r} {self.rejected[r]}" for r in REASONS if self.rejected.get(r)))
+        return "\n".join(lines) + "\n"
+
+
+REASONS = ("invalid_utf8", "invalid_json", "too_large", "missing_field", "wrong_type",
+           "unknown_type", "bad_ts", "invalid_value")
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+
 def main(argv):
-    args = [a for a in argv if a != "--flush"]
     flush = "--flush" in argv
-    if len(args) != 3:
+    args = [a for a in argv if a != "--flush"]
+    if len(args) < 3:
         sys.exit(__doc__)
-    input_path, config_path, out_dir = args
-    model = Model(Config(config_path))
-    with open(input_path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                model.apply(json.loads(line))
-    if model.max_ts is not None:
-        model.fire_due(model.max_ts)
-        if flush:
-            model.fire_due(float("inf"))
-    for name, rows in (("triggers", model.triggers), ("holdout", model.holdout),
-                       ("conversions", model.conversions)):
-        with open(f"{out_dir}/{name}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    config_path, out_dir, inputs = args[0], args[1], args[2:]
+    replay = Replay(Config(config_path))
+    for path in inputs:
+        replay.read(path)
+    replay.finish(flush)
+    m = replay.model
+    for name, rows in (("triggers", m.triggers), ("holdout", m.holdout),
+                       ("conversions", m.conversions), ("dead-letter", replay.dead)):
+        write_jsonl(f"{out_dir}/{name}.jsonl", rows)
+    with open(f"{out_dir}/summary.txt", "w", encoding="utf-8") as f:
+        f.write(replay.summary())
 
 
 if __name__ == "__main__":
