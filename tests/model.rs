@@ -32,7 +32,6 @@ const KNOWN: &[(&str, u64, &str)] = &[];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Flush {
-    Never,
     Always,
     /// odd seeds
     Alternate,
@@ -51,6 +50,7 @@ const fn mix(unit: i64, lateness: i64, far: i64) -> Mix {
         lateness,
         dedup: DAY,
         far,
+        delay: 10 * MIN,
         late: 5,
         erase: 2,
         dup: 8,
@@ -65,7 +65,10 @@ const PROFILES: &[Profile] = &[
         name: "defaults",
         toml: "",
         flush: Flush::Alternate,
-        mix: mix(20 * MIN, 5 * MIN, 2 * DAY),
+        mix: Mix {
+            delay: HOUR,
+            ..mix(20 * MIN, 5 * MIN, 2 * DAY)
+        },
     },
     Profile {
         // short lookback, delay and cooldowns: the rules meet within a stream
@@ -88,7 +91,10 @@ const PROFILES: &[Profile] = &[
                [triggers.viewed_not_bought]\ndelay = \"15m\"\ncooldown = \"1h\"\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"1h\"\n",
         flush: Flush::Alternate,
-        mix: mix(5 * MIN, 5 * MIN, 3 * HOUR),
+        mix: Mix {
+            delay: 15 * MIN,
+            ..mix(5 * MIN, 5 * MIN, 3 * HOUR)
+        },
     },
     Profile {
         // holdout, cap and conversions together
@@ -131,6 +137,7 @@ const PROFILES: &[Profile] = &[
         flush: Flush::Alternate,
         mix: Mix {
             anon: 15,
+            delay: 5 * MIN,
             ..mix(5 * MIN, 0, 2 * HOUR)
         },
     },
@@ -143,6 +150,7 @@ const PROFILES: &[Profile] = &[
         flush: Flush::Alternate,
         mix: Mix {
             late: 25,
+            delay: 15 * MIN,
             ..mix(5 * MIN, 0, 3 * HOUR)
         },
     },
@@ -163,6 +171,7 @@ const PROFILES: &[Profile] = &[
             lateness: 5 * MIN,
             dedup: 2 * HOUR,
             far: 8 * HOUR,
+            delay: 10 * MIN,
             late: 20,
             erase: 8,
             dup: 20,
@@ -177,7 +186,10 @@ const PROFILES: &[Profile] = &[
         toml: "[triggers.viewed_not_bought]\ndelay = \"2h\"\ncooldown = \"3h\"\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"1h\"\n",
         flush: Flush::Always,
-        mix: mix(30 * MIN, 5 * MIN, 4 * HOUR),
+        mix: Mix {
+            delay: 2 * HOUR,
+            ..mix(30 * MIN, 5 * MIN, 4 * HOUR)
+        },
     },
 ];
 
@@ -413,7 +425,6 @@ fn first_diff(what: &str, got: &[Value], want: &[Value]) -> Option<String> {
 
 fn flush_of(p: &Profile, seed: u64) -> bool {
     match p.flush {
-        Flush::Never => false,
         Flush::Always => true,
         Flush::Alternate => seed % 2 == 1,
     }
@@ -421,8 +432,14 @@ fn flush_of(p: &Profile, seed: u64) -> bool {
 
 /// Removes lines (chunks, then single ones) while the stream still differs.
 fn shrink(p: &Profile, mut files: Vec<(String, Vec<Vec<u8>>)>, flush: bool) -> String {
-    let differs = |files: &[(String, Vec<Vec<u8>>)]| difference(&Case::new(p.toml, files, flush));
-    let mut last = differs(&files).unwrap_or_default();
+    // the same kind of difference (in the same output), so that shrinking
+    // does not wander off to another one
+    let kind = |d: &str| d.split(['[', ':']).next().unwrap_or("").to_string();
+    let mut last = difference(&Case::new(p.toml, &files, flush)).unwrap_or_default();
+    let want = kind(&last);
+    let differs = |files: &[(String, Vec<Vec<u8>>)]| {
+        difference(&Case::new(p.toml, files, flush)).filter(|d| kind(d) == want)
+    };
     let total: usize = files.iter().map(|f| f.1.len()).sum();
     let mut chunk = total.div_ceil(2);
     while chunk >= 1 {
