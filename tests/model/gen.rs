@@ -272,8 +272,10 @@ impl<'a> Gen<'a> {
         }
         let (old, old_ts) = self.rng.pick(&self.made);
         let newest = self.made.iter().map(|m| m.1).max().unwrap_or(T0);
+        let first_use = self.made.iter().filter(|m| m.0["event_id"] == old["event_id"]);
+        let first_use = first_use.map(|m| m.1).min().unwrap_or(old_ts);
         let (mut e, ts) = match self.rng.below(6) {
-            0..=4 if OPEN_F1 && old_ts < newest - self.m.dedup => return None,
+            0..=4 if OPEN_F1 && first_use < newest - self.m.dedup => return None,
             0..=2 => return Some((old, old_ts)),
             3 => self.view("product_view"),
             4 => {
