@@ -50,7 +50,6 @@ const fn mix(unit: i64, lateness: i64, far: i64) -> Mix {
         lateness,
         dedup: DAY,
         far,
-        delay: 10 * MIN,
         late: 5,
         erase: 2,
         dup: 8,
@@ -65,10 +64,7 @@ const PROFILES: &[Profile] = &[
         name: "defaults",
         toml: "",
         flush: Flush::Alternate,
-        mix: Mix {
-            delay: HOUR,
-            ..mix(20 * MIN, 5 * MIN, 2 * DAY)
-        },
+        mix: mix(20 * MIN, 5 * MIN, 2 * DAY),
     },
     Profile {
         // short lookback, delay and cooldowns: the rules meet within a stream
@@ -91,10 +87,7 @@ const PROFILES: &[Profile] = &[
                [triggers.viewed_not_bought]\ndelay = \"15m\"\ncooldown = \"1h\"\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"1h\"\n",
         flush: Flush::Alternate,
-        mix: Mix {
-            delay: 15 * MIN,
-            ..mix(5 * MIN, 5 * MIN, 3 * HOUR)
-        },
+        mix: mix(5 * MIN, 5 * MIN, 3 * HOUR),
     },
     Profile {
         // holdout, cap and conversions together
@@ -137,7 +130,6 @@ const PROFILES: &[Profile] = &[
         flush: Flush::Alternate,
         mix: Mix {
             anon: 15,
-            delay: 5 * MIN,
             ..mix(5 * MIN, 0, 2 * HOUR)
         },
     },
@@ -150,7 +142,6 @@ const PROFILES: &[Profile] = &[
         flush: Flush::Alternate,
         mix: Mix {
             late: 25,
-            delay: 15 * MIN,
             ..mix(5 * MIN, 0, 3 * HOUR)
         },
     },
@@ -171,7 +162,6 @@ const PROFILES: &[Profile] = &[
             lateness: 5 * MIN,
             dedup: 2 * HOUR,
             far: 8 * HOUR,
-            delay: 10 * MIN,
             late: 20,
             erase: 8,
             dup: 20,
@@ -186,10 +176,7 @@ const PROFILES: &[Profile] = &[
         toml: "[triggers.viewed_not_bought]\ndelay = \"2h\"\ncooldown = \"3h\"\n\
                [triggers.promo_on_viewed_item]\ncooldown = \"1h\"\n",
         flush: Flush::Always,
-        mix: Mix {
-            delay: 2 * HOUR,
-            ..mix(30 * MIN, 5 * MIN, 4 * HOUR)
-        },
+        mix: mix(30 * MIN, 5 * MIN, 4 * HOUR),
     },
 ];
 

@@ -12,13 +12,6 @@ pub const MIN: i64 = 60 * SEC;
 pub const HOUR: i64 = 60 * MIN;
 pub const DAY: i64 = 24 * HOUR;
 
-/// While FINDINGS.md F1 (old event ids forgotten) is open: no exact retry
-/// of an event stamped more than the dedup window behind the newest.
-pub const OPEN_F1: bool = true;
-/// While FINDINGS.md F2 (history pruned) is open: late events stay within
-/// the viewed_not_bought delay beyond the allowed lateness.
-pub const OPEN_F2: bool = true;
-
 pub struct Rng(u64);
 
 impl Rng {
@@ -52,8 +45,6 @@ pub struct Mix {
     pub dedup: i64,
     /// late events reach up to this far behind the newest ts
     pub far: i64,
-    /// the viewed_not_bought delay
-    pub delay: i64,
     pub late: u64,
     pub erase: u64,
     pub dup: u64,
@@ -118,8 +109,7 @@ impl<'a> Gen<'a> {
     fn raw_ts(&mut self) -> i64 {
         let u = self.m.unit;
         if self.rng.chance(self.m.late) {
-            let far = if OPEN_F2 { self.m.delay } else { self.m.far };
-            let back = self.rng.below(far.max(1) as u64) as i64;
+            let back = self.rng.below(self.m.far.max(1) as u64) as i64;
             return self.now - self.m.lateness - back;
         }
         match self.rng.below(20) {
@@ -271,17 +261,12 @@ impl<'a> Gen<'a> {
             return None;
         }
         let (old, old_ts) = self.rng.pick(&self.made);
-        let newest = self.made.iter().map(|m| m.1).max().unwrap_or(T0);
-        let first_use = self.made.iter().filter(|m| m.0["event_id"] == old["event_id"]);
-        let first_use = first_use.map(|m| m.1).min().unwrap_or(old_ts);
         let (mut e, ts) = match self.rng.below(6) {
-            0..=4 if OPEN_F1 && first_use < newest - self.m.dedup => return None,
             0..=2 => return Some((old, old_ts)),
             3 => self.view("product_view"),
             4 => {
                 let (e, _) = self.view("add_to_cart");
-                // (back in time it may meet an older use of the id: F1)
-                let sign = if OPEN_F1 || self.rng.chance(50) { 1 } else { -1 };
+                let sign = if self.rng.chance(50) { 1 } else { -1 };
                 let edge = old_ts + sign * (self.m.dedup + self.rng.below(2) as i64);
                 let mut e = e;
                 e["ts"] = json!(edge);
