@@ -226,7 +226,11 @@ fn files_of(p: &Profile, seed: u64) -> Vec<(String, Vec<Vec<u8>>)> {
         return vec![("in.jsonl".into(), lines)];
     }
     let second = lines.split_off(lines.len() / 3);
-    let name = if seed % 8 == 5 { "in2.jsonl.gz" } else { "in2.jsonl" };
+    let name = if seed % 8 == 5 {
+        "in2.jsonl.gz"
+    } else {
+        "in2.jsonl"
+    };
     vec![("in1.jsonl".into(), lines), (name.into(), second)]
 }
 
@@ -253,7 +257,13 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
 
 /// The counting lines of the summary (not the timing).
 fn summary_lines(text: &str) -> Vec<String> {
-    let counted = ["replayed ", "triggers: ", "conversions: ", "suppressed: ", "rejected: "];
+    let counted = [
+        "replayed ",
+        "triggers: ",
+        "conversions: ",
+        "suppressed: ",
+        "rejected: ",
+    ];
     text.lines()
         .filter(|l| counted.iter().any(|c| l.starts_with(c)))
         .map(String::from)
@@ -274,7 +284,9 @@ fn run_pretext(case: &Case) -> Result<Outputs, String> {
     ] {
         cmd.arg(flag).arg(case.path(file));
     }
-    cmd.arg("--config").arg(case.path("config.toml")).arg("--quiet");
+    cmd.arg("--config")
+        .arg(case.path("config.toml"))
+        .arg("--quiet");
     if case.flush {
         cmd.arg("--flush");
     }
@@ -299,7 +311,10 @@ fn run_model(case: &Case) -> Outputs {
     let dir = case.path("model");
     std::fs::create_dir_all(&dir).unwrap();
     let mut py = Command::new("python3");
-    py.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/model/contract_model.py"));
+    py.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/model/contract_model.py"
+    ));
     py.arg(case.path("config.toml")).arg(&dir);
     if case.flush {
         py.arg("--flush");
@@ -346,12 +361,15 @@ fn free_parts(o: &mut Outputs) -> Result<(), String> {
     for (what, rows) in &o.files {
         for row in rows {
             if *what == "dead-letter" {
-                if !row["error"].as_str().is_some_and(|e| !e.is_empty()) {
+                if row["error"].as_str().is_none_or(|e| e.is_empty()) {
                     return Err(format!("dead letter without an error text: {row}"));
                 }
                 continue;
             }
-            let (key, id) = (key_of(row), row["trigger_id"].as_str().unwrap_or("").to_string());
+            let (key, id) = (
+                key_of(row),
+                row["trigger_id"].as_str().unwrap_or("").to_string(),
+            );
             if id.is_empty() {
                 return Err(format!("no trigger_id: {row}"));
             }
@@ -364,7 +382,9 @@ fn free_parts(o: &mut Outputs) -> Result<(), String> {
             if ids.get(&key).is_some_and(|known| *known != id)
                 || keys.get(&id).is_some_and(|known| *known != key)
             {
-                return Err(format!("trigger_id is not one per (type, crm, product, fired_at): {row}"));
+                return Err(format!(
+                    "trigger_id is not one per (type, crm, product, fired_at): {row}"
+                ));
             }
             ids.insert(key.clone(), id.clone());
             keys.insert(id, key);
@@ -542,7 +562,12 @@ fn replay_matches_the_contract_model() {
     }
     assert!(total > 0, "no stream compared");
     let lines: Vec<&str> = new.iter().map(|f| f.line.as_str()).collect();
-    assert!(new.is_empty(), "{} streams differ:\n{}", new.len(), lines.join("\n\n"));
+    assert!(
+        new.is_empty(),
+        "{} streams differ:\n{}",
+        new.len(),
+        lines.join("\n\n")
+    );
 }
 
 /// The model itself on a hand-made stream whose outputs the contract fixes
@@ -551,7 +576,10 @@ fn replay_matches_the_contract_model() {
 #[test]
 fn the_model_gives_the_contracts_own_example_outcomes() {
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/model/check_model.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/model/check_model.py"
+        ))
         .output()
         .unwrap();
     assert!(

@@ -89,7 +89,7 @@ impl<'a> Gen<'a> {
             made: Vec::new(),
             cookies,
             crms,
-            grid: seed % 3 == 0,
+            grid: seed.is_multiple_of(3),
         }
     }
 
@@ -307,7 +307,9 @@ impl<'a> Gen<'a> {
         let n = 20 + self.rng.below(181);
         let mut out = Vec::new();
         while (out.len() as u64) < n {
-            let Some((e, ts)) = self.event() else { continue };
+            let Some((e, ts)) = self.event() else {
+                continue;
+            };
             if self.rng.chance(self.m.bad) {
                 out.push(self.bad_line(e));
                 continue;
@@ -354,7 +356,13 @@ impl Gen<'_> {
         let field = self.rng.pick(required(&kind));
         let text = e.to_string();
         match self.rng.below(12) {
-            0 => return if self.rng.chance(50) { vec![] } else { b"  ".to_vec() },
+            0 => {
+                return if self.rng.chance(50) {
+                    vec![]
+                } else {
+                    b"  ".to_vec()
+                }
+            }
             1 => return text.as_bytes()[..text.len() / 2].to_vec(),
             2 => {
                 let mut b = br#"{"junk":""#.to_vec();
@@ -371,7 +379,11 @@ impl Gen<'_> {
             6 => e[field] = self.wrong_type(field),
             7 => e["type"] = json!(self.rng.pick(&["page_view", "PRODUCT_VIEW", ""])),
             8 => {
-                let bad = ["2026-11-22 10:00:00Z", "2026-02-30T00:00:00Z", "2026-11-22T10:00:00"];
+                let bad = [
+                    "2026-11-22 10:00:00Z",
+                    "2026-02-30T00:00:00Z",
+                    "2026-11-22T10:00:00",
+                ];
                 e["ts"] = if self.rng.chance(25) {
                     json!(1_795_305_600_000.5)
                 } else {
@@ -394,7 +406,9 @@ impl Gen<'_> {
         match field {
             "items" => json!({"product_id": "P1"}),
             "ts" => json!(self.rng.pick(&[json!(true), json!([1]), json!({"ms": 1})])),
-            _ => json!(self.rng.pick(&[json!(5), json!(false), json!(["x"]), json!({})])),
+            _ => json!(self
+                .rng
+                .pick(&[json!(5), json!(false), json!(["x"]), json!({})])),
         }
     }
 
@@ -411,7 +425,11 @@ impl Gen<'_> {
                 if field == "ts" || field == "channel" || field == "items" {
                     e["event_id"] = json!("");
                 } else {
-                    e[field] = json!(if self.rng.chance(50) { String::new() } else { "é".repeat(129) });
+                    e[field] = json!(if self.rng.chance(50) {
+                        String::new()
+                    } else {
+                        "é".repeat(129)
+                    });
                 }
             }
         }
