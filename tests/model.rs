@@ -589,3 +589,46 @@ fn the_model_gives_the_contracts_own_example_outcomes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The shipped sample and a `pretext gen` stream (many customers, realistic
+/// mixes), with the defaults and with holdout, cap and flush on.
+#[test]
+fn realistic_streams_match_the_contract_model() {
+    let sample = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/sample.jsonl"
+    ));
+    let generated = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args([
+            "gen",
+            "--events",
+            "3000",
+            "--customers",
+            "300",
+            "--seed",
+            "7",
+        ])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "pretext gen failed");
+    let configs = [
+        ("", false),
+        (
+            "[holdout]\npercent = 20\n[pressure]\nmax_triggers = 3\n",
+            true,
+        ),
+    ];
+    for (name, bytes) in [("sample", sample.unwrap()), ("gen", generated.stdout)] {
+        let lines: Vec<Vec<u8>> = bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        let lines = lines[..lines.len() - usize::from(bytes.ends_with(b"\n"))].to_vec();
+        for (toml, flush) in configs {
+            let case = Case::new(toml, &[(format!("{name}.jsonl"), lines.clone())], flush);
+            let diff = difference(&case);
+            assert!(
+                diff.is_none(),
+                "{name} with {toml:?}: {}",
+                diff.unwrap_or_default()
+            );
+        }
+    }
+}
