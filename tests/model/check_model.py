@@ -152,6 +152,58 @@ def a_purchase_converts_the_open_triggers_of_its_product_once():
         ("viewed_not_bought", "2026-11-22T11:00:00Z", "O1")]
 
 
+@case
+def of_two_links_with_the_same_ts_the_later_arriving_wins():
+    out = run([
+        ev("identify", "i1", "10:00", cookie_id="k1", crm_id="C1"),
+        ev("identify", "i2", "10:00", cookie_id="k1", crm_id="C2"),
+        ev("identify", "i3", "09:00", cookie_id="k1", crm_id="C3"),  # older: loses
+        ev("product_view", "v1", "10:05", cookie_id="k1", product_id="P1"),
+    ], flush=True)
+    return picked(out["triggers"], "crm_id", "cookie_ids") == [("C2", ["k1"])]
+
+
+@case
+def the_buffer_keeps_the_latest_by_ts_and_drops_beyond_the_lookback():
+    out = run([
+        ev("product_view", "v1", "10:30", cookie_id="k1", product_id="P1"),
+        ev("product_view", "v2", "10:00", cookie_id="k1", product_id="P2"),  # oldest: evicted
+        ev("product_view", "v3", "10:40", cookie_id="k1", product_id="P3"),
+        ev("identify", "i1", "12:35", cookie_id="k1", crm_id="C1"),  # lookback 2h: v1 dropped
+    ], '[identity]\nanonymous_buffer = 2\n[scoring]\nlookback = "2h"\n', flush=True)
+    return picked(out["triggers"], "product_id", "fired_at") == [("P3", "2026-11-22T11:40:00Z")]
+
+
+@case
+def a_cooldown_looks_both_ways_and_the_cap_counts_fired_triggers():
+    out = run([
+        ev("product_view", "v1", "12:00", cookie_id="k1", product_id="P1", crm_id="C1"),
+        ev("product_view", "v2", "12:00", cookie_id="k1", product_id="P2", crm_id="C1"),
+        ev("product_view", "v3", "14:00", cookie_id="k1", product_id="P3", crm_id="C1"),
+        ev("product_view", "v4", "10:30", cookie_id="k1", product_id="P1", crm_id="C1"),
+    ], '[pressure]\nmax_triggers = 1\nwindow = "1h"\n'
+       '[triggers.viewed_not_bought]\ncooldown = "2h"\n', flush=True)
+    # 13:00 P1 fires, P2 capped; v4's late check at 11:30 is 1.5 h before
+    # the P1 fired at 13:00: cooldown; 15:00 P3 is 2 h from P1: fires
+    return (picked(out["triggers"], "product_id", "fired_at") == [
+        ("P1", "2026-11-22T13:00:00Z"), ("P3", "2026-11-22T15:00:00Z")]
+        and "cooldown 1, frequency_cap 1" in out["summary"])
+
+
+@case
+def a_promotion_skips_a_buyer_and_passes_an_expired_valid_until_on():
+    out = run([
+        ev("product_view", "v1", "10:00", cookie_id="k1", product_id="P1", crm_id="C1"),
+        ev("product_view", "v2", "10:00", cookie_id="k2", product_id="P1", crm_id="C2"),
+        ev("purchase", "o1", "10:00", order_id="O1", channel="store", crm_id="C2",
+           items=[{"product_id": "P1"}]),
+        ev("promotion", "p1", "10:20", product_id="P1", valid_until="2026-11-21T00:00:00+01:00",
+           discount_pct=10),
+    ])
+    return picked(out["triggers"], "crm_id", "promotion") == [
+        ("C1", {"discount_pct": 10, "promo_price": None, "valid_until": "2026-11-20T23:00:00Z"})]
+
+
 def main():
     failed = [name for name, fn in CASES.items() if not fn()]
     for name in failed:
