@@ -22,7 +22,10 @@ import json
 import math
 import re
 import sys
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: the flat subset the tests write
+    tomllib = None
 from datetime import datetime, timezone
 
 import validate
@@ -40,7 +43,7 @@ def duration(text):
 class Config:
     def __init__(self, path):
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            raw = tomllib.load(f) if tomllib else parse_toml(f.read().decode())
 
         def get(section, key, default):
             node = raw
@@ -71,6 +74,26 @@ class Config:
         self.pressure_window = duration(get("pressure", "window", "24h"))
         self.attribution = duration(get("measurement", "attribution_window", "7d"))
         self.max_bytes = int(get("input", "max_message_bytes", 1048576))
+
+
+def parse_toml(text):
+    """[a.b] tables of `key = "string" | number | bool` lines."""
+    raw, node = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            node = raw
+            for part in line.strip("[]").split("."):
+                node = node.setdefault(part, {})
+            continue
+        key, value = (x.strip() for x in line.split("=", 1))
+        node[key] = json.loads(value) if value not in ("true", "false") else value == "true"
+    return raw
+
+
+EXP2 = getattr(math, "exp2", lambda x: 2.0 ** x)
 
 
 def parse_ts(value):
@@ -149,7 +172,7 @@ class Model:
                 continue
             if after is not None and ts <= after:
                 continue
-            total += w * math.exp2(-(t - ts) / self.cfg.half_life)
+            total += w * EXP2(-(t - ts) / self.cfg.half_life)
         return total
 
     def views_in(self, c, product, t):
