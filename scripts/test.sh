@@ -35,4 +35,5 @@ if [ "$tools_status" -ne 0 ]; then
 fi
 rm -f "$tools_log"
 [ "$build_status" -eq 0 ] || exit "$build_status"
-exec cargo test --release --locked "$@"
+# Every test binary runs even when one fails, so a CI log shows them all.
+exec cargo test --release --locked --no-fail-fast "$@"
