@@ -621,13 +621,59 @@ impl Default for Topics {
 pub struct State {
     /// The RocksDB directory (state and input offsets).
     pub dir: PathBuf,
+    /// How late an event may arrive (behind the highest event time) and
+    /// still see exactly the history the contract gives it.
+    pub retention: Retention,
 }
 
 impl Default for State {
     fn default() -> Self {
         State {
             dir: PathBuf::from("./data"),
+            retention: Retention::Forever,
         }
+    }
+}
+
+/// `state.retention`: `"forever"` keeps every view, purchase, firing time
+/// and event id, so that any late event is decided exactly as the contract
+/// says; a duration bounds the state, exact only for events at most that
+/// far behind the highest event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Forever,
+    Within(Dur),
+}
+
+impl Retention {
+    /// The bound in milliseconds; `Millis::MAX` for ever (every horizon
+    /// computed from it saturates to "keep all").
+    pub fn millis(self) -> i64 {
+        match self {
+            Retention::Forever => i64::MAX,
+            Retention::Within(d) => d.millis(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Retention, D::Error> {
+        struct RetentionVisitor;
+        impl Visitor<'_> for RetentionVisitor {
+            type Value = Retention;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "\"forever\" or a duration string: {DURATION_FORMS}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Retention, E> {
+                if s == "forever" {
+                    return Ok(Retention::Forever);
+                }
+                Dur::parse(s)
+                    .map(Retention::Within)
+                    .map_err(|e| E::custom(format!("{e}, or \"forever\"")))
+            }
+        }
+        d.deserialize_str(RetentionVisitor)
     }
 }
 
@@ -1535,6 +1581,21 @@ cooldown = "12h"
             );
             assert_eq!(e.var(), None);
         }
+    }
+
+    #[test]
+    fn retention_is_forever_unless_a_duration_bounds_it() {
+        assert_eq!(Config::default().state.retention, Retention::Forever);
+        assert_eq!(Retention::Forever.millis(), i64::MAX);
+        let c = load_str("[state]\nretention = \"7d\"\n", &[]).unwrap();
+        assert_eq!(c.state.retention, Retention::Within(Dur(7 * 86_400_000)));
+        let c = load_str("[state]\nretention = \"forever\"\n", &[]).unwrap();
+        assert_eq!(c.state.retention, Retention::Forever);
+        let e = load_str("[state]\nretention = \"always\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config key `state.retention`: invalid duration"), "{e}");
+        assert!(e.contains("or \"forever\""), "{e}");
     }
 
     #[test]

@@ -1177,3 +1177,83 @@ fn duplicates_convert_nothing_and_holdout_conversions_are_counted_apart() {
         .render()
         .contains("conversions: viewed_not_bought (treated 0, holdout 1)"));
 }
+
+// State retention (`state.retention`): by default nothing is forgotten, so
+// an event however late is decided as the contract says; a bound trades
+// exactness for a bounded state only for events later than it.
+
+/// An exact retry of a view, arriving after the stream moved 25 h on.
+fn late_retry() -> Vec<Value> {
+    let v1 = view("v1", at(0), "k1", None, "P1");
+    vec![
+        identify("i1", at(0), "k1", "C1"),
+        v1.clone(),
+        identify("i2", at(25 * HOUR), "k2", "C2"),
+        v1,
+        promotion("p1", at(30 * MIN), "P1"),
+    ]
+}
+
+#[test]
+fn a_retry_is_a_duplicate_however_late_it_arrives() {
+    let r = run(&late_retry(), false);
+    assert_eq!(r.summary.engine.duplicates, 1, "{}", r.raw);
+    let promo = of_type(&r, "promo_on_viewed_item");
+    assert_eq!(promo.len(), 1, "{}", r.raw);
+    assert_eq!(promo[0]["view_count"], 1);
+}
+
+#[test]
+fn a_bounded_retention_forgets_ids_behind_it() {
+    let mut config = Config::default();
+    config.state.retention = pretext::config::Retention::Within(pretext::config::Dur(5 * MIN));
+    let r = run_with(&config, &late_retry(), false);
+    assert_eq!(r.summary.engine.duplicates, 0, "{}", r.raw);
+    assert_eq!(of_type(&r, "promo_on_viewed_item")[0]["view_count"], 2);
+}
+
+#[test]
+fn a_late_check_counts_views_older_than_the_lookback_behind_the_stream() {
+    let mut config = Config::default();
+    config.scoring.lookback = pretext::config::Dur(6 * HOUR);
+    config.triggers.viewed_not_bought.cooldown = pretext::config::Dur(HOUR);
+    let events = [
+        identify("i1", at(0), "k1", "C1"),
+        view("v1", at(30 * MIN), "k1", None, "P1"),
+        view("v2", at(8 * HOUR), "k1", None, "P2"),
+        // Late: its check (06:00) is already due and fires at once; its
+        // window [00:00, 06:00] holds v1 although v1 is 7.5 h behind.
+        view("v3", at(5 * HOUR), "k1", None, "P1"),
+    ];
+    let r = run_with(&config, &events, false);
+    let late: Vec<_> = of_type(&r, "viewed_not_bought")
+        .into_iter()
+        .filter(|t| t["fired_at"] == iso(at(6 * HOUR)))
+        .collect();
+    assert_eq!(late.len(), 1, "{}", r.raw);
+    assert_eq!(late[0]["view_count"], 2, "{}", r.raw);
+}
+
+#[test]
+fn a_stitched_view_checks_with_the_customers_older_views() {
+    let mut config = Config::default();
+    config.scoring.lookback = pretext::config::Dur(HOUR);
+    config.watermark.allowed_lateness = pretext::config::Dur(0);
+    config.triggers.viewed_not_bought.delay = pretext::config::Dur(5 * MIN);
+    config.triggers.viewed_not_bought.cooldown = pretext::config::Dur(10 * MIN);
+    let events = [
+        identify("i1", at(0), "k1", "C1"),
+        view("v1", at(0), "k1", None, "P1"),
+        view("v2", at(50 * MIN), "k2", None, "P1"),
+        // k2's first link: v2 is stitched at 10:50, its check (10:55) is
+        // due at once and counts v1 (10:00) in [09:55, 10:55].
+        identify("i2", at(100 * MIN), "k2", "C1"),
+    ];
+    let r = run_with(&config, &events, false);
+    let stitched: Vec<_> = of_type(&r, "viewed_not_bought")
+        .into_iter()
+        .filter(|t| t["fired_at"] == iso(at(55 * MIN)))
+        .collect();
+    assert_eq!(stitched.len(), 1, "{}", r.raw);
+    assert_eq!(stitched[0]["view_count"], 2, "{}", r.raw);
+}

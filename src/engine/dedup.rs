@@ -4,7 +4,9 @@
 //! negligible, and no id, which may embed a customer id, is stored) with
 //! the times of the applied events that carried them. Ids expire without an
 //! index: once per hour of event time the horizon moves to the highest
-//! event time − allowed lateness − dedup window; times below it no longer
+//! event time − `state.retention` − dedup window (by default retention is
+//! infinite and the horizon never moves: an exact retry of an event, however
+//! late it arrives, is a duplicate as the contract says); times below it no longer
 //! count, and a compaction filter drops entries whose times all lie below
 //! it. Readers ignore those times already, so when compaction runs never
 //! changes a result, and a replay forgets exactly as live mode does.
@@ -23,7 +25,7 @@ const HOUR: Millis = 3_600_000;
 
 pub struct Dedup {
     window: Millis,
-    lateness: Millis,
+    late_bound: Millis,
     horizon: Millis,
     gc_hour: Millis,
     /// The horizon as the compaction filter sees it.
@@ -54,14 +56,14 @@ impl Dedup {
     pub fn open(
         store: &Store,
         window: Millis,
-        lateness: Millis,
+        late_bound: Millis,
         published: Arc<AtomicI64>,
     ) -> Result<Dedup, StateError> {
         let horizon = meta::get(store, Num::DedupHorizon)?.unwrap_or(Millis::MIN);
         published.store(horizon, Ordering::Relaxed);
         Ok(Dedup {
             window,
-            lateness,
+            late_bound,
             horizon,
             gc_hour: meta::get(store, Num::GcHour)?.unwrap_or(Millis::MIN),
             published,
@@ -91,7 +93,7 @@ impl Dedup {
     }
 
     /// Once per hour of event time, moves the horizon: ids that no event
-    /// within the allowed lateness can duplicate any more stop counting.
+    /// at most `late_bound` behind the highest can duplicate any more stop counting.
     pub fn advance(&mut self, max_ts: Millis) {
         let hour = max_ts.div_euclid(HOUR);
         if hour <= self.gc_hour {
@@ -99,7 +101,7 @@ impl Dedup {
         }
         self.gc_hour = hour;
         self.horizon = max_ts
-            .saturating_sub(self.lateness)
+            .saturating_sub(self.late_bound)
             .saturating_sub(self.window);
         self.published.store(self.horizon, Ordering::Relaxed);
     }

@@ -123,7 +123,7 @@ impl Engine {
             dedup: Dedup::open(
                 &store,
                 params.dedup_window,
-                params.allowed_lateness,
+                params.late_bound,
                 horizon,
             )?,
             params,

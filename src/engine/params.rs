@@ -21,6 +21,9 @@ pub struct Params {
     pub holdout: Holdout,
     pub cap: Cap,
     pub attribution_window: Millis,
+    /// `state.retention`: how far behind the highest event time an event
+    /// still sees exact history; `Millis::MAX` for ever.
+    pub late_bound: Millis,
 }
 
 impl Params {
@@ -43,25 +46,30 @@ impl Params {
                 window: c.pressure.window.millis(),
             },
             attribution_window: c.measurement.attribution_window.millis(),
+            late_bound: c.state.retention.millis(),
         }
     }
 
     /// How far behind the highest event time views and purchases are kept.
-    /// Any event within the allowed lateness still sees every view its
-    /// check's lookback window covers; only later events may see fewer.
+    /// Any event at most `late_bound` behind it still sees every view its
+    /// check's lookback window covers (a stitched event counts at its own
+    /// time); by default the bound is infinite and nothing is pruned.
     pub fn retention(&self) -> Millis {
-        self.lookback + self.delay + self.allowed_lateness
+        self.lookback
+            .saturating_add(self.delay)
+            .saturating_add(self.late_bound)
     }
 
     /// How far behind the highest event time firing times are kept.
     pub fn cooldown_retention(&self) -> Millis {
-        self.retention() + self.vnb_cooldown.max(self.promo_cooldown)
+        self.retention()
+            .saturating_add(self.vnb_cooldown.max(self.promo_cooldown))
     }
 
     /// How far behind the highest event time the frequency cap keeps fired
-    /// times: a trigger decided for an event within the allowed lateness
-    /// fires no earlier than the retention horizon.
+    /// times: a trigger decided for an event within the bound fires no
+    /// earlier than the retention horizon.
     pub fn cap_retention(&self) -> Millis {
-        self.retention() + self.cap.window
+        self.retention().saturating_add(self.cap.window)
     }
 }
