@@ -214,7 +214,7 @@ pub struct Records {
 
 /// Decoded records kept across batches, at most, split between the families
 /// in `trim`: interest records are the largest and the most reused.
-const CACHE_BYTES: usize = 32 << 20;
+const CACHE_BYTES: usize = 48 << 20;
 
 impl Default for Records {
     fn default() -> Self {

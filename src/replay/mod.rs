@@ -30,7 +30,7 @@ pub const SAMPLE: &[u8] = include_bytes!("../../examples/sample.jsonl");
 /// Commit the state this often, so a long replay holds bounded memory: the
 /// changes of the batch being built, and of the one being written in the
 /// background.
-const COMMIT_EVERY_BYTES: usize = 12 << 20;
+const COMMIT_EVERY_BYTES: usize = 16 << 20;
 /// Rejections described one by one on stderr when no dead-letter file is given.
 const REJECTIONS_SHOWN: u64 = 20;
 

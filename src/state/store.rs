@@ -624,9 +624,8 @@ impl Snapshot<'_> {
 
 /// Keys a family's in-memory filter holds at most (1.5 bytes each).
 const FILTER_MAX_KEYS: usize = 32 << 20;
-/// The memtables of all families together, at most. The engine's record
-/// cache answers most reads before RocksDB, so memory went there from here.
-const MEMTABLE_BUDGET: usize = 64 << 20;
+/// The memtables of all families together, at most.
+const MEMTABLE_BUDGET: usize = 96 << 20;
 /// Data, index and filter blocks cached, shared by all families.
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
 
