@@ -15,8 +15,6 @@
 //! After a commit every entry is clean; `trim` then bounds memory by
 //! dropping what the last batch did not touch, or everything.
 
-use std::collections::BTreeMap;
-
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -146,59 +144,35 @@ impl<T: Clone + Serialize + DeserializeOwned + Weigh> Cached<T> {
         self.dirty_weight
     }
 
-    /// Hands every changed record to the store for its next commit,
-    /// encoded; they are clean from then on. Staged (`Store::stage`): the
-    /// store does not answer reads of them, this cache does until `trim`,
-    /// which must wait until that commit is settled.
+    /// Hands every changed record to the store's overlay, encoded; they are
+    /// clean from then on.
     pub fn write_back(&mut self, store: &mut Store) {
-        self.hand_over(store, false);
-    }
-
-    /// As `write_back`, but into the store's overlay, which reads and
-    /// scans see: before a scan of the family.
-    pub fn publish(&mut self, store: &mut Store) {
-        self.hand_over(store, true);
-    }
-
-    fn hand_over(&mut self, store: &mut Store, readable: bool) {
         if self.dirty_weight == 0 {
             return;
         }
         for (key, slot) in self.slots.iter_mut().filter(|(_, s)| s.dirty) {
             slot.dirty = false;
-            let value = slot.value.as_ref().map(encode);
-            match (readable, value) {
-                (false, value) => store.stage(self.cf, key.clone(), value),
-                (true, Some(v)) => store.put(self.cf, key.clone(), v),
-                (true, None) => store.delete(self.cf, key.clone()),
+            match &slot.value {
+                Some(v) => store.put(self.cf, key.clone(), encode(v)),
+                None => store.delete(self.cf, key.clone()),
             }
         }
         self.dirty_weight = 0;
     }
 
-    /// Starts a new batch, first bounding memory: beyond `budget` bytes,
-    /// drops the clean records least recently used, a batch's worth at a
-    /// time (changed ones stay until written). Only once every commit
-    /// before is settled (see `write_back`).
+    /// Ends a batch (after `write_back` and the commit): beyond `budget`
+    /// bytes, keeps only what this batch used, and if that is still too
+    /// much, nothing.
     pub fn trim(&mut self, budget: usize) {
+        debug_assert_eq!(self.dirty_weight, 0, "trim before write_back");
         if self.weight > budget {
             let batch = self.batch;
-            let mut by_age: BTreeMap<u32, usize> = BTreeMap::new();
-            for s in self.slots.values() {
-                *by_age.entry(batch.wrapping_sub(s.used)).or_default() += s.weight;
-            }
-            let mut kept = 0;
-            let mut oldest = None;
-            for (&age, &weight) in &by_age {
-                if kept + weight > budget {
-                    break;
-                }
-                kept += weight;
-                oldest = Some(age);
-            }
-            self.slots
-                .retain(|_, s| s.dirty || oldest.is_some_and(|o| batch.wrapping_sub(s.used) <= o));
+            self.slots.retain(|_, s| s.used == batch);
             self.weight = self.slots.values().map(|s| s.weight).sum();
+        }
+        if self.weight > budget {
+            self.slots.clear();
+            self.weight = 0;
         }
         self.batch = self.batch.wrapping_add(1);
     }
@@ -244,9 +218,9 @@ impl Records {
 
     pub fn trim(&mut self) {
         self.customers.trim(CACHE_BYTES / 4);
-        self.interest.trim(CACHE_BYTES * 3 / 8);
+        self.interest.trim(CACHE_BYTES / 2);
         self.links.trim(CACHE_BYTES / 8);
-        self.anon.trim(CACHE_BYTES / 4);
+        self.anon.trim(CACHE_BYTES / 8);
     }
 }
 

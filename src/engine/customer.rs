@@ -409,11 +409,8 @@ impl CustomerStage<'_> {
     /// Fans a promotion out to the product's viewers, streaming over the
     /// product's key prefix a chunk at a time (never all viewers in memory).
     pub fn on_promotion(&mut self, promo: &Promotion, t: Millis) -> Result<(), StateError> {
-        // The scan reads the store: it must hold every changed record, and
-        // the batch written in the background must be on disk (the store
-        // does not answer for what the cache staged there).
-        self.store.settle()?;
-        self.records.interest.publish(self.store);
+        // The scan reads the store: it must hold every changed record first.
+        self.records.interest.write_back(self.store);
         let prefix = str_key(&promo.product_id);
         let end = prefix_end(&prefix);
         let mut cursor = prefix.clone();

@@ -120,24 +120,24 @@ impl Identity<'_> {
     /// event time, then arrival) beyond the buffer's capacity.
     pub fn keep(&mut self, cookie_id: &str, event: Kept) -> Result<(), StateError> {
         let key = str_key(cookie_id);
-        let cap = self.buffer_cap;
-        self.records.anon.update(self.store, &key, |slot| {
-            let kept = slot.get_or_insert_with(KeptEvents::default);
-            kept.events.push(event);
-            while kept.events.len() > cap {
-                let oldest = kept
-                    .events
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(i, e)| (e.ts(), *i))
-                    .map(|(i, _)| i)
-                    .unwrap_or(0);
-                kept.events.remove(oldest);
-            }
-            if kept.events.is_empty() {
-                *slot = None;
-            }
-        })
+        let mut kept: KeptEvents = self.records.anon.get(self.store, &key)?.unwrap_or_default();
+        kept.events.push(event);
+        while kept.events.len() > self.buffer_cap {
+            let oldest = kept
+                .events
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, e)| (e.ts(), *i))
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            kept.events.remove(oldest);
+        }
+        if kept.events.is_empty() {
+            self.records.anon.delete(key);
+        } else {
+            self.records.anon.put(key, kept);
+        }
+        Ok(())
     }
 
     /// Forgets a cookie of an erased customer: its link (when it still points

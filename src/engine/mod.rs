@@ -228,12 +228,9 @@ impl Engine {
     /// needs only to read this one, not to know it is on disk. A later
     /// `commit` waits for it.
     pub fn commit_in_background(&mut self) -> Result<(), EngineError> {
-        // Records of the batch before may leave the cache only once that
-        // batch is on disk: until then the cache is where reads find them.
-        self.store.settle()?;
-        self.records.trim();
         self.stage_commit(&[]);
         self.store.commit_in_background()?;
+        self.records.trim();
         Ok(())
     }
 
@@ -325,14 +322,8 @@ impl Engine {
         // still names the category as it was before the view.
         if let Some(category) = &v.category {
             let key = str_key(&v.product_id);
-            // Most views repeat the category already stored.
-            let same = self
-                .store
-                .read(Cf::Products, &key, |c| Ok(c == category.as_bytes()))?;
-            if same != Some(true) {
-                self.store
-                    .put(Cf::Products, key, category.as_bytes().to_vec());
-            }
+            self.store
+                .put(Cf::Products, key, category.as_bytes().to_vec());
         }
         Ok(())
     }

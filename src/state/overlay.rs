@@ -26,9 +26,6 @@ pub(super) struct Overlay {
     pub(super) writes: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
     /// The keys of `writes` in order, for scanned families only.
     order: Option<BTreeSet<Vec<u8>>>,
-    /// Writes that reads do not see (`Store::stage`), applied after
-    /// `writes`.
-    staged: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Overlay {
@@ -36,15 +33,7 @@ impl Overlay {
         Overlay {
             writes: FxHashMap::default(),
             order: cf.scanned().then(BTreeSet::new),
-            staged: Vec::new(),
         }
-    }
-
-    /// Adds a write that reads do not see; returns the bytes it holds.
-    pub(super) fn stage(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> usize {
-        let bytes = key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
-        self.staged.push((key, value));
-        bytes
     }
 
     /// Records a write; returns the change in the bytes held.
@@ -186,11 +175,7 @@ pub(super) fn write(db: &DB, path: &Path, overlays: &[Overlay]) -> Result<(), St
         // previous insert's search path, in random order each pays a
         // full search with its cache misses.
         writes.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut staged: Vec<_> = overlay.staged.iter().map(|(k, v)| (k, v)).collect();
-        staged.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        // Staged writes come last: on a key written both ways they are the
-        // later ones.
-        for (k, v) in writes.into_iter().chain(staged) {
+        for (k, v) in writes {
             match v {
                 Some(v) => batch.put_cf(handle, k, v),
                 None => batch.delete_cf(handle, k),

@@ -100,10 +100,9 @@ impl Cf {
     /// Families held whole in memory: small ones read on every event.
     /// Timers: one key per pending check, scanned after each event.
     /// Tombstones: one key per erased customer, looked up for each event
-    /// naming a customer (almost always absent). Products: one key per
-    /// product, read for every trigger (its category).
+    /// naming a customer (almost always absent).
     fn resident(self) -> bool {
-        matches!(self, Cf::Timers | Cf::Tombstones | Cf::Products)
+        matches!(self, Cf::Timers | Cf::Tombstones)
     }
 
     /// Families whose point reads mostly miss: an in-memory filter of their
@@ -344,31 +343,15 @@ impl Store {
         self.write(cf, key, None);
     }
 
-    /// Stages a write for the next commit that reads through the store do
-    /// not see until that commit is settled: for a caller that holds the
-    /// value itself and answers reads of `key` until then (the engine's
-    /// record cache), so the write costs no overlay entry.
-    pub fn stage(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
-        debug_assert!(!cf.resident(), "{} is resident", cf.name());
-        self.note_key(cf, &key, value.is_some());
-        let bytes = self.overlays[cf.index()].stage(key, value);
-        self.overlay_bytes += bytes;
-    }
-
-    /// Tells the family's key filter, if any, of a key written.
-    fn note_key(&mut self, cf: Cf, key: &[u8], put: bool) {
-        if let (Some(filter), true) = (&mut self.filters[cf.index()], put) {
-            filter.insert(key);
+    fn write(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if let (Some(filter), Some(_)) = (&mut self.filters[cf.index()], &value) {
+            filter.insert(&key);
             if filter.len() > FILTER_MAX_KEYS {
                 // Beyond this the filter costs more memory than it saves
                 // reads: RocksDB's own filters answer from then on.
                 self.filters[cf.index()] = None;
             }
         }
-    }
-
-    fn write(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.note_key(cf, &key, value.is_some());
         let delta = self.overlays[cf.index()].write(key, value);
         self.overlay_bytes = self.overlay_bytes.saturating_add_signed(delta);
     }
