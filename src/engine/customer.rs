@@ -9,11 +9,11 @@ use crate::state::keys::{pair_key, prefix_end, read_pair, str_key};
 use crate::state::{Cf, StateError, Store};
 use crate::trigger::{round2, trigger_id, Conversion, PromotionInfo, Trigger, TriggerKind};
 
-use super::cache::Records;
 use super::identity::Resolved;
 use super::params::Params;
 use super::records::{
-    decode, in_cooldown, insert_sorted, Customer, Interest, KindCode, OpenTrigger, Pending,
+    decode, encode, in_cooldown, insert_sorted, load, Customer, Interest, KindCode, OpenTrigger,
+    Pending,
 };
 use super::stats::{EngineStats, Suppressed};
 use super::timers::Timers;
@@ -26,7 +26,6 @@ const TRIGGER_COOKIES: usize = 5;
 
 pub struct CustomerStage<'a> {
     pub store: &'a mut Store,
-    pub records: &'a mut Records,
     pub params: &'a Params,
     pub stats: &'a mut EngineStats,
     pub sink: &'a mut dyn TriggerSink,
@@ -78,13 +77,8 @@ impl CustomerStage<'_> {
         }
     }
 
-    fn load_customer(&mut self, crm_id: &str) -> Result<Customer, StateError> {
-        let key = str_key(crm_id);
-        Ok(self
-            .records
-            .customers
-            .get(self.store, &key)?
-            .unwrap_or_default())
+    fn load_customer(&self, crm_id: &str) -> Result<Customer, StateError> {
+        Ok(load(self.store, Cf::Customers, &str_key(crm_id))?.unwrap_or_default())
     }
 
     fn update_customer(
@@ -92,10 +86,10 @@ impl CustomerStage<'_> {
         crm_id: &str,
         f: impl FnOnce(&mut Customer),
     ) -> Result<(), StateError> {
-        let key = str_key(crm_id);
-        self.records.customers.update(self.store, &key, |c| {
-            f(c.get_or_insert_with(Customer::default))
-        })
+        let mut c = self.load_customer(crm_id)?;
+        f(&mut c);
+        self.store.put(Cf::Customers, str_key(crm_id), encode(&c));
+        Ok(())
     }
 
     fn touch_cookie(
@@ -111,12 +105,11 @@ impl CustomerStage<'_> {
     }
 
     fn load_interest(
-        &mut self,
+        &self,
         crm_id: &str,
         product_id: &str,
     ) -> Result<Option<Interest>, StateError> {
-        let key = pair_key(product_id, crm_id);
-        self.records.interest.get(self.store, &key)
+        load(self.store, Cf::Interest, &pair_key(product_id, crm_id))
     }
 
     /// Loads the interest record, registering a new one in the customer's
@@ -143,9 +136,11 @@ impl CustomerStage<'_> {
         let fired_horizon = self.max_ts.saturating_sub(self.params.cooldown_retention());
         let open_horizon = (horizon, self.params.attribution_window);
         interest.prune(view_horizon, fired_horizon, open_horizon);
-        self.records
-            .interest
-            .put(pair_key(product_id, crm_id), interest);
+        self.store.put(
+            Cf::Interest,
+            pair_key(product_id, crm_id),
+            encode(&interest),
+        );
     }
 
     /// A view joins the pending session or starts one (section 3 of the
@@ -293,20 +288,15 @@ impl CustomerStage<'_> {
         if !cap.is_on() {
             return Ok(true);
         }
-        let key = str_key(crm_id);
-        let customers = &mut self.records.customers;
-        let reached = customers.with(self.store, &key, |c| {
-            cap.reached(c.map_or(&[][..], |c| c.fired.as_slice()), t)
-        })?;
-        if reached {
+        let mut customer = self.load_customer(crm_id)?;
+        if cap.reached(&customer.fired, t) {
             return Ok(false);
         }
+        insert_sorted(&mut customer.fired, t);
         let horizon = self.max_ts.saturating_sub(self.params.cap_retention());
-        customers.update(self.store, &key, |c| {
-            let fired = &mut c.get_or_insert_with(Customer::default).fired;
-            insert_sorted(fired, t);
-            fired.retain(|&f| f >= horizon);
-        })?;
+        customer.fired.retain(|&f| f >= horizon);
+        self.store
+            .put(Cf::Customers, str_key(crm_id), encode(&customer));
         Ok(true)
     }
 
@@ -361,7 +351,7 @@ impl CustomerStage<'_> {
     }
 
     fn build(
-        &mut self,
+        &self,
         kind: TriggerKind,
         crm_id: &str,
         product_id: &str,
@@ -369,13 +359,7 @@ impl CustomerStage<'_> {
         t: Millis,
         promotion: Option<PromotionInfo>,
     ) -> Result<Trigger, StateError> {
-        let (cookie_ids, channels) =
-            self.records
-                .customers
-                .with(self.store, &str_key(crm_id), |c| match c {
-                    Some(c) => (c.top_cookies(TRIGGER_COOKIES), c.consent.channels()),
-                    None => (Vec::new(), Customer::default().consent.channels()),
-                })?;
+        let customer = self.load_customer(crm_id)?;
         let window = interest.views_in(t.saturating_sub(self.params.lookback), t);
         Ok(Trigger {
             trigger_id: trigger_id(kind, crm_id, product_id, t),
@@ -387,8 +371,8 @@ impl CustomerStage<'_> {
             view_count: window.len() as u32,
             last_viewed_at: window.last().map(|v| v.ts),
             fired_at: t,
-            cookie_ids,
-            channels,
+            cookie_ids: customer.top_cookies(TRIGGER_COOKIES),
+            channels: customer.consent.channels(),
             promotion,
             group: self.params.holdout.group_of(crm_id),
         })
@@ -409,8 +393,6 @@ impl CustomerStage<'_> {
     /// Fans a promotion out to the product's viewers, streaming over the
     /// product's key prefix a chunk at a time (never all viewers in memory).
     pub fn on_promotion(&mut self, promo: &Promotion, t: Millis) -> Result<(), StateError> {
-        // The scan reads the store: it must hold every changed record first.
-        self.records.interest.write_back(self.store);
         let prefix = str_key(&promo.product_id);
         let end = prefix_end(&prefix);
         let mut cursor = prefix.clone();
@@ -520,7 +502,7 @@ impl CustomerStage<'_> {
             }
         }
         let customer = self.load_customer(crm_id)?;
-        self.records.customers.delete(str_key(crm_id));
+        self.store.delete(Cf::Customers, str_key(crm_id));
         let key = tombstone_key(crm_id);
         let since = self.erased_at(crm_id)?.map_or(t, |e| e.max(t));
         self.store
@@ -541,7 +523,8 @@ impl CustomerStage<'_> {
                 self.stats.pending_checks -= 1;
             }
         }
-        self.records.interest.delete(pair_key(product_id, crm_id));
+        self.store
+            .delete(Cf::Interest, pair_key(product_id, crm_id));
         Ok(())
     }
 

@@ -7,10 +7,9 @@
 
 use crate::event::{Channel, Millis, ViewKind};
 use crate::state::keys::str_key;
-use crate::state::{StateError, Store};
+use crate::state::{Cf, StateError, Store};
 
-use super::cache::Records;
-use super::records::{Kept, KeptEvents, Link};
+use super::records::{encode, load, Kept, KeptEvents, Link};
 
 /// An event of a customer, as the identity stage hands it on.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,20 +42,19 @@ pub enum Resolved {
 }
 
 pub struct Identity<'a> {
-    pub store: &'a Store,
-    pub records: &'a mut Records,
+    pub store: &'a mut Store,
     pub lookback: Millis,
     pub buffer_cap: usize,
 }
 
 impl Identity<'_> {
     /// The customer a cookie belongs to now, if any.
-    pub fn owner(&mut self, cookie_id: &str) -> Result<Option<String>, StateError> {
+    pub fn owner(&self, cookie_id: &str) -> Result<Option<String>, StateError> {
         Ok(self.link(cookie_id)?.map(|l| l.crm_id))
     }
 
-    fn link(&mut self, cookie_id: &str) -> Result<Option<Link>, StateError> {
-        self.records.links.get(self.store, &str_key(cookie_id))
+    fn link(&self, cookie_id: &str) -> Result<Option<Link>, StateError> {
+        load(self.store, Cf::Links, &str_key(cookie_id))
     }
 
     /// Applies a link carried by an event stamped `ts`. The link with the
@@ -77,7 +75,7 @@ impl Identity<'_> {
             crm_id: crm_id.to_string(),
             ts,
         };
-        self.records.links.put(str_key(cookie_id), link);
+        self.store.put(Cf::Links, str_key(cookie_id), encode(&link));
         match existing {
             Some(old) if old.crm_id == crm_id => {}
             Some(old) => {
@@ -105,10 +103,10 @@ impl Identity<'_> {
         out: &mut Vec<Resolved>,
     ) -> Result<(), StateError> {
         let key = str_key(cookie_id);
-        let Some(kept) = self.records.anon.get(self.store, &key)? else {
+        let Some(kept) = load::<KeptEvents>(self.store, Cf::Anon, &key)? else {
             return Ok(());
         };
-        self.records.anon.delete(key);
+        self.store.delete(Cf::Anon, key);
         let from = link_ts.saturating_sub(self.lookback);
         for ev in kept.events.into_iter().filter(|e| e.ts() >= from) {
             out.push(resolve_kept(ev, crm_id, cookie_id));
@@ -120,7 +118,7 @@ impl Identity<'_> {
     /// event time, then arrival) beyond the buffer's capacity.
     pub fn keep(&mut self, cookie_id: &str, event: Kept) -> Result<(), StateError> {
         let key = str_key(cookie_id);
-        let mut kept: KeptEvents = self.records.anon.get(self.store, &key)?.unwrap_or_default();
+        let mut kept: KeptEvents = load(self.store, Cf::Anon, &key)?.unwrap_or_default();
         kept.events.push(event);
         while kept.events.len() > self.buffer_cap {
             let oldest = kept
@@ -133,9 +131,9 @@ impl Identity<'_> {
             kept.events.remove(oldest);
         }
         if kept.events.is_empty() {
-            self.records.anon.delete(key);
+            self.store.delete(Cf::Anon, key);
         } else {
-            self.records.anon.put(key, kept);
+            self.store.put(Cf::Anon, key, encode(&kept));
         }
         Ok(())
     }
@@ -144,8 +142,8 @@ impl Identity<'_> {
     /// to that customer) and anything kept for it.
     pub fn forget(&mut self, cookie_id: &str, crm_id: &str) -> Result<(), StateError> {
         if self.owner(cookie_id)?.as_deref() == Some(crm_id) {
-            self.records.links.delete(str_key(cookie_id));
-            self.records.anon.delete(str_key(cookie_id));
+            self.store.delete(Cf::Links, str_key(cookie_id));
+            self.store.delete(Cf::Anon, str_key(cookie_id));
         }
         Ok(())
     }

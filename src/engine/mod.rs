@@ -8,7 +8,6 @@
 //! customer stage (`customer`, keyed by CRM id) keeps scores, sessions,
 //! checks, cooldowns and consent.
 
-mod cache;
 mod customer;
 mod dedup;
 mod identity;
@@ -29,7 +28,6 @@ use crate::state::store::Entries;
 use crate::state::{Cf, StateError, StateSize, Store};
 use crate::trigger::{Conversion, Trigger};
 
-use cache::Records;
 use customer::CustomerStage;
 use dedup::Dedup;
 use identity::{Identity, Resolved};
@@ -100,8 +98,6 @@ pub struct Engine {
     idle_watermark: Option<Millis>,
     timers: Timers,
     dedup: Dedup,
-    /// Decoded records ahead of the store, written back at commit.
-    records: Records,
 }
 
 impl Engine {
@@ -129,7 +125,6 @@ impl Engine {
             params,
             stats,
             store,
-            records: Records::default(),
         })
     }
 
@@ -206,7 +201,7 @@ impl Engine {
 
     /// Bytes of state changes not yet committed.
     pub fn uncommitted_bytes(&self) -> usize {
-        self.store.uncommitted_bytes() + self.records.dirty_bytes()
+        self.store.uncommitted_bytes()
     }
 
     /// The underlying store, for audits and tests.
@@ -217,25 +212,6 @@ impl Engine {
     /// Writes the state changes so far and the next input offsets in one
     /// atomic RocksDB write batch.
     pub fn commit(&mut self, offsets: &[SourceOffset]) -> Result<(), EngineError> {
-        self.stage_commit(offsets);
-        self.store.commit()?;
-        self.records.trim();
-        Ok(())
-    }
-
-    /// As `commit` with no offsets, the write going on in the background
-    /// (`Store::commit_in_background`): for replay, whose next batch
-    /// needs only to read this one, not to know it is on disk. A later
-    /// `commit` waits for it.
-    pub fn commit_in_background(&mut self) -> Result<(), EngineError> {
-        self.stage_commit(&[]);
-        self.store.commit_in_background()?;
-        self.records.trim();
-        Ok(())
-    }
-
-    /// Stages everything a commit writes besides the batch's own changes.
-    fn stage_commit(&mut self, offsets: &[SourceOffset]) {
         let store = &mut self.store;
         for o in offsets {
             meta::put_offset(store, o);
@@ -248,7 +224,8 @@ impl Engine {
         }
         meta::put(store, Num::PendingChecks, self.stats.pending_checks);
         self.dedup.save(store);
-        self.records.write_back(store);
+        store.commit()?;
+        Ok(())
     }
 
     /// Every input offset stored by `commit`.
@@ -258,8 +235,7 @@ impl Engine {
 
     fn identity(&mut self) -> Identity<'_> {
         Identity {
-            store: &self.store,
-            records: &mut self.records,
+            store: &mut self.store,
             lookback: self.params.lookback,
             buffer_cap: self.params.anonymous_buffer,
         }
@@ -268,7 +244,6 @@ impl Engine {
     fn customers<'a>(&'a mut self, sink: &'a mut dyn TriggerSink) -> CustomerStage<'a> {
         CustomerStage {
             store: &mut self.store,
-            records: &mut self.records,
             params: &self.params,
             stats: &mut self.stats,
             sink,

@@ -4,9 +4,7 @@
 //! scans in (due timers by time, viewers by product); `store` is the RocksDB
 //! handle with a write-back overlay, so a batch of events is one write batch.
 
-pub mod filter;
 pub mod keys;
-mod overlay;
 pub mod store;
 
 pub use store::{Cf, Reader, Snapshot, StateError, StateSize, Store};

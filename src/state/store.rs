@@ -12,7 +12,7 @@
 //! every event, so they are resident: held whole in memory, read from disk
 //! once at open, and written through at commit like the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,13 +20,11 @@ use std::sync::Arc;
 use rocksdb::compaction_filter::Decision as CompactionDecision;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
-    ReadOptions, SliceTransform, DB,
+    ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::filter::KeyFilter;
 use super::keys::first_str_len;
-use super::overlay::{self, merge, over, Inflight, Overlay};
 
 /// The kinds of state, one column family each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,7 +86,7 @@ impl Cf {
 
     /// Families the engine range-scans (besides the resident timers): their
     /// uncommitted keys are also kept in order.
-    pub(super) fn scanned(self) -> bool {
+    fn scanned(self) -> bool {
         matches!(self, Cf::Meta | Cf::CustomerProducts | Cf::Interest)
     }
 
@@ -103,15 +101,6 @@ impl Cf {
     /// naming a customer (almost always absent).
     fn resident(self) -> bool {
         matches!(self, Cf::Timers | Cf::Tombstones)
-    }
-
-    /// Families whose point reads mostly miss: an in-memory filter of their
-    /// keys answers those before RocksDB (see `filter`).
-    fn filtered(self) -> bool {
-        matches!(
-            self,
-            Cf::Dedup | Cf::Links | Cf::Anon | Cf::Customers | Cf::Interest
-        )
     }
 }
 
@@ -133,8 +122,6 @@ pub enum StateError {
         path: PathBuf,
         source: rocksdb::Error,
     },
-    #[error("cannot commit state at {path}: {detail}")]
-    Commit { path: PathBuf, detail: String },
     #[error("corrupt state record in {cf}: {detail}")]
     Corrupt { cf: &'static str, detail: String },
 }
@@ -144,6 +131,74 @@ pub enum StateError {
 pub struct StateSize {
     pub bytes: u64,
     pub keys: u64,
+}
+
+/// What an overlay entry costs besides its bytes (hash slot, vector headers,
+/// allocator rounding), so that `uncommitted_bytes` tracks memory.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// One family's uncommitted writes; `None` is a deletion.
+struct Overlay {
+    writes: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The keys of `writes` in order, for scanned families only.
+    order: Option<BTreeSet<Vec<u8>>>,
+}
+
+impl Overlay {
+    fn for_cf(cf: Cf) -> Overlay {
+        Overlay {
+            writes: FxHashMap::default(),
+            order: cf.scanned().then(BTreeSet::new),
+        }
+    }
+
+    /// Records a write; returns the change in the bytes held.
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> isize {
+        let added = value.as_ref().map_or(0, Vec::len) as isize;
+        if let Some(order) = &mut self.order {
+            if !self.writes.contains_key(&key) {
+                order.insert(key.clone());
+            }
+        }
+        let key_cost = self.key_cost(key.len());
+        match self.writes.insert(key, value) {
+            Some(old) => added - old.map_or(0, |v| v.len()) as isize,
+            None => added + key_cost,
+        }
+    }
+
+    /// Drops the uncommitted write of `key`; returns the change in bytes.
+    fn forget(&mut self, key: &[u8]) -> isize {
+        if let Some(order) = &mut self.order {
+            order.remove(key);
+        }
+        match self.writes.remove(key) {
+            Some(v) => -(self.key_cost(key.len()) + v.map_or(0, |v| v.len()) as isize),
+            None => 0,
+        }
+    }
+
+    /// What an entry costs besides its value: the key, once more when it is
+    /// also kept in order, and the per-entry overhead.
+    fn key_cost(&self, key_len: usize) -> isize {
+        (key_len * (1 + self.order.is_some() as usize) + ENTRY_OVERHEAD) as isize
+    }
+
+    /// Entries with `lower <= key < upper`, in key order.
+    fn range<'a>(
+        &'a self,
+        lower: &'a [u8],
+        upper: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        let upper = upper.map_or(Bound::Unbounded, Bound::Excluded);
+        self.order
+            .iter()
+            .flat_map(move |o| o.range::<[u8], _>((Bound::Included(lower), upper)))
+            .map(|k| {
+                let v = self.writes.get(k).and_then(|v| v.as_deref());
+                (k.as_slice(), v)
+            })
+    }
 }
 
 /// Key-value pairs, as scans return them.
@@ -161,11 +216,6 @@ pub struct Store {
     /// deletion of one just drops the write (a timer that comes and goes
     /// within a batch never reaches RocksDB).
     fresh: Vec<FxHashSet<Vec<u8>>>,
-    /// The keys each filtered family may hold (by family index; `None` for
-    /// the others).
-    filters: Vec<Option<KeyFilter>>,
-    /// The batch being written in the background, if any.
-    inflight: Option<Inflight>,
     path: PathBuf,
 }
 
@@ -221,45 +271,13 @@ impl Store {
             overlay_bytes: 0,
             resident: vec![BTreeMap::new(); Cf::ALL.len()],
             fresh: vec![FxHashSet::default(); Cf::ALL.len()],
-            filters: Cf::ALL.iter().map(|_| None).collect(),
-            inflight: None,
             path: dir.to_path_buf(),
         };
         for cf in Cf::ALL.into_iter().filter(|cf| cf.resident()) {
             let entries = store.committed(cf)?;
             store.resident[cf.index()].extend(entries);
         }
-        for cf in Cf::ALL.into_iter().filter(|cf| cf.filtered()) {
-            if store.estimate_keys(cf) <= FILTER_MAX_KEYS {
-                store.filters[cf.index()] = Some(store.filter_of_committed(cf)?);
-            }
-        }
         Ok(store)
-    }
-
-    fn estimate_keys(&self, cf: Cf) -> usize {
-        let keys = self
-            .db
-            .property_int_value_cf(self.handle(cf), "rocksdb.estimate-num-keys");
-        keys.ok().flatten().unwrap_or(0) as usize
-    }
-
-    /// A filter holding every committed key of `cf`.
-    fn filter_of_committed(&self, cf: Cf) -> Result<KeyFilter, StateError> {
-        let mut filter = KeyFilter::default();
-        let mut opts = ReadOptions::default();
-        opts.set_total_order_seek(true);
-        let mut it = self.db.raw_iterator_cf_opt(self.handle(cf), opts);
-        it.seek_to_first();
-        while let Some(key) = it.key() {
-            filter.insert(key);
-            it.next();
-        }
-        it.status().map_err(|source| StateError::Read {
-            cf: cf.name(),
-            source,
-        })?;
-        Ok(filter)
     }
 
     pub fn path(&self) -> &Path {
@@ -298,15 +316,6 @@ impl Store {
         if let Some(v) = self.overlays[cf.index()].writes.get(key) {
             return v.as_deref().map(f).transpose();
         }
-        if let Some(v) = self.inflight_write(cf, key) {
-            return v.map(f).transpose();
-        }
-        if self.filters[cf.index()]
-            .as_ref()
-            .is_some_and(|filter| !filter.may_contain(key))
-        {
-            return Ok(None);
-        }
         let pinned = self
             .db
             .get_pinned_cf(self.handle(cf), key)
@@ -344,14 +353,6 @@ impl Store {
     }
 
     fn write(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if let (Some(filter), Some(_)) = (&mut self.filters[cf.index()], &value) {
-            filter.insert(&key);
-            if filter.len() > FILTER_MAX_KEYS {
-                // Beyond this the filter costs more memory than it saves
-                // reads: RocksDB's own filters answer from then on.
-                self.filters[cf.index()] = None;
-            }
-        }
         let delta = self.overlays[cf.index()].write(key, value);
         self.overlay_bytes = self.overlay_bytes.saturating_add_signed(delta);
     }
@@ -384,22 +385,7 @@ impl Store {
             IteratorMode::From(lower, Direction::Forward),
         );
         let overlay = self.overlays[cf.index()].range(lower, upper);
-        match &self.inflight {
-            Some(inflight) => {
-                let below = inflight.overlays[cf.index()].range(lower, upper);
-                merge(cf, disk, over(overlay, below), limit)
-            }
-            None => merge(cf, disk, overlay, limit),
-        }
-    }
-
-    /// The write of `key` in the batch being written, if it has one.
-    fn inflight_write(&self, cf: Cf, key: &[u8]) -> Option<Option<&[u8]>> {
-        let inflight = self.inflight.as_ref()?;
-        inflight.overlays[cf.index()]
-            .writes
-            .get(key)
-            .map(|v| v.as_deref())
+        merge(cf, disk, overlay, limit)
     }
 
     /// Bytes of uncommitted writes, so callers can bound a batch.
@@ -407,40 +393,37 @@ impl Store {
         self.overlay_bytes
     }
 
-    /// Writes every uncommitted change in one atomic write batch, after
-    /// the batch being written in the background, if any.
+    /// Writes every uncommitted change in one atomic write batch.
     pub fn commit(&mut self) -> Result<(), StateError> {
-        self.settle()?;
-        let overlays = self.take_overlays();
-        overlay::write(&self.db, &self.path, &overlays)
-    }
-
-    /// As `commit`, but the write runs on a thread of its own while the
-    /// caller goes on: reads see the batch as if written, RocksDB applies
-    /// it whole, after every earlier batch and before any later one. Its
-    /// error, if any, comes from the next `commit` or `settle`. For
-    /// replay, which commits nothing outside the state; live mode must
-    /// know its batch is written before it commits input offsets.
-    pub fn commit_in_background(&mut self) -> Result<(), StateError> {
-        self.settle()?;
-        let overlays = self.take_overlays();
-        self.inflight = Some(Inflight::start(&self.db, &self.path, overlays)?);
-        Ok(())
-    }
-
-    /// Waits until the batch being written in the background, if any, is.
-    pub fn settle(&mut self) -> Result<(), StateError> {
-        match self.inflight.take() {
-            Some(inflight) => inflight.finish(),
-            None => Ok(()),
-        }
-    }
-
-    fn take_overlays(&mut self) -> Vec<Overlay> {
+        let mut batch = WriteBatch::default();
         let empty = Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect();
+        let overlays = std::mem::replace(&mut self.overlays, empty);
         self.fresh.iter_mut().for_each(FxHashSet::clear);
+        for (cf, overlay) in Cf::ALL.into_iter().zip(overlays) {
+            let handle = self.handle(cf);
+            let mut writes: Vec<_> = overlay.writes.into_iter().collect();
+            // The memtable is a skip list: keys inserted in order reuse the
+            // previous insert's search path, in random order each pays a
+            // full search with its cache misses.
+            writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (k, v) in writes {
+                match v {
+                    Some(v) => batch.put_cf(handle, k, v),
+                    None => batch.delete_cf(handle, k),
+                }
+            }
+        }
         self.overlay_bytes = 0;
-        std::mem::replace(&mut self.overlays, empty)
+        let mut wo = WriteOptions::default();
+        // The WAL stays on: a killed process must find state and offsets
+        // from the same batch. Syncing each batch is left to the OS.
+        wo.set_sync(false);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|source| StateError::Write {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Size and key count estimates from RocksDB (committed data only).
@@ -485,7 +468,7 @@ impl Store {
     }
 }
 
-pub(super) fn cf_handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
+fn cf_handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
     // Every `Cf` is created at open, so the handle always exists.
     match db.cf_handle(cf.name()) {
         Some(h) => h,
@@ -605,8 +588,6 @@ impl Snapshot<'_> {
     }
 }
 
-/// Keys a family's in-memory filter holds at most (1.5 bytes each).
-const FILTER_MAX_KEYS: usize = 32 << 20;
 /// The memtables of all families together, at most.
 const MEMTABLE_BUDGET: usize = 96 << 20;
 /// Data, index and filter blocks cached, shared by all families.
@@ -647,6 +628,47 @@ fn first_string(key: &[u8]) -> &[u8] {
 
 fn has_first_string(key: &[u8]) -> bool {
     first_str_len(key).is_some()
+}
+
+/// Merges a RocksDB iterator with the overlay's range: the overlay wins on
+/// equal keys and its deletions hide the disk entry.
+fn merge<'a, D, O>(cf: Cf, mut disk: D, mut overlay: O, limit: usize) -> Result<Entries, StateError>
+where
+    D: Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    O: Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+{
+    let mut next_disk = || {
+        disk.next().transpose().map_err(|source| StateError::Read {
+            cf: cf.name(),
+            source,
+        })
+    };
+    let mut d = next_disk()?;
+    let mut o = overlay.next();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let order = match (&d, &o) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((dk, _)), Some((ok, _))) => (**dk).cmp(*ok),
+        };
+        if order == std::cmp::Ordering::Less {
+            if let Some((k, v)) = d.take() {
+                out.push((k.into_vec(), v.into_vec()));
+            }
+            d = next_disk()?;
+            continue;
+        }
+        if order == std::cmp::Ordering::Equal {
+            d = next_disk()?;
+        }
+        if let Some((k, Some(v))) = o {
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        o = overlay.next();
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -731,43 +753,6 @@ mod tests {
         }
         assert_eq!(s.committed_keys(Cf::Dedup).unwrap(), vec![b"b".to_vec()]);
         assert_eq!(s.committed_keys(Cf::Links).unwrap(), vec![b"c".to_vec()]);
-    }
-
-    #[test]
-    fn a_batch_committed_in_the_background_reads_as_written_and_lands_whole() {
-        let (_d, mut s) = store();
-        s.put(Cf::Meta, b"a".to_vec(), b"1".to_vec());
-        s.put(Cf::Meta, b"b".to_vec(), b"2".to_vec());
-        s.commit().unwrap();
-        s.put(Cf::Meta, b"c".to_vec(), b"3".to_vec());
-        s.delete(Cf::Meta, b"a".to_vec());
-        s.commit_in_background().unwrap();
-        s.put(Cf::Meta, b"b".to_vec(), b"22".to_vec());
-        assert_eq!(s.get(Cf::Meta, b"a").unwrap(), None);
-        assert_eq!(s.get(Cf::Meta, b"c").unwrap(), Some(b"3".to_vec()));
-        let all = s.scan(Cf::Meta, b"", None, 10).unwrap();
-        assert_eq!(keys(&all), vec![&b"b"[..], b"c"]);
-        assert_eq!(all[0].1, b"22".to_vec());
-        s.settle().unwrap();
-        let on_disk = s.committed(Cf::Meta).unwrap();
-        assert_eq!(keys(&on_disk), vec![&b"b"[..], b"c"]);
-        assert_eq!(on_disk[0].1, b"2".to_vec(), "the open batch is not written");
-    }
-
-    #[test]
-    fn the_key_filter_knows_the_keys_on_disk_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut s = Store::open(dir.path()).unwrap();
-            s.put(Cf::Links, b"on-disk".to_vec(), b"1".to_vec());
-            s.commit().unwrap();
-        }
-        let mut s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.get(Cf::Links, b"on-disk").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(s.get(Cf::Links, b"absent").unwrap(), None);
-        s.put(Cf::Links, b"new".to_vec(), b"2".to_vec());
-        s.commit().unwrap();
-        assert_eq!(s.get(Cf::Links, b"new").unwrap(), Some(b"2".to_vec()));
     }
 
     #[test]

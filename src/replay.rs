@@ -4,10 +4,6 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-
-mod output;
-
-use output::{create_file, Files, Lines, Out, ThreadedSink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,19 +14,17 @@ use flate2::read::MultiGzDecoder;
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason, Rejection};
-use crate::engine::{Engine, EngineError, EngineStats, Suppressed};
+use crate::engine::{Engine, EngineError, EngineStats, Suppressed, TriggerSink};
 use crate::event::Event;
 use crate::progress::{Counters, Counting, Progress};
-use crate::trigger::{Group, TriggerKind};
+use crate::trigger::{Conversion, Group, Trigger, TriggerKind};
 
 /// The bundled sample, replayed when no `--input` is given.
 pub const SAMPLE_NAME: &str = "examples/sample.jsonl";
-pub const SAMPLE: &[u8] = include_bytes!("../../examples/sample.jsonl");
+pub const SAMPLE: &[u8] = include_bytes!("../examples/sample.jsonl");
 
-/// Commit the state this often, so a long replay holds bounded memory: the
-/// changes of the batch being built, and of the one being written in the
-/// background.
-const COMMIT_EVERY_BYTES: usize = 16 << 20;
+/// Commit the state this often, so a long replay holds a bounded overlay.
+const COMMIT_EVERY_BYTES: usize = 32 << 20;
 /// Rejections described one by one on stderr when no dead-letter file is given.
 const REJECTIONS_SHOWN: u64 = 20;
 
@@ -146,20 +140,107 @@ fn reason_index(reason: Reason) -> usize {
     Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
 }
 
-/// The trigger, holdout and conversion outputs of `opts`.
-fn open_files(opts: &ReplayOptions) -> Result<Files, ReplayError> {
-    let optional = |path: Option<&Path>| -> Result<Lines, ReplayError> {
+/// One JSON Lines output, or none (then records are only counted),
+/// holding the first I/O error for the driver to report (the engine's
+/// sink cannot fail).
+struct Lines {
+    name: String,
+    out: Option<Box<dyn Write>>,
+    error: Option<io::Error>,
+}
+
+impl Lines {
+    fn open(path: Option<&Path>) -> Result<Lines, ReplayError> {
         let name = path.map_or_else(String::new, |p| p.display().to_string());
-        Ok(Lines::new(name, path.map(create_file).transpose()?))
-    };
-    Ok(Files {
-        triggers: Lines::new(
-            display_output(&opts.output),
-            Some(open_output(&opts.output)?),
-        ),
-        holdout: optional(opts.holdout.as_deref())?,
-        conversions: optional(opts.conversions.as_deref())?,
-    })
+        let out = path.map(create_file).transpose()?;
+        Ok(Lines {
+            name,
+            out,
+            error: None,
+        })
+    }
+
+    fn write(&mut self, mut line: String) {
+        let (Some(out), None) = (&mut self.out, &self.error) else {
+            return;
+        };
+        line.push('\n');
+        if let Err(e) = out.write_all(line.as_bytes()) {
+            self.error = Some(e);
+        }
+    }
+
+    fn check(&mut self) -> Result<(), ReplayError> {
+        let flushed = match (self.error.take(), &mut self.out) {
+            (Some(e), _) => Err(e),
+            (None, Some(out)) => out.flush(),
+            (None, None) => Ok(()),
+        };
+        flushed.map_err(|source| ReplayError::Output {
+            path: self.name.clone(),
+            source,
+        })
+    }
+}
+
+/// Routes the engine's outputs to their files: treated triggers to the
+/// trigger output, holdout triggers and conversions to theirs.
+struct LineSink {
+    triggers: Lines,
+    holdout: Lines,
+    conversions: Lines,
+}
+
+impl TriggerSink for LineSink {
+    fn emit(&mut self, trigger: Trigger) {
+        let lines = match trigger.group {
+            Group::Treated => &mut self.triggers,
+            Group::Holdout => &mut self.holdout,
+        };
+        if lines.out.is_some() {
+            lines.write(trigger.to_json());
+        }
+    }
+
+    fn convert(&mut self, conversion: Conversion) {
+        if self.conversions.out.is_some() {
+            self.conversions.write(conversion.to_json());
+        }
+    }
+}
+
+impl LineSink {
+    fn open(opts: &ReplayOptions) -> Result<LineSink, ReplayError> {
+        Ok(LineSink {
+            triggers: Lines {
+                name: display_output(&opts.output),
+                out: Some(open_output(&opts.output)?),
+                error: None,
+            },
+            holdout: Lines::open(opts.holdout.as_deref())?,
+            conversions: Lines::open(opts.conversions.as_deref())?,
+        })
+    }
+
+    /// Reports the first write error of any output.
+    fn check(&mut self) -> Result<(), ReplayError> {
+        for lines in [&mut self.triggers, &mut self.holdout, &mut self.conversions] {
+            if let Some(source) = lines.error.take() {
+                return Err(ReplayError::Output {
+                    path: lines.name.clone(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes every output, reporting the first error.
+    fn finish(&mut self) -> Result<(), ReplayError> {
+        self.triggers.check()?;
+        self.holdout.check()?;
+        self.conversions.check()
+    }
 }
 
 /// A decoded line, as the reader thread hands it to the engine.
@@ -282,7 +363,7 @@ fn apply_chunks(
     rx: std::sync::mpsc::Receiver<Result<Chunk, ReplayError>>,
     counters: &Counters,
 ) -> Result<Summary, ReplayError> {
-    let mut sink = ThreadedSink::start(open_files(opts)?);
+    let mut sink = LineSink::open(opts)?;
     let mut dead = DeadLetters::open(opts.dead_letter.as_deref())?;
     let mut summary = Summary::default();
     for chunk in rx {
@@ -295,7 +376,7 @@ fn apply_chunks(
                     engine.apply(&event, &mut sink)?;
                     sink.check()?;
                     if engine.uncommitted_bytes() > COMMIT_EVERY_BYTES {
-                        engine.commit_in_background()?;
+                        engine.commit(&[])?;
                     }
                 }
                 Decoded::Rejected {
@@ -321,6 +402,7 @@ fn apply_chunks(
     if opts.flush {
         engine.flush(&mut sink)?;
     }
+    sink.check()?;
     engine.commit(&[])?;
     sink.finish()?;
     dead.finish()?;
@@ -391,15 +473,26 @@ fn display_output(output: &Option<PathBuf>) -> String {
     }
 }
 
-fn open_output(output: &Option<PathBuf>) -> Result<Out, ReplayError> {
+fn open_output(output: &Option<PathBuf>) -> Result<Box<dyn Write>, ReplayError> {
     if is_stdout(output) {
-        return Ok(Box::new(BufWriter::with_capacity(1 << 20, io::stdout())));
+        return Ok(Box::new(BufWriter::with_capacity(
+            1 << 20,
+            io::stdout().lock(),
+        )));
     }
     let path = output
         .as_ref()
         .map(|p| p.as_path())
         .unwrap_or(Path::new("-"));
     create_file(path)
+}
+
+fn create_file(path: &Path) -> Result<Box<dyn Write>, ReplayError> {
+    let file = File::create(path).map_err(|source| ReplayError::Output {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Box::new(BufWriter::with_capacity(1 << 20, file)))
 }
 
 /// Rejected lines: to the `--dead-letter` file when given, else described
