@@ -159,6 +159,12 @@ pub struct Recovery {
     /// Partitions whose messages were dropped while the gaps were being
     /// collected, with the first offset dropped: read again from there.
     rewind: BTreeMap<(String, i32), i64>,
+    /// A gap trails by more than a transaction's batch: it is applied in
+    /// batches as it comes (the original boundaries are unknown anyway).
+    /// Otherwise the gaps are one batch of an earlier run, which fitted in
+    /// memory then: collected whole, whatever `kafka.batch_max_messages`
+    /// says now, and applied in one go, as then.
+    behind: bool,
 }
 
 /// What is left to do once every gap is re-applied.
@@ -189,6 +195,7 @@ impl Recovery {
             }
             let start = p.record.map(|r| r.start);
             if stored.is_none_or(|s| start.is_none_or(|start| start != s)) {
+                self.behind = true;
                 behind.push(p.clone());
             }
             self.gaps.insert(
@@ -236,11 +243,12 @@ impl Recovery {
     }
 
     /// Whether the collected messages are to be applied now: every gap is
-    /// complete, or a batch's worth is collected (a long gap, applied in
-    /// batches).
+    /// complete, or (a state further behind, applied in batches) `max` are
+    /// collected.
     pub fn ready(&self, max: usize) -> bool {
         !self.pending.is_empty()
-            && (self.pending.len() >= max || self.gaps.values().all(|g| g.complete))
+            && ((self.behind && self.pending.len() >= max)
+                || self.gaps.values().all(|g| g.complete))
     }
 
     /// The collected messages, in canonical order; complete gaps are done.
@@ -253,6 +261,7 @@ impl Recovery {
 
     /// Once no gap is left: what remains to do (once).
     pub fn finish(&mut self) -> Finish {
+        self.behind = false;
         Finish {
             watermark: self.watermark.take(),
             rewind: std::mem::take(&mut self.rewind)
@@ -344,6 +353,7 @@ mod tests {
         assert!(r.collecting());
         r.take(vec![msg(1, 4), msg(0, 10), msg(0, 11)]).unwrap();
         assert!(!r.ready(100), "offset 12 is still to come");
+        assert!(!r.ready(2), "one batch is applied whole, whatever the batch size now");
         r.take(vec![msg(0, 12), msg(0, 13)]).unwrap();
         assert!(r.ready(100));
         let chunk = r.drain();
