@@ -68,7 +68,14 @@ fn main() {
         replay_s.push(replay(&input, dir.path()));
         for (i, &b) in batches.iter().enumerate() {
             for eos in [false, true] {
-                run_s[i][usize::from(eos)].push(pretext_run(dir.path(), &broker, &topics, n, b, eos));
+                run_s[i][usize::from(eos)].push(pretext_run(
+                    dir.path(),
+                    &broker,
+                    &topics,
+                    n,
+                    b,
+                    eos,
+                ));
             }
         }
     }
@@ -192,7 +199,12 @@ fn pretext_run(
         ..Topics::named()
     };
     broker.create_topics(
-        &[&mine.triggers, &mine.dead_letter, &mine.holdout, &mine.conversions],
+        &[
+            &mine.triggers,
+            &mine.dead_letter,
+            &mine.holdout,
+            &mine.conversions,
+        ],
         1,
     );
     let (config, state) = write_config(&sub, &broker.addr, &mine, &unique("group"));
@@ -200,7 +212,10 @@ fn pretext_run(
     let env = [
         ("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", batch.as_str()),
         ("PRETEXT__LOG__LEVEL", "warn"),
-        ("PRETEXT__KAFKA__EXACTLY_ONCE", if eos { "true" } else { "false" }),
+        (
+            "PRETEXT__KAFKA__EXACTLY_ONCE",
+            if eos { "true" } else { "false" },
+        ),
     ];
     let pretext = Pretext::start_with_env(&config, &state, &sub.join("pretext.log"), &env);
     let launched = Instant::now();

@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::{
-    assert_same_state, generated, keyed, metric_sum, produce_at, replay_outputs,
-    send_signal, unique, wait_for, write_config, Broker, CommittedReader, Pretext, ReplayOutputs,
-    Topics, EXACT,
+    assert_same_state, generated, keyed, metric_sum, produce_at, replay_outputs, send_signal,
+    unique, wait_for, write_config, Broker, CommittedReader, Pretext, ReplayOutputs, Topics, EXACT,
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -87,7 +86,11 @@ struct Expected {
 fn expected(lines: &[String], dir: &Path) -> Expected {
     let state = dir.join("replay-state");
     let out = replay_outputs(lines, dir, &state, &refs(&replay_env()));
-    assert!(out.triggers.len() > 50, "too few triggers: {}", out.triggers.len());
+    assert!(
+        out.triggers.len() > 50,
+        "too few triggers: {}",
+        out.triggers.len()
+    );
     assert!(!out.holdout.is_empty(), "no holdout trigger to check");
     assert!(!out.dead_letters.is_empty(), "no dead letter to check");
     Expected { out, state }
@@ -184,7 +187,11 @@ fn log_tail(log: &Path, n: usize) -> String {
 
 fn finish(p: Pretext, log: &Path) {
     let status = p.terminate();
-    assert!(status.success(), "SIGTERM exits 0: {status:?}\n{}", log_tail(log, 30));
+    assert!(
+        status.success(),
+        "SIGTERM exits 0: {status:?}\n{}",
+        log_tail(log, 30)
+    );
 }
 
 /// splitmix64, seeded: the moments are printed and can be repeated.
@@ -206,7 +213,10 @@ impl Rng {
 
 fn env_number(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
-    Some(v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
+    Some(
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+    )
 }
 
 /// One run of the crash loop, killed at a moment drawn from `rng`: any
@@ -215,7 +225,10 @@ fn env_number(name: &str) -> Option<u64> {
 /// aborts itself there: `PRETEXT_CRASH_AFTER_TXN`). What the moment was.
 fn run_and_kill(rng: &mut Rng, config: &Path, state: &Path, log: &Path) -> String {
     let batch = ["5", "20", "50", "200"][rng.below(4) as usize];
-    let env = with(eos_env(), &[("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", batch.into())]);
+    let env = with(
+        eos_env(),
+        &[("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", batch.into())],
+    );
     let env_refs = refs(&env);
     match rng.below(3) {
         0 => {
@@ -258,7 +271,10 @@ fn run_and_kill(rng: &mut Rng, config: &Path, state: &Path, log: &Path) -> Strin
 fn kill9_at_seeded_moments_every_output_exactly_once() {
     let kills = env_number("PRETEXT_CRASH_KILLS").unwrap_or(5).max(1) as usize;
     let seed = env_number("PRETEXT_CRASH_SEED").unwrap_or_else(|| {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
     });
     eprintln!("exactly-once crash loop: {kills} kills, seed {seed} (PRETEXT_CRASH_SEED={seed} repeats it)");
     let started = Instant::now();
@@ -290,7 +306,8 @@ fn kill9_at_seeded_moments_every_output_exactly_once() {
     eprintln!(
         "exactly-once crash loop: {kills} kills, {} recoveries of a committed batch, {} triggers, \
          {} holdout, {} conversions, {} dead letters, {} events, {:.0} s",
-        text.matches("re-applied input whose output a committed transaction holds").count(),
+        text.matches("re-applied input whose output a committed transaction holds")
+            .count(),
         exp.out.triggers.len(),
         exp.out.holdout.len(),
         exp.out.conversions.len(),
@@ -318,7 +335,10 @@ fn a_second_instance_with_the_same_identity_fences_the_first() {
     let (first, rest) = lines.split_at(lines.len() / 2);
     broker.produce(&topics.input, &keyed(first));
     let (config, state_a) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
-    let env = with(eos_env(), &[("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "20".into())]);
+    let env = with(
+        eos_env(),
+        &[("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "20".into())],
+    );
     let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let mut a = Pretext::start_with_env(&config, &state_a, &log_a, &refs(&env));
     wait_applying(&a);
@@ -330,16 +350,22 @@ fn a_second_instance_with_the_same_identity_fences_the_first() {
     let state_b = dir.path().join("state-b");
     let env_b = with(
         env.clone(),
-        &[("PRETEXT__STATE__DIR", state_b.to_string_lossy().into_owned())],
+        &[(
+            "PRETEXT__STATE__DIR",
+            state_b.to_string_lossy().into_owned(),
+        )],
     );
     let b = Pretext::start_with_env(&config, &state_b, &log_b, &refs(&env_b));
     check_outputs(&reader, &topics, &exp, &log_b);
     wait_caught_up(&b);
 
     send_signal("-CONT", a.pid());
-    let status = a
-        .exit_within(Duration::from_secs(90))
-        .unwrap_or_else(|| panic!("the first instance still runs; log tail:\n{}", log_tail(&log_a, 30)));
+    let status = a.exit_within(Duration::from_secs(90)).unwrap_or_else(|| {
+        panic!(
+            "the first instance still runs; log tail:\n{}",
+            log_tail(&log_a, 30)
+        )
+    });
     assert_eq!(status.code(), Some(1), "{}", log_tail(&log_a, 30));
     let text = log_text(&log_a);
     assert!(
@@ -405,7 +431,10 @@ impl Mock {
     }
 
     fn start(&self) -> Pretext {
-        let env = with(eos_env(), &[("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "20".into())]);
+        let env = with(
+            eos_env(),
+            &[("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "20".into())],
+        );
         Pretext::start_with_env(&self.config, &self.state, &self.log, &refs(&env))
     }
 }

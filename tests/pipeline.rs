@@ -31,7 +31,10 @@ const TOPIC: &str = "in";
 /// What the fakes saw, in the order they saw it.
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
-    Sent { topic: String, payload: Value },
+    Sent {
+        topic: String,
+        payload: Value,
+    },
     Flushed,
     Committed(Vec<SourceOffset>),
     HandedOver(Vec<SourceOffset>),
@@ -215,7 +218,10 @@ impl Output for RecordingOutput {
     }
 
     fn begin(&mut self) -> Result<(), LiveError> {
-        assert!(self.queued.is_empty(), "nothing is sent between transactions");
+        assert!(
+            self.queued.is_empty(),
+            "nothing is sent between transactions"
+        );
         self.log.borrow_mut().push(Seen::Begun);
         Ok(())
     }
@@ -735,10 +741,7 @@ fn trigger_keys(seen: &[Seen]) -> Vec<String> {
 /// Three batches; the second fires C1's check, the third C2's and C9's.
 fn three_batches() -> [Vec<InputMessage>; 3] {
     [
-        vec![
-            msg(0, 0, &view("a1", "C1", "P1", T0)),
-            raw(0, 1, b"{bad"),
-        ],
+        vec![msg(0, 0, &view("a1", "C1", "P1", T0)), raw(0, 1, b"{bad")],
         vec![
             msg(1, 0, &view("b1", "C2", "P2", T0 + 2 * HOUR)),
             msg(0, 2, &view("b2", "C9", "P9", T0 + 2 * HOUR)),
@@ -785,8 +788,17 @@ fn exactly_once_puts_each_batch_and_its_offsets_in_one_transaction_before_the_st
     assert_eq!(txns[1][0].record.watermark, Some(T0 + 2 * HOUR - lateness));
     // Each batch's output inside its transaction: C1's trigger between the
     // second Begun and the second commit.
-    let second_begun = seen.iter().enumerate().filter(|(_, s)| **s == Seen::Begun).nth(1).unwrap().0;
-    let second_commit = seen.iter().position(|s| *s == Seen::TxnCommitted(txns[1].clone())).unwrap();
+    let second_begun = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == Seen::Begun)
+        .nth(1)
+        .unwrap()
+        .0;
+    let second_commit = seen
+        .iter()
+        .position(|s| *s == Seen::TxnCommitted(txns[1].clone()))
+        .unwrap();
     assert_eq!(trigger_keys(&seen[second_begun..second_commit]).len(), 1);
     assert_eq!(
         engine.stored_offsets().unwrap(),
@@ -805,12 +817,19 @@ fn exactly_once_a_failed_commit_aborts_and_stores_nothing() {
         "{result:?}"
     );
     assert!(
-        result.unwrap_err().to_string().contains("nothing of the batch is visible"),
+        result
+            .unwrap_err()
+            .to_string()
+            .contains("nothing of the batch is visible"),
         "the message says what became of the batch"
     );
     drop(engine);
     let seen = h.seen();
-    assert_eq!(seen, [Seen::Begun, Seen::Aborted], "nothing sent is visible");
+    assert_eq!(
+        seen,
+        [Seen::Begun, Seen::Aborted],
+        "nothing sent is visible"
+    );
     let reopened = h.reopen();
     assert_eq!(reopened.stored_offsets().unwrap(), vec![]);
     assert_eq!(reopened.max_event_ts(), None, "no state change was stored");
@@ -881,7 +900,11 @@ fn exactly_once_a_batch_committed_in_kafka_but_not_in_the_state_is_reapplied_mut
     let mut want = all.clone();
     want.sort();
     assert_eq!(both, want, "each trigger once across the crash");
-    assert_eq!(after.len(), 2, "the second batch's trigger is not produced again");
+    assert_eq!(
+        after.len(),
+        2,
+        "the second batch's trigger is not produced again"
+    );
     assert_same_state(&engine, &uninterrupted);
 }
 

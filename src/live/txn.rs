@@ -316,7 +316,12 @@ mod tests {
         ] {
             assert_eq!(TxnRecord::decode(&r.encode()), Some(r));
         }
-        for foreign in ["", "w=1 s=2", "pretext-eos/1 w=x s=2", "pretext-eos/1 w=1 s=2 z"] {
+        for foreign in [
+            "",
+            "w=1 s=2",
+            "pretext-eos/1 w=x s=2",
+            "pretext-eos/1 w=1 s=2 z",
+        ] {
             assert_eq!(TxnRecord::decode(foreign), None, "{foreign:?}");
         }
     }
@@ -327,7 +332,11 @@ mod tests {
         let mut b = vec![msg(0, 3), msg(1, 5), msg(0, 4), msg(1, 6)];
         canonical_order(&mut a);
         canonical_order(&mut b);
-        let key = |v: &[InputMessage]| v.iter().map(|m| (m.partition, m.offset)).collect::<Vec<_>>();
+        let key = |v: &[InputMessage]| {
+            v.iter()
+                .map(|m| (m.partition, m.offset))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(key(&a), vec![(0, 3), (0, 4), (1, 5), (1, 6)]);
         assert_eq!(key(&a), key(&b));
     }
@@ -353,11 +362,17 @@ mod tests {
         assert!(r.collecting());
         r.take(vec![msg(1, 4), msg(0, 10), msg(0, 11)]).unwrap();
         assert!(!r.ready(100), "offset 12 is still to come");
-        assert!(!r.ready(2), "one batch is applied whole, whatever the batch size now");
+        assert!(
+            !r.ready(2),
+            "one batch is applied whole, whatever the batch size now"
+        );
         r.take(vec![msg(0, 12), msg(0, 13)]).unwrap();
         assert!(r.ready(100));
         let chunk = r.drain();
-        assert_eq!(chunk.iter().map(|m| m.offset).collect::<Vec<_>>(), [10, 11, 12]);
+        assert_eq!(
+            chunk.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            [10, 11, 12]
+        );
         assert!(!r.collecting());
         let finish = r.finish();
         assert_eq!(finish.watermark, Some(7));
