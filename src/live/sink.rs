@@ -117,6 +117,25 @@ impl Sink {
         Ok(sink)
     }
 
+    /// Serves delivery reports until every queued message is acknowledged
+    /// (or failed), the stop is abandoned, or the flush timeout passes.
+    fn wait_acknowledged(&self) -> Result<(), LiveError> {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if self.stop.is_abandoned() {
+                return Err(LiveError::Abandoned);
+            }
+            if Instant::now() >= deadline {
+                return Err(LiveError::Kafka {
+                    what: "flush the producer",
+                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                });
+            }
+            self.producer.poll(FLUSH_POLL);
+        }
+        Ok(())
+    }
+
     /// A transactional call failed: fenced (another producer took the id:
     /// fatal), or anything else, after which the transaction is aborted so
     /// nothing of it ever becomes visible.
@@ -216,19 +235,7 @@ impl Output for Sink {
         // 100 ms, and its last poll often waits that long after the last
         // acknowledgement (a tenth of a second per batch, measured). Short
         // polls serve the delivery reports as they come.
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
-        while self.producer.in_flight_count() > 0 {
-            if self.stop.is_abandoned() {
-                return Err(LiveError::Abandoned);
-            }
-            if Instant::now() >= deadline {
-                return Err(LiveError::Kafka {
-                    what: "flush the producer",
-                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-                });
-            }
-            self.producer.poll(FLUSH_POLL);
-        }
+        self.wait_acknowledged()?;
         match self.producer.context().failed.swap(0, Ordering::AcqRel) {
             0 => Ok(()),
             n => Err(LiveError::Delivery { failed: n }),
@@ -263,6 +270,13 @@ impl Output for Sink {
             self.producer
                 .send_offsets_to_transaction(&tpl, &group.0, TXN_TIMEOUT)
                 .map_err(|e| self.txn_error("send the offsets to the transaction", e))?;
+        }
+        // Acknowledged first with short polls: the commit's own flush polls
+        // 100 ms at a time, a tenth of a second per batch (measured:
+        // BENCHMARKS.md). A failed delivery then fails the commit.
+        if let Err(e) = self.wait_acknowledged() {
+            self.abort_txn();
+            return Err(e);
         }
         self.commit_with_retries()
             .map_err(|e| self.txn_error("commit the transaction", e))?;
