@@ -7,8 +7,9 @@
 //! each reader once, and the fastest run of each counts.
 //!
 //! `cargo bench --bench live -- [EVENTS] [CUSTOMERS] [BATCH...]` (defaults
-//! 500,000, 100,000 and the configured default batch): one `pretext run`
-//! per BATCH (`kafka.batch_max_messages`), each with its own group and state.
+//! 500,000, 100,000 and the configured default batch): two `pretext run`s
+//! per BATCH (`kafka.batch_max_messages`), `kafka.exactly_once` off and on,
+//! each with its own group and state.
 //! The broker is a Kafka of the bench's own (scripts/kafka.sh); every reader
 //! starts at offset 0 and stops on message counts.
 
@@ -61,12 +62,21 @@ fn main() {
     // Two rounds, each reader once per round; the fastest of its runs is
     // the least disturbed by the machine's other jobs.
     let (mut raw_s, mut replay_s) = (Vec::new(), Vec::new());
-    let mut run_s: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
+    let mut run_s: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; batches.len()];
     for _ in 0..2 {
         raw_s.push(raw_consumer(&broker.addr, &topics.input, n));
         replay_s.push(replay(&input, dir.path()));
         for (i, &b) in batches.iter().enumerate() {
-            run_s[i].push(pretext_run(dir.path(), &broker, &topics, n, b));
+            for eos in [false, true] {
+                run_s[i][usize::from(eos)].push(pretext_run(
+                    dir.path(),
+                    &broker,
+                    &topics,
+                    n,
+                    b,
+                    eos,
+                ));
+            }
         }
     }
     println!(
@@ -89,13 +99,19 @@ fn main() {
         "pretext replay:       {engine:>10.0} events/s (best of {} s)",
         shown(&replay_s)
     );
-    for (batch, runs) in batches.iter().zip(&run_s) {
-        let live = n as f64 / best(runs);
+    for (batch, [off, on]) in batches.iter().zip(&run_s) {
+        let live = n as f64 / best(off);
         println!(
             "pretext run, batch {batch:>6}: {live:>10.0} events/s (best of {} s); run/replay {:.3}, run/raw {:.3}",
-            shown(runs),
+            shown(off),
             live / engine,
             live / raw
+        );
+        let eos = n as f64 / best(on);
+        println!(
+            "  exactly-once:       {eos:>10.0} events/s (best of {} s); on/off {:.3}",
+            shown(on),
+            eos / live
         );
     }
 }
@@ -168,19 +184,38 @@ fn replay(input: &Path, dir: &Path) -> f64 {
 /// being assigned its partition (/readyz answers 200: the group join, which
 /// the raw consumer's plain assign does not pay, is left out) until its
 /// metrics count `n` input messages handled.
-fn pretext_run(dir: &Path, broker: &Broker, topics: &Topics, n: usize, batch: u64) -> f64 {
+fn pretext_run(
+    dir: &Path,
+    broker: &Broker,
+    topics: &Topics,
+    n: usize,
+    batch: u64,
+    eos: bool,
+) -> f64 {
     let sub = dir.join(unique("run"));
     std::fs::create_dir_all(&sub).expect("run dir");
     let mine = Topics {
         input: topics.input.clone(),
         ..Topics::named()
     };
-    broker.create_topics(&[&mine.triggers, &mine.dead_letter], 1);
+    broker.create_topics(
+        &[
+            &mine.triggers,
+            &mine.dead_letter,
+            &mine.holdout,
+            &mine.conversions,
+        ],
+        1,
+    );
     let (config, state) = write_config(&sub, &broker.addr, &mine, &unique("group"));
     let batch = batch.to_string();
     let env = [
         ("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", batch.as_str()),
         ("PRETEXT__LOG__LEVEL", "warn"),
+        (
+            "PRETEXT__KAFKA__EXACTLY_ONCE",
+            if eos { "true" } else { "false" },
+        ),
     ];
     let pretext = Pretext::start_with_env(&config, &state, &sub.join("pretext.log"), &env);
     let launched = Instant::now();
@@ -219,7 +254,7 @@ fn pretext_run(dir: &Path, broker: &Broker, topics: &Topics, n: usize, batch: u6
     if let Some(m) = pretext.metrics() {
         let busy = metric_sum(&m, "pretext_batch_duration_seconds_sum");
         let batches = metric_sum(&m, "pretext_batch_duration_seconds_count");
-        println!("pretext run, batch {batch:>6}: in batches {busy:.2} s of {elapsed:.2} s ({batches} batches)");
+        println!("pretext run, batch {batch:>6}, exactly-once {eos}: in batches {busy:.2} s of {elapsed:.2} s ({batches} batches)");
     }
     assert!(pretext.terminate().success(), "pretext exits 0 on SIGTERM");
     let _ = std::fs::remove_dir_all(&sub);

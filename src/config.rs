@@ -371,6 +371,13 @@ pub struct Kafka {
     pub producer_max_in_flight: usize,
     /// On SIGTERM, the time allowed to finish the batch and commit.
     pub shutdown_timeout: Dur,
+    /// Each batch's output and input offsets in one Kafka transaction
+    /// (docs/exactly-once.md).
+    pub exactly_once: bool,
+    /// This instance's name within the group, stable across restarts (the
+    /// pod name of a StatefulSet); empty means `0`, the group's single
+    /// instance. With `exactly_once` it names the transactional producer.
+    pub instance_id: String,
 }
 
 impl Default for Kafka {
@@ -386,6 +393,8 @@ impl Default for Kafka {
             batch_max_wait: Dur(100),
             producer_max_in_flight: 10_000,
             shutdown_timeout: Dur::secs(20),
+            exactly_once: false,
+            instance_id: String::new(),
         }
     }
 }
@@ -400,6 +409,23 @@ pub fn is_secret(key: &str) -> bool {
 }
 
 impl Kafka {
+    /// This instance's name: `instance_id`, or `0` when it is empty.
+    pub fn instance(&self) -> &str {
+        match self.instance_id.trim() {
+            "" => "0",
+            id => id,
+        }
+    }
+
+    /// The transactional id of the exactly-once producer:
+    /// `<group_id>.<instance>`. The same on every restart of the instance,
+    /// so a restarted (or duplicated) instance fences the one before it;
+    /// another per instance of the group, so instances never fence each
+    /// other; the group in it keeps two deployments on one cluster apart.
+    pub fn transactional_id(&self) -> String {
+        format!("{}.{}", self.group_id, self.instance())
+    }
+
     /// `client` with secret values replaced by `***`, for display.
     pub fn redacted_client(&self) -> BTreeMap<&str, &str> {
         redacted(&self.client)
@@ -487,6 +513,8 @@ impl fmt::Debug for Kafka {
             .field("batch_max_wait", &self.batch_max_wait)
             .field("producer_max_in_flight", &self.producer_max_in_flight)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("exactly_once", &self.exactly_once)
+            .field("instance_id", &self.instance_id)
             .finish()
     }
 }
@@ -507,6 +535,7 @@ const RESERVED_CLIENT_SETTINGS: &[(&str, Option<&str>)] = &[
     ("auto.offset.reset", None),
     ("enable.partition.eof", None),
     ("enable.idempotence", None),
+    ("transactional.id", Some("kafka.instance_id")),
     ("acks", None),
     ("request.required.acks", None),
 ];

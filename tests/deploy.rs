@@ -141,8 +141,12 @@ static ALERTS: Case = Case {
 };
 
 static REPLICATED: Case = Case {
-    name: "3 replicas",
-    sets: &["replicaCount=3", "allowMultipleReplicas=true"],
+    name: "exactly-once and 3 replicas",
+    sets: &[
+        "replicaCount=3",
+        "allowMultipleReplicas=true",
+        "config.kafka.exactly_once=true",
+    ],
 };
 
 static SECURED: Case = Case {
@@ -1274,6 +1278,23 @@ fn the_pod_runs_unprivileged_and_stops_in_time() {
         .and_then(|e| e["value"].as_str());
     assert_eq!(group, Some(config.kafka.group_id.as_str()));
     assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
+}
+
+#[test]
+fn exactly_once_reaches_pretext_and_each_pod_has_its_own_identity() {
+    assert!(!rendered_config(&render(&DEFAULT)).1.kafka.exactly_once);
+    let docs = render(&REPLICATED);
+    let (toml, config) = rendered_config(&docs);
+    assert!(config.kafka.exactly_once, "{toml}");
+    assert_eq!(config.kafka.instance_id, "", "the pod sets it");
+    // The pod name, stable per ordinal: the producer's transactional.id
+    // is <group>.<pod name>, so pods never fence each other and a
+    // rescheduled pod fences its zombie.
+    let instance = seq(&container(&docs)["env"])
+        .iter()
+        .find(|e| e["name"].as_str() == Some("PRETEXT__KAFKA__INSTANCE_ID"))
+        .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].as_str());
+    assert_eq!(instance, Some(Some("metadata.name")));
 }
 
 #[test]

@@ -17,6 +17,7 @@ use pretext::event::Millis;
 use pretext::http::Health;
 use pretext::live::offsets::Offsets;
 use pretext::live::pipeline::{BatchSource, Clock, Output, Pipeline, Stop};
+use pretext::live::txn::{GroupMetadata, GroupPosition, TxnOffset};
 use pretext::live::{InputMessage, LiveError};
 use pretext::metrics::Metrics;
 use serde_json::{json, Value};
@@ -30,10 +31,21 @@ const TOPIC: &str = "in";
 /// What the fakes saw, in the order they saw it.
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
-    Sent { topic: String, payload: Value },
+    Sent {
+        topic: String,
+        payload: Value,
+    },
     Flushed,
     Committed(Vec<SourceOffset>),
     HandedOver(Vec<SourceOffset>),
+    /// Exactly-once: a transaction opened.
+    Begun,
+    /// Exactly-once: what was sent since `Begun` and these offsets became
+    /// visible together.
+    TxnCommitted(Vec<TxnOffset>),
+    /// Exactly-once: what was sent since `Begun` was dropped.
+    Aborted,
+    Rewound(Vec<SourceOffset>),
 }
 
 type Log = Rc<RefCell<Vec<Seen>>>;
@@ -87,6 +99,8 @@ struct FakeSource {
     log: Log,
     pending_revoke: Vec<i32>,
     assigned: bool,
+    /// Handed out on the first call of `take_group_positions`.
+    positions: Vec<GroupPosition>,
 }
 
 impl BatchSource for FakeSource {
@@ -149,6 +163,27 @@ impl BatchSource for FakeSource {
             .push(Seen::HandedOver(offsets.of(parts)));
         self.pending_revoke.clear();
     }
+
+    fn take_group_positions(&mut self) -> Vec<GroupPosition> {
+        std::mem::take(&mut self.positions)
+    }
+
+    fn group_metadata(&self) -> Option<GroupMetadata> {
+        None
+    }
+
+    fn assignment(&self) -> Vec<(String, i32)> {
+        if self.assigned {
+            vec![(TOPIC.to_string(), 0), (TOPIC.to_string(), 1)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn rewind(&mut self, to: &[SourceOffset]) -> Result<(), LiveError> {
+        self.log.borrow_mut().push(Seen::Rewound(to.to_vec()));
+        Ok(())
+    }
 }
 
 struct RecordingOutput {
@@ -181,6 +216,41 @@ impl Output for RecordingOutput {
         log.push(Seen::Flushed);
         Ok(())
     }
+
+    fn begin(&mut self) -> Result<(), LiveError> {
+        assert!(
+            self.queued.is_empty(),
+            "nothing is sent between transactions"
+        );
+        self.log.borrow_mut().push(Seen::Begun);
+        Ok(())
+    }
+
+    /// `fail_flush` fails the commit as a failed delivery does: aborted.
+    fn commit_txn(
+        &mut self,
+        offsets: &[TxnOffset],
+        _group: Option<&GroupMetadata>,
+    ) -> Result<(), LiveError> {
+        if self.fail_flush {
+            self.abort_txn();
+            return Err(LiveError::TxnAborted {
+                what: "commit the transaction",
+                source: rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed,
+                ),
+            });
+        }
+        let mut log = self.log.borrow_mut();
+        log.append(&mut self.queued);
+        log.push(Seen::TxnCommitted(offsets.to_vec()));
+        Ok(())
+    }
+
+    fn abort_txn(&mut self) {
+        self.queued.clear();
+        self.log.borrow_mut().push(Seen::Aborted);
+    }
 }
 
 struct Harness {
@@ -211,6 +281,16 @@ impl Harness {
     /// Runs the pipeline on a state opened from the directory, through
     /// `steps`; then stops (the source requests it once out of steps).
     fn run(&self, steps: Vec<Step>, fail_flush: bool) -> (Result<(), LiveError>, Engine) {
+        self.run_with(steps, Vec::new(), fail_flush)
+    }
+
+    /// As `run`, the source handing out the group's `positions` first.
+    fn run_with(
+        &self,
+        steps: Vec<Step>,
+        positions: Vec<GroupPosition>,
+        fail_flush: bool,
+    ) -> (Result<(), LiveError>, Engine) {
         let engine = Engine::open(&self.config.state.dir, &self.config).unwrap();
         let offsets = Offsets::from_stored(engine.stored_offsets().unwrap());
         let source = FakeSource {
@@ -219,6 +299,7 @@ impl Harness {
             log: self.log.clone(),
             pending_revoke: Vec::new(),
             assigned: true,
+            positions,
         };
         let output = RecordingOutput {
             log: self.log.clone(),
@@ -620,4 +701,253 @@ fn capped_triggers_are_not_produced_and_are_counted_by_reason() {
         h.gauge("pretext_suppressed_total{reason=\"frequency_cap\"}"),
         Some(1.0)
     );
+}
+
+// ---------------------------------------------------------------------------
+// Exactly-once (kafka.exactly_once): transactions and the recovery
+
+fn eos_harness(dir: &Path) -> Harness {
+    let mut h = Harness::new(dir, T0 + 30 * 24 * HOUR);
+    h.config.kafka.exactly_once = true;
+    h
+}
+
+/// Checks due a minute after a view, no lateness: an idle advance fires
+/// one after a minute or so of quiet (each second of which commits one).
+fn eos_idle_harness(dir: &Path) -> Harness {
+    let mut h = eos_harness(dir);
+    h.config.watermark.allowed_lateness = Dur::secs(0);
+    h.config.triggers.viewed_not_bought.delay = Dur::secs(60);
+    h
+}
+
+/// The offsets of every committed transaction, in order.
+fn transactions(seen: &[Seen]) -> Vec<Vec<TxnOffset>> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::TxnCommitted(o) => Some(o.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn trigger_keys(seen: &[Seen]) -> Vec<String> {
+    sent_to(seen, "triggers")
+        .iter()
+        .map(|t| t["trigger_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Three batches; the second fires C1's check, the third C2's and C9's.
+fn three_batches() -> [Vec<InputMessage>; 3] {
+    [
+        vec![msg(0, 0, &view("a1", "C1", "P1", T0)), raw(0, 1, b"{bad")],
+        vec![
+            msg(1, 0, &view("b1", "C2", "P2", T0 + 2 * HOUR)),
+            msg(0, 2, &view("b2", "C9", "P9", T0 + 2 * HOUR)),
+        ],
+        vec![msg(0, 3, &view("c1", "C3", "P3", T0 + 4 * HOUR))],
+    ]
+}
+
+fn assert_same_state(a: &Engine, b: &Engine) {
+    for cf in pretext::state::Cf::ALL {
+        if cf == pretext::state::Cf::Meta {
+            continue;
+        }
+        let entries = |e: &Engine| pretext::engine::comparable_entries(e.store(), cf).unwrap();
+        assert_eq!(entries(a), entries(b), "column family {}", cf.name());
+    }
+    assert_eq!(a.watermark(), b.watermark());
+    assert_eq!(a.stored_offsets().unwrap(), b.stored_offsets().unwrap());
+}
+
+#[test]
+fn exactly_once_puts_each_batch_and_its_offsets_in_one_transaction_before_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = eos_harness(dir.path());
+    let steps = three_batches().map(Step::Batch).into_iter().collect();
+    let (result, engine) = h.run(steps, false);
+    result.unwrap();
+    let seen = h.seen();
+    assert_eq!(seen[0], Seen::Begun);
+    assert!(
+        !seen.contains(&Seen::Flushed),
+        "a transaction's commit is its flush"
+    );
+    let txns = transactions(&seen);
+    assert_eq!(txns.len(), 3, "one per batch");
+    // The second batch: partitions in canonical order, each offset with
+    // the batch's start and the watermark it left.
+    let second: Vec<(i32, i64, i64)> = txns[1]
+        .iter()
+        .map(|o| (o.offset.partition, o.offset.next_offset, o.record.start))
+        .collect();
+    assert_eq!(second, [(0, 3, 2), (1, 1, 0)]);
+    let lateness = h.config.watermark.allowed_lateness.millis();
+    assert_eq!(txns[1][0].record.watermark, Some(T0 + 2 * HOUR - lateness));
+    // Each batch's output inside its transaction: C1's trigger between the
+    // second Begun and the second commit.
+    let second_begun = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == Seen::Begun)
+        .nth(1)
+        .unwrap()
+        .0;
+    let second_commit = seen
+        .iter()
+        .position(|s| *s == Seen::TxnCommitted(txns[1].clone()))
+        .unwrap();
+    assert_eq!(trigger_keys(&seen[second_begun..second_commit]).len(), 1);
+    assert_eq!(
+        engine.stored_offsets().unwrap(),
+        vec![offset(0, 4), offset(1, 1)]
+    );
+}
+
+#[test]
+fn exactly_once_a_failed_commit_aborts_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = eos_harness(dir.path());
+    let [first, second, _] = three_batches();
+    let (result, engine) = h.run(vec![Step::Batch(first.clone()), Step::Batch(second)], true);
+    assert!(
+        matches!(result, Err(LiveError::TxnAborted { .. })),
+        "{result:?}"
+    );
+    assert!(
+        result
+            .unwrap_err()
+            .to_string()
+            .contains("nothing of the batch is visible"),
+        "the message says what became of the batch"
+    );
+    drop(engine);
+    let seen = h.seen();
+    assert_eq!(
+        seen,
+        [Seen::Begun, Seen::Aborted],
+        "nothing sent is visible"
+    );
+    let reopened = h.reopen();
+    assert_eq!(reopened.stored_offsets().unwrap(), vec![]);
+    assert_eq!(reopened.max_event_ts(), None, "no state change was stored");
+}
+
+/// The crash the recovery exists for: the second batch's transaction
+/// committed, the process died before its RocksDB write. The next run
+/// re-applies that batch with its output muted, then goes on: the output
+/// of both runs is the uninterrupted run's, each trigger once, and the
+/// state is the same.
+#[test]
+fn exactly_once_a_batch_committed_in_kafka_but_not_in_the_state_is_reapplied_muted() {
+    let whole = tempfile::tempdir().unwrap();
+    let u = eos_harness(whole.path());
+    let steps = three_batches().map(Step::Batch).into_iter().collect();
+    let (result, uninterrupted) = u.run(steps, false);
+    result.unwrap();
+    let useen = u.seen();
+    let txns = transactions(&useen);
+    let all = trigger_keys(&useen);
+    assert_eq!(all.len(), 3, "C1's check, then C2's and C9's");
+
+    let dir = tempfile::tempdir().unwrap();
+    let h = eos_harness(dir.path());
+    let [first, second, third] = three_batches();
+    let (result, engine) = h.run(vec![Step::Batch(first)], false);
+    result.unwrap();
+    drop(engine);
+    let before = trigger_keys(&h.seen());
+    // The group holds the second transaction's offsets; the state does not.
+    let positions = txns[1]
+        .iter()
+        .map(|o| GroupPosition {
+            topic: o.offset.topic.clone(),
+            partition: o.offset.partition,
+            committed: o.offset.next_offset,
+            record: Some(o.record),
+        })
+        .collect();
+    // Fetches interleave otherwise this time, and the third batch's message
+    // arrives along with the gap: dropped, then read again.
+    let mut mixed = second.clone();
+    mixed.reverse();
+    mixed.push(third[0].clone());
+    let log_start = h.seen().len();
+    let steps = vec![Step::Batch(mixed), Step::Batch(third)];
+    let (result, engine) = h.run_with(steps, positions, false);
+    result.unwrap();
+    let seen = h.seen()[log_start..].to_vec();
+    // The gap re-applied and stored (nothing sent), then the dropped
+    // message's partition read again.
+    assert_eq!(
+        seen[..2],
+        [
+            Seen::Committed(vec![offset(0, 3), offset(1, 1)]),
+            Seen::Rewound(vec![offset(0, 3)])
+        ]
+    );
+    let after = trigger_keys(&seen);
+    // What the second transaction made visible before the crash.
+    let commits: Vec<usize> = (0..useen.len())
+        .filter(|&i| matches!(useen[i], Seen::TxnCommitted(_)))
+        .collect();
+    let committed = trigger_keys(&useen[commits[0]..commits[1]]);
+    assert_eq!(committed.len(), 1, "C1's");
+    let mut both = [before, committed, after.clone()].concat();
+    both.sort();
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(both, want, "each trigger once across the crash");
+    assert_eq!(
+        after.len(),
+        2,
+        "the second batch's trigger is not produced again"
+    );
+    assert_same_state(&engine, &uninterrupted);
+}
+
+/// An idle advance under exactly-once records its watermark in its
+/// transaction; one that committed in Kafka but not in the state is
+/// re-applied muted, so its checks do not fire a second time later.
+#[test]
+fn exactly_once_the_idle_advance_is_recorded_and_recovered() {
+    let whole = tempfile::tempdir().unwrap();
+    let u = eos_idle_harness(whole.path());
+    let first = vec![msg(0, 0, &view("a1", "C1", "P1", T0))];
+    let steps = vec![
+        Step::Batch(first.clone()),
+        Step::Quiet(Duration::from_secs(90)),
+    ];
+    let (result, uninterrupted) = u.run(steps, false);
+    result.unwrap();
+    let useen = u.seen();
+    let txns = transactions(&useen);
+    let idle = txns.last().unwrap();
+    assert_eq!(
+        idle.iter().map(|o| o.offset.clone()).collect::<Vec<_>>(),
+        vec![offset(0, 1)],
+        "the stored position of the assigned partition carries it"
+    );
+    let fired = trigger_keys(&useen);
+    assert_eq!(fired.len(), 1, "the idle advance fired C1's check");
+
+    let dir = tempfile::tempdir().unwrap();
+    let h = eos_idle_harness(dir.path());
+    h.run(vec![Step::Batch(first)], false).0.unwrap();
+    let positions = vec![GroupPosition {
+        topic: TOPIC.into(),
+        partition: 0,
+        committed: 1,
+        record: Some(idle[0].record),
+    }];
+    let log_start = h.seen().len();
+    let (result, engine) = h.run_with(vec![Step::Batch(Vec::new())], positions, false);
+    result.unwrap();
+    assert!(
+        trigger_keys(&h.seen()[log_start..]).is_empty(),
+        "fired again, muted"
+    );
+    assert_same_state(&engine, &uninterrupted);
 }

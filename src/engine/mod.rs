@@ -199,6 +199,11 @@ impl Engine {
         self.store.uncommitted_bytes()
     }
 
+    /// Commits wait for the disk (see `Store::set_sync`).
+    pub fn set_sync(&mut self, sync: bool) {
+        self.store.set_sync(sync);
+    }
+
     /// The underlying store, for audits and tests.
     pub fn store(&self) -> &Store {
         &self.store

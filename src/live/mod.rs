@@ -22,6 +22,7 @@ pub mod pipeline;
 mod sink;
 mod source;
 mod topics;
+pub mod txn;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -76,6 +77,35 @@ pub enum LiveError {
     Delivery { failed: u64 },
     #[error("gave up the batch at the shutdown deadline; it will be read again")]
     Abandoned,
+    #[error(
+        "fenced: another process took over transactional.id {transactional_id:?} \
+         (kafka.group_id and kafka.instance_id); this one stops, and nothing it has not \
+         committed becomes visible ({source})"
+    )]
+    Fenced {
+        transactional_id: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(
+        "transaction aborted: cannot {what}: {source}; nothing of the batch is visible to \
+         read_committed consumers, and it will be read again on restart"
+    )]
+    TxnAborted {
+        what: &'static str,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(
+        "cannot re-apply {topic}[{partition}] below the group's committed offset \
+         {committed}: the first offset left is {offset} (deleted by retention?); \
+         the state cannot be made to match the output: start from an empty state.dir \
+         with kafka.start_from = \"latest\", or restore the state from a backup"
+    )]
+    GapLost {
+        topic: String,
+        partition: i32,
+        committed: i64,
+        offset: i64,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Http {
         addr: String,

@@ -9,9 +9,16 @@
 //!    offsets, for monitoring). A failure before the commit leaves the
 //!    state and offsets as they were: the batch is read again.
 //!
+//! With `kafka.exactly_once` the effectful step is one Kafka transaction
+//! (the output and the next input offsets) committed before the RocksDB
+//! batch, and on assignment what the state lacks of committed transactions
+//! is re-applied with the output muted (`eos`, and `txn` for the argument).
+//!
 //! The input and the output are behind two small traits, `BatchSource` and
 //! `Output`, and time behind `Clock`, so the pipeline runs in tests with no
 //! broker (tests/pipeline.rs).
+
+mod eos;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +36,7 @@ use super::events::{DeadLettered, SkippedBelowPosition};
 use super::idle::Idle;
 use super::offsets::Offsets;
 use super::source::InputMessage;
+use super::txn::{GroupMetadata, GroupPosition, Recovery, TxnOffset};
 use super::LiveError;
 
 /// A too-large message's payload is cut to this in its dead letter, which
@@ -57,6 +65,21 @@ pub trait BatchSource {
     /// Hands over partitions revoked while the last batch was collected,
     /// now that it is committed; `offsets` are the stored positions.
     fn finish_revoke(&mut self, offsets: &Offsets);
+
+    /// Exactly-once: the group's committed offsets of the partitions
+    /// assigned since the last call.
+    fn take_group_positions(&mut self) -> Vec<GroupPosition>;
+
+    /// Exactly-once: the consumer's group metadata now, which a
+    /// transaction commits its offsets under.
+    fn group_metadata(&self) -> Option<GroupMetadata>;
+
+    /// The input partitions assigned now.
+    fn assignment(&self) -> Vec<(String, i32)>;
+
+    /// Reads these partitions again from these offsets (what was read past
+    /// them is dropped).
+    fn rewind(&mut self, to: &[SourceOffset]) -> Result<(), LiveError>;
 }
 
 /// Where the output goes (Kafka in production).
@@ -67,6 +90,22 @@ pub trait Output {
     /// Returns once every queued message is acknowledged; an error if any
     /// was not, so the batch's offsets are not stored.
     fn flush(&mut self) -> Result<(), LiveError>;
+
+    /// Exactly-once: opens the transaction of one batch's output.
+    fn begin(&mut self) -> Result<(), LiveError>;
+
+    /// Exactly-once: commits what was sent since `begin` together with the
+    /// input `offsets`, under the consumer's `group` metadata: all of it
+    /// becomes visible to read_committed consumers, or none. On an error
+    /// the transaction is aborted (or the producer was fenced).
+    fn commit_txn(
+        &mut self,
+        offsets: &[TxnOffset],
+        group: Option<&GroupMetadata>,
+    ) -> Result<(), LiveError>;
+
+    /// Exactly-once: aborts the open transaction (a send failed).
+    fn abort_txn(&mut self);
 }
 
 /// The two clocks the pipeline reads: a monotonic one for timeouts, the
@@ -241,6 +280,12 @@ pub fn publish(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Resu
     if out.is_empty() {
         return Ok(());
     }
+    send_all(output, topics, out)?;
+    output.flush()
+}
+
+/// Queues a batch's output, in the order the engine made it.
+fn send_all(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Result<(), LiveError> {
     for t in &out.triggers {
         // Holdout triggers never reach the triggers topic.
         let topic = match t.group {
@@ -259,7 +304,7 @@ pub fn publish(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Resu
     for d in &out.dead_letters {
         output.send(&topics.dead_letter, d.key.as_deref(), d.json.as_bytes())?;
     }
-    output.flush()
+    Ok(())
 }
 
 pub struct Pipeline<S, O, C> {
@@ -271,6 +316,11 @@ pub struct Pipeline<S, O, C> {
     clock: C,
     health: Health,
     idle: Idle,
+    /// `kafka.exactly_once`.
+    eos: bool,
+    /// Exactly-once: what committed transactions hold and the state lacks.
+    recovery: Recovery,
+    crash: eos::CrashPoint,
 }
 
 impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
@@ -287,7 +337,14 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     ) -> Pipeline<S, O, C> {
         let idle = Idle::new(&config, engine.max_event_ts(), engine.watermark(), &clock);
         health.state_open.store(true, Ordering::Release);
+        let eos = config.kafka.exactly_once;
+        let mut engine = engine;
+        // The state may trail the transactions by one batch, never more.
+        engine.set_sync(eos);
         Pipeline {
+            eos,
+            recovery: Recovery::default(),
+            crash: eos::CrashPoint::from_env(),
             config,
             engine,
             offsets,
@@ -316,9 +373,18 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         let wait = self.config.kafka.batch_max_wait.std();
         self.observe();
         while !stop.is_requested() {
-            let batch = self.source.next_batch(max, wait, stop)?;
+            let mut batch = self.source.next_batch(max, wait, stop)?;
             if stop.is_abandoned() {
                 break;
+            }
+            if self.eos {
+                match self.recover(batch)? {
+                    Some(b) => batch = b,
+                    None => {
+                        self.source.finish_revoke(&self.offsets);
+                        continue;
+                    }
+                }
             }
             let now = self.clock.mono();
             // Idle means no input while partitions are assigned: before an
@@ -355,7 +421,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         if let (true, Some(m)) = (applied.applied_any, self.engine.max_event_ts()) {
             self.idle.applied(m, self.clock.wall_ms());
         }
-        publish(&mut self.output, &self.config.topics, &applied.produced)?;
+        self.deliver(&applied.produced, &applied.next, batch)?;
         for d in &applied.produced.dead_letters {
             DeadLettered {
                 reason: d.reason,
@@ -389,6 +455,12 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         let Some(to) = self.idle.target(self.clock.mono(), self.clock.wall_ms()) else {
             return Ok(());
         };
+        // Exactly-once records the advance on assigned partitions' offsets:
+        // with none to carry it, the checks wait for input.
+        let carriers = self.idle_carriers();
+        if self.eos && carriers.is_empty() {
+            return Ok(());
+        }
         let before = self.engine.watermark();
         let mut out = Produced::default();
         self.engine.advance_watermark(to, &mut out)?;
@@ -402,10 +474,26 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
                 "idle watermark advance fired checks"
             );
         }
-        publish(&mut self.output, &self.config.topics, &out)?;
+        self.deliver(&out, &carriers, &[])?;
         self.commit(&[])?;
         self.observe();
         Ok(())
+    }
+
+    /// A batch's output out: flushed (at least once), or in a transaction
+    /// with `next` (exactly once; `batch` tells where each partition
+    /// started).
+    fn deliver(
+        &mut self,
+        out: &Produced,
+        next: &[SourceOffset],
+        batch: &[InputMessage],
+    ) -> Result<(), LiveError> {
+        if self.eos {
+            self.deliver_txn(out, next, batch)
+        } else {
+            publish(&mut self.output, &self.config.topics, out)
+        }
     }
 
     fn observe(&self) {

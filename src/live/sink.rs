@@ -1,6 +1,8 @@
 //! The Kafka side of output: an idempotent producer for triggers and dead
 //! letters, bounded in flight, flushed (every message acknowledged) before
-//! the batch's offsets are stored.
+//! the batch's offsets are stored. With `kafka.exactly_once` it is a
+//! transactional producer: a batch's output and input offsets are committed
+//! in one transaction (see `txn`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,19 +12,28 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 
 use super::events::DeliveryFailed;
 use super::pipeline::{Output, Stop};
+use super::txn::{GroupMetadata, TxnOffset};
 use super::LiveError;
 
 /// How long a batch's output may take to be acknowledged.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest a flush waits for a delivery report before checking again.
 const FLUSH_POLL: Duration = Duration::from_millis(2);
+/// How long the transactional calls may take: finding the coordinator and
+/// fencing the previous producer of the id (init), committing (which
+/// flushes the batch's output first).
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Retriable commit errors (a coordinator moving) are retried this often.
+const COMMIT_ATTEMPTS: u32 = 5;
 
 pub struct SinkContext {
     failed: AtomicU64,
@@ -56,6 +67,8 @@ pub struct Sink {
     /// Waiting for room or acknowledgements ends when the stop is
     /// abandoned (the shutdown deadline passed).
     stop: Arc<Stop>,
+    /// The transactional id, under exactly-once.
+    transactional_id: Option<String>,
 }
 
 impl Sink {
@@ -75,14 +88,117 @@ impl Sink {
             failed: AtomicU64::new(0),
             metrics,
         };
-        let producer = cc
-            .create_with_context(context)
-            .map_err(|source| LiveError::Kafka {
-                what: "create the producer",
-                source,
-            })?;
-        Ok(Sink { producer, stop })
+        let transactional_id = config
+            .kafka
+            .exactly_once
+            .then(|| config.kafka.transactional_id());
+        if let Some(id) = &transactional_id {
+            cc.set("transactional.id", id);
+        }
+        let producer: BaseProducer<SinkContext> =
+            cc.create_with_context(context)
+                .map_err(|source| LiveError::Kafka {
+                    what: "create the producer",
+                    source,
+                })?;
+        let sink = Sink {
+            producer,
+            stop,
+            transactional_id,
+        };
+        if let Some(id) = &sink.transactional_id {
+            // Fences any earlier producer of the id (a previous run, a
+            // zombie) and aborts the transaction it left open.
+            sink.producer
+                .init_transactions(TXN_TIMEOUT)
+                .map_err(|e| sink.txn_error("initialize transactions", e))?;
+            info!(transactional_id = %id, "transactional producer ready");
+        }
+        Ok(sink)
     }
+
+    /// Serves delivery reports until every queued message is acknowledged
+    /// (or failed), the stop is abandoned, or the flush timeout passes.
+    fn wait_acknowledged(&self) -> Result<(), LiveError> {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if self.stop.is_abandoned() {
+                return Err(LiveError::Abandoned);
+            }
+            if Instant::now() >= deadline {
+                return Err(LiveError::Kafka {
+                    what: "flush the producer",
+                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                });
+            }
+            self.producer.poll(FLUSH_POLL);
+        }
+        Ok(())
+    }
+
+    /// A transactional call failed: fenced (another producer took the id:
+    /// fatal), or anything else, after which the transaction is aborted so
+    /// nothing of it ever becomes visible.
+    fn txn_error(&self, what: &'static str, source: KafkaError) -> LiveError {
+        let id = self.transactional_id.clone().unwrap_or_default();
+        if is_fenced(&source) {
+            return LiveError::Fenced {
+                transactional_id: id,
+                source,
+            };
+        }
+        let fatal = matches!(&source, KafkaError::Transaction(e) if e.is_fatal());
+        if !fatal {
+            if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
+                warn!(error = %e, "failed to abort the transaction");
+                if is_fenced(&e) {
+                    return LiveError::Fenced {
+                        transactional_id: id,
+                        source: e,
+                    };
+                }
+            }
+        }
+        LiveError::TxnAborted { what, source }
+    }
+
+    fn commit_with_retries(&self) -> Result<(), KafkaError> {
+        let mut attempt = 1;
+        loop {
+            match self.producer.commit_transaction(TXN_TIMEOUT) {
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && !e.txn_requires_abort() && attempt < COMMIT_ATTEMPTS =>
+                {
+                    warn!(error = %e, attempt, "retrying the transaction commit");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Whether the producer was fenced: another producer initialized the same
+/// transactional id (librdkafka reports `_FENCED`, the broker
+/// `PRODUCER_FENCED` or `INVALID_PRODUCER_EPOCH`).
+fn is_fenced(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::{Fenced, InvalidProducerEpoch, ProducerFenced};
+    matches!(
+        e.rdkafka_error_code(),
+        Some(Fenced | ProducerFenced | InvalidProducerEpoch)
+    )
+}
+
+fn offsets_list(offsets: &[TxnOffset]) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for o in offsets {
+        let o_ = &o.offset;
+        tpl.add_partition_offset(&o_.topic, o_.partition, Offset::Offset(o_.next_offset))?;
+        if let Some(mut e) = tpl.find_partition(&o_.topic, o_.partition) {
+            e.set_metadata(o.record.encode());
+        }
+    }
+    Ok(tpl)
 }
 
 impl Output for Sink {
@@ -119,22 +235,58 @@ impl Output for Sink {
         // 100 ms, and its last poll often waits that long after the last
         // acknowledgement (a tenth of a second per batch, measured). Short
         // polls serve the delivery reports as they come.
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
-        while self.producer.in_flight_count() > 0 {
-            if self.stop.is_abandoned() {
-                return Err(LiveError::Abandoned);
-            }
-            if Instant::now() >= deadline {
-                return Err(LiveError::Kafka {
-                    what: "flush the producer",
-                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-                });
-            }
-            self.producer.poll(FLUSH_POLL);
-        }
+        self.wait_acknowledged()?;
         match self.producer.context().failed.swap(0, Ordering::AcqRel) {
             0 => Ok(()),
             n => Err(LiveError::Delivery { failed: n }),
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), LiveError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.txn_error("begin a transaction", e))
+    }
+
+    /// The offsets (with their records) under the group's metadata, then
+    /// the commit, which flushes the batch's output first. A failed
+    /// delivery fails the commit, which aborts the transaction.
+    fn commit_txn(
+        &mut self,
+        offsets: &[TxnOffset],
+        group: Option<&GroupMetadata>,
+    ) -> Result<(), LiveError> {
+        // An empty list must not reach librdkafka (it is an error there).
+        if !offsets.is_empty() {
+            let Some(group) = group else {
+                self.abort_txn();
+                return Err(LiveError::Fatal {
+                    error: "the consumer has no group metadata to commit the batch's offsets under"
+                        .into(),
+                    fix: "a bug: please report it; nothing of the batch is visible".into(),
+                });
+            };
+            let tpl = offsets_list(offsets).map_err(|e| self.txn_error("list the offsets", e))?;
+            self.producer
+                .send_offsets_to_transaction(&tpl, &group.0, TXN_TIMEOUT)
+                .map_err(|e| self.txn_error("send the offsets to the transaction", e))?;
+        }
+        // Acknowledged first with short polls: the commit's own flush polls
+        // 100 ms at a time, a tenth of a second per batch (measured:
+        // BENCHMARKS.md). A failed delivery then fails the commit.
+        if let Err(e) = self.wait_acknowledged() {
+            self.abort_txn();
+            return Err(e);
+        }
+        self.commit_with_retries()
+            .map_err(|e| self.txn_error("commit the transaction", e))?;
+        self.producer.context().failed.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    fn abort_txn(&mut self) {
+        if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
+            warn!(error = %e, "failed to abort the transaction");
         }
     }
 }

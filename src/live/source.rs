@@ -25,6 +25,7 @@ use crate::metrics::{KafkaErrorKind, Metrics};
 use super::events::{classify, CommitFailed, ConsumerError, ConsumerFatal, Rebalance};
 use super::offsets::{Offsets, OffsetsView};
 use super::pipeline::{BatchSource, Stop};
+use super::txn::{GroupMetadata, GroupPosition, TxnRecord};
 use super::LiveError;
 
 /// How long the start of a new partition may wait for offsets-for-times.
@@ -35,6 +36,11 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an input topic may be missing before that is fatal: time for
 /// a deployment that creates its topics beside pretext to do so.
 const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(30);
+/// How long reading the group's committed offsets (exactly-once, on
+/// assignment) or seeking may take.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(30);
+const START_FROM_FIX: &str =
+    "check that the broker answers and kafka.start_from is a time the input topics can look up";
 
 /// One input message, owned: library types stay at the edge.
 #[derive(Debug, Clone)]
@@ -53,7 +59,7 @@ pub struct SourceContext {
     start_from: StartFrom,
     /// A callback found it cannot go on (no start offset for a partition):
     /// the pipeline stops with this.
-    fatal: Mutex<Option<String>>,
+    fatal: Mutex<Option<(String, &'static str)>>,
     assigned: Arc<AtomicBool>,
     /// Set on revoke: the pipeline ends the batch it is collecting at once.
     revoked: AtomicBool,
@@ -64,6 +70,11 @@ pub struct SourceContext {
     /// is unassigned at once (closing waits for it).
     closing: AtomicBool,
     metrics: Arc<Metrics>,
+    /// `kafka.exactly_once`: assignments read the group's committed offsets.
+    eos: bool,
+    /// Exactly-once: the group's positions of the partitions assigned since
+    /// the pipeline last took them.
+    group_positions: Mutex<Vec<GroupPosition>>,
 }
 
 impl ClientContext for SourceContext {
@@ -113,7 +124,11 @@ impl ConsumerContext for SourceContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.set_start_offsets(consumer, tpl);
+                let group = self.read_group_positions(consumer, tpl);
+                self.set_start_offsets(consumer, tpl, &group);
+                if let Ok(mut positions) = self.group_positions.lock() {
+                    positions.extend(group);
+                }
                 let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -130,6 +145,17 @@ impl ConsumerContext for SourceContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if self.eos && consumer.assignment_lost() {
+                    // Another member may own them now and have fenced this
+                    // producer; an idle process would never find out.
+                    self.set_fatal(
+                        "the consumer lost its partitions: its session expired (the process was \
+                         paused, or cut off from the broker)"
+                            .into(),
+                        "under exactly-once another instance may have taken them over: exiting; \
+                         a restart recovers from the group's committed offsets",
+                    );
+                }
                 Rebalance {
                     assigned: false,
                     partitions: tpl.count(),
@@ -179,9 +205,53 @@ impl SourceContext {
         self.assigned.store(any, Ordering::Release);
     }
 
+    /// Exactly-once: the group's committed offsets of `tpl`, with their
+    /// records. If the group cannot tell, the pipeline stops: without them
+    /// a restart could produce a batch twice.
+    fn read_group_positions(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> Vec<GroupPosition> {
+        if !self.eos || tpl.count() == 0 {
+            return Vec::new();
+        }
+        let committed = match consumer.committed_offsets(tpl.clone(), GROUP_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                self.set_fatal(
+                    format!("cannot read the group's committed offsets: {e}"),
+                    "check that the broker answers (exactly-once needs the group's offsets on assignment)",
+                );
+                return Vec::new();
+            }
+        };
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(GroupPosition {
+                    topic: e.topic().to_string(),
+                    partition: e.partition(),
+                    committed: o,
+                    record: TxnRecord::decode(e.metadata()),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Each partition starts at the offset stored with the state; one the
-    /// state has never read starts where `kafka.start_from` says.
-    fn set_start_offsets(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    /// state has never read starts where `kafka.start_from` says, except
+    /// under exactly-once with `latest` or a time when the group has
+    /// committed it: then where the group's last transaction started, so a
+    /// new state is built from what that output came from.
+    fn set_start_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        group: &[GroupPosition],
+    ) {
         let parts: Vec<(String, i32)> = tpl
             .elements()
             .iter()
@@ -189,9 +259,14 @@ impl SourceContext {
             .collect();
         let mut new = Vec::new();
         for (topic, partition) in parts {
-            let offset = match self.positions.next(&topic, partition) {
-                Some(next) => Offset::Offset(next),
-                None => match self.start_from {
+            let grouped = group
+                .iter()
+                .find(|g| g.topic == topic && g.partition == partition)
+                .filter(|_| self.start_from != StartFrom::Earliest);
+            let offset = match (self.positions.next(&topic, partition), grouped) {
+                (Some(next), _) => Offset::Offset(next),
+                (None, Some(g)) => Offset::Offset(g.record.map_or(g.committed, |r| r.start)),
+                (None, None) => match self.start_from {
                     StartFrom::Earliest => Offset::Beginning,
                     StartFrom::Latest => Offset::End,
                     StartFrom::Time(_) => {
@@ -229,13 +304,16 @@ impl SourceContext {
                 Err(_) => None,
             };
             let offset = offset.unwrap_or_else(|| {
-                self.set_fatal(format!(
-                    "cannot find the offset of {topic}[{partition}] at kafka.start_from: {}",
-                    found
-                        .as_ref()
-                        .err()
-                        .map_or("no answer".to_string(), |e| e.to_string())
-                ));
+                self.set_fatal(
+                    format!(
+                        "cannot find the offset of {topic}[{partition}] at kafka.start_from: {}",
+                        found
+                            .as_ref()
+                            .err()
+                            .map_or("no answer".to_string(), |e| e.to_string())
+                    ),
+                    START_FROM_FIX,
+                );
                 Offset::End
             });
             if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
@@ -244,13 +322,13 @@ impl SourceContext {
         }
     }
 
-    fn set_fatal(&self, message: String) {
+    fn set_fatal(&self, message: String, fix: &'static str) {
         if let Ok(mut fatal) = self.fatal.lock() {
-            fatal.get_or_insert(message);
+            fatal.get_or_insert((message, fix));
         }
     }
 
-    fn take_fatal(&self) -> Option<String> {
+    fn take_fatal(&self) -> Option<(String, &'static str)> {
         self.fatal.lock().ok().and_then(|mut f| f.take())
     }
 }
@@ -284,6 +362,8 @@ pub struct Source {
     metrics: Arc<Metrics>,
     /// Since when an input topic has been reported unknown, if one is.
     unknown_since: Option<Instant>,
+    /// `kafka.exactly_once`: offsets reach Kafka in transactions only.
+    eos: bool,
 }
 
 impl Source {
@@ -304,6 +384,11 @@ impl Source {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
+        if config.kafka.exactly_once {
+            // librdkafka's default, made explicit: a recovery must read the
+            // same input as the run it repeats, never an aborted record.
+            cc.set("isolation.level", "read_committed");
+        }
         if !config
             .kafka
             .consumer_settings()
@@ -320,6 +405,8 @@ impl Source {
             pending_revoke: Mutex::new(None),
             closing: AtomicBool::new(false),
             metrics: metrics.clone(),
+            eos: config.kafka.exactly_once,
+            group_positions: Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<SourceContext> =
             cc.create_with_context(context)
@@ -339,6 +426,7 @@ impl Source {
             inputs: config.topics.inputs.clone(),
             metrics,
             unknown_since: None,
+            eos: config.kafka.exactly_once,
         })
     }
 
@@ -421,14 +509,14 @@ impl Source {
     fn fatal_from_callback(&self) -> Result<(), LiveError> {
         match self.consumer.context().take_fatal() {
             None => Ok(()),
-            Some(error) => {
+            Some((error, fix)) => {
                 self.consumer
                     .context()
                     .assigned
                     .store(false, Ordering::Release);
                 Err(LiveError::Fatal {
                     error,
-                    fix: "check that the broker answers and kafka.start_from is a time the input topics can look up".into(),
+                    fix: fix.into(),
                 })
             }
         }
@@ -509,7 +597,50 @@ impl BatchSource for Source {
     }
 
     fn committed(&mut self, offsets: &[SourceOffset]) {
-        self.commit_to_kafka(offsets, CommitMode::Async);
+        // Under exactly-once the batch's transaction committed them, with
+        // their records; a plain commit would overwrite those.
+        if !self.eos {
+            self.commit_to_kafka(offsets, CommitMode::Async);
+        }
+    }
+
+    fn take_group_positions(&mut self) -> Vec<GroupPosition> {
+        self.consumer
+            .context()
+            .group_positions
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+
+    fn group_metadata(&self) -> Option<GroupMetadata> {
+        self.consumer.group_metadata().map(GroupMetadata)
+    }
+
+    fn assignment(&self) -> Vec<(String, i32)> {
+        self.consumer.assignment().map_or(Vec::new(), |a| {
+            a.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect()
+        })
+    }
+
+    fn rewind(&mut self, to: &[SourceOffset]) -> Result<(), LiveError> {
+        for o in to {
+            self.consumer
+                .seek(
+                    &o.topic,
+                    o.partition,
+                    Offset::Offset(o.next_offset),
+                    GROUP_TIMEOUT,
+                )
+                .map_err(|source| LiveError::Kafka {
+                    what: "seek back to what the recovery dropped",
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Hands over partitions revoked while a batch was being collected, now
@@ -526,8 +657,10 @@ impl BatchSource for Source {
         else {
             return;
         };
-        let revoked = offsets.of(tpl.elements().iter().map(|e| (e.topic(), e.partition())));
-        self.commit_to_kafka(&revoked, CommitMode::Sync);
+        if !self.eos {
+            let revoked = offsets.of(tpl.elements().iter().map(|e| (e.topic(), e.partition())));
+            self.commit_to_kafka(&revoked, CommitMode::Sync);
+        }
         context.unassign(&self.consumer, &tpl);
         context.update_assigned(&self.consumer);
         info!(partitions = tpl.count(), "revoked partitions handed over");

@@ -217,6 +217,8 @@ pub struct Store {
     /// within a batch never reaches RocksDB).
     fresh: Vec<FxHashSet<Vec<u8>>>,
     path: PathBuf,
+    /// Whether a commit waits for the WAL to reach the disk.
+    sync: bool,
 }
 
 /// Tells from a value of the expiring family whether it is dead: compaction
@@ -272,6 +274,7 @@ impl Store {
             resident: vec![BTreeMap::new(); Cf::ALL.len()],
             fresh: vec![FxHashSet::default(); Cf::ALL.len()],
             path: dir.to_path_buf(),
+            sync: false,
         };
         for cf in Cf::ALL.into_iter().filter(|cf| cf.resident()) {
             let entries = store.committed(cf)?;
@@ -282,6 +285,14 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes every commit wait for its WAL write to reach the disk (an
+    /// fsync per commit). Exactly-once needs it: the state may then trail
+    /// Kafka's committed transactions by at most the one batch being
+    /// committed, even across a power loss (docs/exactly-once.md).
+    pub fn set_sync(&mut self, sync: bool) {
+        self.sync = sync;
     }
 
     fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -416,8 +427,9 @@ impl Store {
         self.overlay_bytes = 0;
         let mut wo = WriteOptions::default();
         // The WAL stays on: a killed process must find state and offsets
-        // from the same batch. Syncing each batch is left to the OS.
-        wo.set_sync(false);
+        // from the same batch. Syncing each batch is left to the OS, unless
+        // exactly-once asked for it (`set_sync`).
+        wo.set_sync(self.sync);
         self.db
             .write_opt(batch, &wo)
             .map_err(|source| StateError::Write {

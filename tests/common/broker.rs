@@ -844,3 +844,159 @@ pub fn generated(dir: &Path, events: usize, seed: u64) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// What `pretext replay` writes: every output, one JSON line each.
+pub struct ReplayOutputs {
+    pub triggers: Vec<String>,
+    pub dead_letters: Vec<String>,
+    pub holdout: Vec<String>,
+    pub conversions: Vec<String>,
+}
+
+/// Replays `lines` (no `--flush`, as live mode never flushes) into
+/// `state_dir`, with `PRETEXT__…` overrides in `env`, writing every output
+/// to a file: what live mode's outputs must equal.
+pub fn replay_outputs(
+    lines: &[String],
+    dir: &Path,
+    state_dir: &Path,
+    env: &[(&str, &str)],
+) -> ReplayOutputs {
+    let input = dir.join("replay-input.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let file = |name: &str| dir.join(format!("replay-{name}.jsonl"));
+    let out = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .arg("replay")
+        .envs(env.iter().copied())
+        .arg("--input")
+        .arg(&input)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--output")
+        .arg(file("triggers"))
+        .arg("--dead-letter")
+        .arg(file("dead"))
+        .arg("--holdout")
+        .arg(file("holdout"))
+        .arg("--conversions")
+        .arg(file("conversions"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(file(name))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    ReplayOutputs {
+        triggers: read("triggers"),
+        dead_letters: read("dead"),
+        holdout: read("holdout"),
+        conversions: read("conversions"),
+    }
+}
+
+/// A consumer with `isolation.level = read_committed` reading every
+/// partition of some topics from the beginning, on its own thread, for the
+/// whole test: what a subscriber of pretext's outputs sees, aborted
+/// transactions excluded. Stops when dropped.
+pub struct CommittedReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CommittedReader {
+    pub fn start(bootstrap: &str, topics: &[&str]) -> CommittedReader {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", unique("committed-reader"))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            for p in 0..partition_count(&consumer, topic) {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .unwrap();
+            }
+        }
+        consumer.assign(&tpl).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => seen.lock().unwrap().push((
+                            m.topic().to_string(),
+                            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                        )),
+                        Some(Err(e)) => eprintln!("committed reader: {e}"),
+                        None => {}
+                    }
+                }
+            })
+        };
+        CommittedReader {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// The payloads read so far from `topic`, in the order read.
+    pub fn of(&self, topic: &str) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// Messages read so far, of every topic.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Waits until nothing new has arrived for `quiet` (at most `timeout`).
+    pub fn settle(&self, quiet: Duration, timeout: Duration) {
+        let start = Instant::now();
+        let mut last = (self.count(), Instant::now());
+        while start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(200));
+            let n = self.count();
+            if n != last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() >= quiet {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for CommittedReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `sig` (e.g. "-STOP", "-CONT") to a process.
+pub fn send_signal(sig: &str, pid: u32) {
+    signal(sig, &pid.to_string());
+}
