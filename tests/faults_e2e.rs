@@ -415,7 +415,9 @@ impl Mock {
         let cluster = MockCluster::new(1).unwrap();
         let addr = cluster.bootstrap_servers();
         let topics = Topics::named();
-        for t in [&topics.input, &topics.triggers, &topics.dead_letter] {
+        // pretext refuses to start without every output topic.
+        let outputs = [&topics.triggers, &topics.dead_letter, &topics.holdout];
+        for t in [&topics.input, &topics.conversions].into_iter().chain(outputs) {
             cluster.create_topic(t, 1, 1).unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
