@@ -417,7 +417,10 @@ impl Mock {
         let topics = Topics::named();
         // pretext refuses to start without every output topic.
         let outputs = [&topics.triggers, &topics.dead_letter, &topics.holdout];
-        for t in [&topics.input, &topics.conversions].into_iter().chain(outputs) {
+        for t in [&topics.input, &topics.conversions]
+            .into_iter()
+            .chain(outputs)
+        {
             cluster.create_topic(t, 1, 1).unwrap();
         }
         let dir = tempfile::tempdir().unwrap();

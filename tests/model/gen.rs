@@ -89,7 +89,7 @@ impl<'a> Gen<'a> {
             made: Vec::new(),
             cookies,
             crms,
-            grid: seed.is_multiple_of(3),
+            grid: seed % 3 == 0,
         }
     }
 
