@@ -611,3 +611,42 @@ fn without_ansi(text: &str) -> String {
     }
     out
 }
+
+/// The trap of contract v1, against the broker: pretext idles on empty
+/// topics past `idle_timeout` (no idle advance before any event), then a
+/// historical log arrives; its triggers are a replay's, id and body. Then
+/// the watermark gauge moves with the idle advance in the quiet after it.
+#[test]
+fn idle_on_empty_topics_then_a_historical_log_gives_the_replays_triggers() {
+    let broker = Broker::start();
+    let topics = Topics::create(&broker);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = generated(dir.path(), 3000, 11);
+    // Two hours after the log: moves a replay's final watermark and the
+    // live one (which trails by the allowed lateness) past every check.
+    let tick = t0() + 2 * 60 * MIN;
+    lines.push(view("tick", tick, "ck_tick", "C_TICK", "P_TICK"));
+    let expected = replay_with(&lines, dir.path(), None, false, &[]);
+    assert!(expected.len() > 100, "the log fires triggers");
+
+    let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
+    let log = dir.path().join("pretext.log");
+    let pretext = Pretext::start(&config, &state, &log); // idle_timeout 2 s
+    pretext.wait_ready();
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = pretext.metrics().unwrap();
+    assert!(!idle.contains("\npretext_watermark_seconds "), "{idle}");
+    broker.produce(&topics.input, &keyed(&lines));
+    let got = broker.consume(&topics.triggers, expected.len(), Duration::from_secs(90));
+    let payloads: Vec<String> = got.into_iter().map(|(_, p)| p).collect();
+    assert_eq!(by_customer(&payloads), by_customer(&expected));
+
+    let watermark = |p: &Pretext| metric_sum(&p.metrics().unwrap(), "pretext_watermark_seconds");
+    let first = watermark(&pretext);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        watermark(&pretext) > first,
+        "the watermark gauge moves with the idle advance"
+    );
+    assert!(pretext.terminate().success());
+}
