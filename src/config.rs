@@ -870,6 +870,33 @@ impl ConfigError {
     }
 }
 
+fn positive(key: &str, d: Dur) -> Result<(), ConfigError> {
+    if d.0 > 0 {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be greater than zero"))
+    }
+}
+
+fn non_negative(key: &str, x: f64) -> Result<(), ConfigError> {
+    if x.is_finite() && x >= 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("must be a finite number >= 0, got {x}"),
+        ))
+    }
+}
+
+fn at_least_one(key: &str, n: usize) -> Result<(), ConfigError> {
+    if n >= 1 {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be at least 1"))
+    }
+}
+
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -947,48 +974,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive = |key: &str, d: Dur| {
-            if d.0 > 0 {
-                Ok(())
-            } else {
-                Err(invalid(key, "must be greater than zero"))
-            }
-        };
-        positive("scoring.half_life", self.scoring.half_life)?;
-        positive("scoring.lookback", self.scoring.lookback)?;
-        positive("watermark.idle_timeout", self.watermark.idle_timeout)?;
-        positive("kafka.batch_max_wait", self.kafka.batch_max_wait)?;
-        positive("kafka.shutdown_timeout", self.kafka.shutdown_timeout)?;
-        let non_negative = |key: &str, x: f64| {
-            if x.is_finite() && x >= 0.0 {
-                Ok(())
-            } else {
-                Err(invalid(
-                    key,
-                    format!("must be a finite number >= 0, got {x}"),
-                ))
-            }
-        };
-        let weights = &self.scoring.weights;
-        non_negative("scoring.weights.product_view", weights.product_view)?;
-        non_negative("scoring.weights.add_to_cart", weights.add_to_cart)?;
-        non_negative(
-            "triggers.viewed_not_bought.min_score",
-            self.triggers.viewed_not_bought.min_score,
-        )?;
-        let at_least_one = |key: &str, n: usize| {
-            if n >= 1 {
-                Ok(())
-            } else {
-                Err(invalid(key, "must be at least 1"))
-            }
-        };
-        at_least_one("input.max_message_bytes", self.input.max_message_bytes)?;
-        at_least_one("kafka.batch_max_messages", self.kafka.batch_max_messages)?;
-        at_least_one(
-            "kafka.producer_max_in_flight",
-            self.kafka.producer_max_in_flight,
-        )?;
+        self.validate_numbers()?;
         for (key, value) in [
             ("kafka.brokers", &self.kafka.brokers),
             ("kafka.group_id", &self.kafka.group_id),
@@ -1017,6 +1003,28 @@ impl Config {
             )
         })?;
         Ok(())
+    }
+
+    /// The durations, weights and counts that must be in range.
+    fn validate_numbers(&self) -> Result<(), ConfigError> {
+        positive("scoring.half_life", self.scoring.half_life)?;
+        positive("scoring.lookback", self.scoring.lookback)?;
+        positive("watermark.idle_timeout", self.watermark.idle_timeout)?;
+        positive("kafka.batch_max_wait", self.kafka.batch_max_wait)?;
+        positive("kafka.shutdown_timeout", self.kafka.shutdown_timeout)?;
+        let weights = &self.scoring.weights;
+        non_negative("scoring.weights.product_view", weights.product_view)?;
+        non_negative("scoring.weights.add_to_cart", weights.add_to_cart)?;
+        non_negative(
+            "triggers.viewed_not_bought.min_score",
+            self.triggers.viewed_not_bought.min_score,
+        )?;
+        at_least_one("input.max_message_bytes", self.input.max_message_bytes)?;
+        at_least_one("kafka.batch_max_messages", self.kafka.batch_max_messages)?;
+        at_least_one(
+            "kafka.producer_max_in_flight",
+            self.kafka.producer_max_in_flight,
+        )
     }
 
     /// The settings that make stored state belong to one deployment: input
