@@ -124,67 +124,93 @@ impl ConsumerContext for SourceContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let group = self.read_group_positions(consumer, tpl);
-                self.set_start_offsets(consumer, tpl, &group);
-                if let Ok(mut positions) = self.group_positions.lock() {
-                    positions.extend(group);
-                }
-                let assigned = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                match assigned {
-                    Ok(()) => Rebalance {
-                        assigned: true,
-                        partitions: tpl.count(),
-                        cooperative,
-                    }
-                    .emit(&self.metrics),
-                    Err(e) => warn!(error = %e, "failed to assign partitions"),
-                }
+                self.on_assign(consumer, tpl, cooperative)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                if self.eos && consumer.assignment_lost() {
-                    // Another member may own them now and have fenced this
-                    // producer; an idle process would never find out.
-                    self.set_fatal(
-                        "the consumer lost its partitions: its session expired (the process was \
-                         paused, or cut off from the broker)"
-                            .into(),
-                        "under exactly-once another instance may have taken them over: exiting; \
-                         a restart recovers from the group's committed offsets",
-                    );
-                }
-                Rebalance {
-                    assigned: false,
-                    partitions: tpl.count(),
-                    cooperative,
-                }
-                .emit(&self.metrics);
-                for e in tpl.elements() {
-                    let partition = e.partition().to_string();
-                    // Soon not ours: no stale lag series.
-                    let _ = self
-                        .metrics
-                        .consumer_lag
-                        .remove_label_values(&[e.topic(), &partition]);
-                }
-                if self.closing.load(Ordering::Acquire) {
-                    self.unassign(consumer, tpl);
-                } else if let Ok(mut pending) = self.pending_revoke.lock() {
-                    // librdkafka holds the rebalance until the unassign
-                    // call, so the pipeline ends the batch it is collecting,
-                    // commits it while the partitions are still ours, and
-                    // only then hands them over (`Source::finish_revoke`).
-                    *pending = Some(tpl.clone());
-                    self.revoked.store(true, Ordering::Release);
+                if !self.on_revoke(consumer, tpl, cooperative) {
                     return;
                 }
             }
             other => warn!(error = ?other, "rebalance error"),
         }
         self.update_assigned(consumer);
+    }
+}
+
+impl SourceContext {
+    /// Positions the assigned partitions (see `rebalance`) and takes them.
+    fn on_assign(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        tpl: &mut TopicPartitionList,
+        cooperative: bool,
+    ) {
+        let group = self.read_group_positions(consumer, tpl);
+        self.set_start_offsets(consumer, tpl, &group);
+        if let Ok(mut positions) = self.group_positions.lock() {
+            positions.extend(group);
+        }
+        let assigned = if cooperative {
+            consumer.incremental_assign(tpl)
+        } else {
+            consumer.assign(tpl)
+        };
+        match assigned {
+            Ok(()) => Rebalance {
+                assigned: true,
+                partitions: tpl.count(),
+                cooperative,
+            }
+            .emit(&self.metrics),
+            Err(e) => warn!(error = %e, "failed to assign partitions"),
+        }
+    }
+
+    /// Gives the revoked partitions up, or leaves them to the pipeline to
+    /// hand over after its batch (returns false then).
+    fn on_revoke(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        tpl: &TopicPartitionList,
+        cooperative: bool,
+    ) -> bool {
+        if self.eos && consumer.assignment_lost() {
+            // Another member may own them now and have fenced this
+            // producer; an idle process would never find out.
+            self.set_fatal(
+                "the consumer lost its partitions: its session expired (the process was \
+                 paused, or cut off from the broker)"
+                    .into(),
+                "under exactly-once another instance may have taken them over: exiting; \
+                 a restart recovers from the group's committed offsets",
+            );
+        }
+        Rebalance {
+            assigned: false,
+            partitions: tpl.count(),
+            cooperative,
+        }
+        .emit(&self.metrics);
+        for e in tpl.elements() {
+            let partition = e.partition().to_string();
+            // Soon not ours: no stale lag series.
+            let _ = self
+                .metrics
+                .consumer_lag
+                .remove_label_values(&[e.topic(), &partition]);
+        }
+        if self.closing.load(Ordering::Acquire) {
+            self.unassign(consumer, tpl);
+        } else if let Ok(mut pending) = self.pending_revoke.lock() {
+            // librdkafka holds the rebalance until the unassign
+            // call, so the pipeline ends the batch it is collecting,
+            // commits it while the partitions are still ours, and
+            // only then hands them over (`Source::finish_revoke`).
+            *pending = Some(tpl.clone());
+            self.revoked.store(true, Ordering::Release);
+            return false;
+        }
+        true
     }
 }
 
