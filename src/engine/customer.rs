@@ -239,6 +239,24 @@ impl CustomerStage<'_> {
         interest.open.retain(|t| !qualifies(t));
     }
 
+    /// Why a trigger of either type at `t` is held back, if it is: its
+    /// type's cooldown (`fired` its firing times), then the frequency cap.
+    fn held_back(
+        &mut self,
+        crm_id: &str,
+        fired: &[Millis],
+        cooldown: Millis,
+        t: Millis,
+    ) -> Result<Option<Suppressed>, StateError> {
+        if in_cooldown(fired, t, cooldown) {
+            Ok(Some(Suppressed::Cooldown))
+        } else if !self.pass_cap(crm_id, t)? {
+            Ok(Some(Suppressed::FrequencyCap))
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Fires (or suppresses) the pending check `p` as of its check time and
     /// clears it. The caller saves `interest`.
     fn fire_check(
@@ -258,12 +276,8 @@ impl CustomerStage<'_> {
             Some(Suppressed::Purchased)
         } else if score < self.params.min_score {
             Some(Suppressed::LowScore)
-        } else if in_cooldown(&interest.vnb_fired, t, self.params.vnb_cooldown) {
-            Some(Suppressed::Cooldown)
-        } else if !self.pass_cap(crm_id, t)? {
-            Some(Suppressed::FrequencyCap)
         } else {
-            None
+            self.held_back(crm_id, &interest.vnb_fired, self.params.vnb_cooldown, t)?
         };
         if let Some(reason) = verdict {
             self.stats.suppressed[reason as usize] += 1;
@@ -434,13 +448,8 @@ impl CustomerStage<'_> {
         if interest.purchased_since(latest) {
             return Ok(());
         }
-        let verdict = if in_cooldown(&interest.promo_fired, t, self.params.promo_cooldown) {
-            Some(Suppressed::Cooldown)
-        } else if !self.pass_cap(crm_id, t)? {
-            Some(Suppressed::FrequencyCap)
-        } else {
-            None
-        };
+        let verdict =
+            self.held_back(crm_id, &interest.promo_fired, self.params.promo_cooldown, t)?;
         if let Some(reason) = verdict {
             self.stats.suppressed[reason as usize] += 1;
             return Ok(());
