@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::{
-    assert_same_state, generated, keyed, metric_sum, produce_at, replay_outputs, send_signal,
-    unique, wait_for, write_config, Broker, CommittedReader, Pretext, ReplayOutputs, Topics, EXACT,
+    assert_same_state, env_number, generated, keyed, metric_sum, produce_at, replay_outputs,
+    send_signal, unique, wait_for, write_config, Broker, CommittedReader, Pretext, ReplayOutputs,
+    Rng, Topics, EXACT,
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -192,31 +193,6 @@ fn finish(p: Pretext, log: &Path) {
         "SIGTERM exits 0: {status:?}\n{}",
         log_tail(log, 30)
     );
-}
-
-/// splitmix64, seeded: the moments are printed and can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    Some(
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-    )
 }
 
 /// One run of the crash loop, killed at a moment drawn from `rng`: any

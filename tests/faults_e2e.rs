@@ -18,8 +18,9 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::{
-    assert_same_state, consume_at, free_port, generated, http_get, keyed, metric_sum, produce_at,
-    replay_with, t0, trigger_ids, unique, wait_for, write_config, Broker, Pretext, Topics, EXACT,
+    assert_same_state, consume_at, env_number, free_port, generated, http_get, keyed, metric_sum,
+    produce_at, replay_with, t0, trigger_ids, unique, wait_for, write_config, Broker, Pretext, Rng,
+    Topics, EXACT,
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -130,31 +131,6 @@ fn log_text(log: &Path) -> String {
 fn finish(p: Pretext) {
     let status = p.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
-}
-
-/// splitmix64: a seeded, dependency-free RNG for the kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    Some(
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-    )
 }
 
 // ---------------------------------------------------------------------------

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use broker::{
-    assert_same_state, metric_sum, replay_with, t0, unique, wait_for, write_config, Broker,
-    Pretext, Topics,
+    assert_same_state, by_customer, metric_sum, replay_with, t0, unique, wait_for, write_config,
+    Broker, Pretext, Topics,
 };
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -88,19 +88,6 @@ fn produce_stamped(broker: &Broker, topic: &str, lines: &[(i64, String)]) {
 
 fn texts(lines: &[(i64, String)]) -> Vec<String> {
     lines.iter().map(|(_, l)| l.clone()).collect()
-}
-
-/// Triggers grouped per customer: the triggers topic has several
-/// partitions keyed by crm_id, so order holds per customer only.
-fn by_customer(lines: &[String]) -> std::collections::BTreeMap<String, Vec<String>> {
-    let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
-    for l in lines {
-        let v: Value = serde_json::from_str(l).unwrap();
-        out.entry(v["crm_id"].as_str().unwrap().to_string())
-            .or_default()
-            .push(l.clone());
-    }
-    out
 }
 
 /// Input messages pretext has read: applied, duplicate, ignored or rejected.

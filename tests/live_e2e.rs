@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use broker::{
-    assert_same_state, free_port, generated, http_get, keyed, metric_sum, replay_with, t0,
-    trigger_ids, unique, wait_for, write_config, Broker, Interloper, Pretext, Topics, EXACT,
+    assert_same_state, by_customer, free_port, generated, http_get, keyed, metric_sum, replay_with,
+    t0, trigger_ids, unique, wait_for, write_config, Broker, Interloper, Pretext, Topics, EXACT,
 };
 use serde_json::{json, Value};
 
@@ -414,16 +414,7 @@ fn rebalance_round_trip(cooperative: bool) {
         Duration::from_secs(90),
         || (metric_sum(&pretext.metrics()?, "pretext_events_total") >= 4.0).then_some(()),
     );
-    let got = wait_for("every trigger", Duration::from_secs(90), || {
-        let got = trigger_ids(
-            &broker
-                .consume(&topics.triggers, expected.len(), Duration::from_secs(3))
-                .into_iter()
-                .map(|(_, p)| p)
-                .collect::<Vec<_>>(),
-        );
-        expected.is_subset(&got).then_some(got)
-    });
+    let got = every_trigger(&broker, &topics.triggers, &expected);
     assert_eq!(got, expected);
     let metrics = pretext.metrics().unwrap();
     assert_eq!(
@@ -543,16 +534,7 @@ fn a_member_joins_and_leaves_while_events_flow_cooperatively() {
     );
     producer.join().unwrap();
 
-    let got = wait_for("every trigger", Duration::from_secs(90), || {
-        let got = trigger_ids(
-            &broker
-                .consume(&topics.triggers, expected.len(), Duration::from_secs(3))
-                .into_iter()
-                .map(|(_, p)| p)
-                .collect::<Vec<_>>(),
-        );
-        expected.is_subset(&got).then_some(got)
-    });
+    let got = every_trigger(&broker, &topics.triggers, &expected);
     assert_eq!(got, expected);
     let metrics = pretext.metrics().unwrap();
     assert_eq!(
@@ -570,17 +552,6 @@ fn a_member_joins_and_leaves_while_events_flow_cooperatively() {
         text.matches("partitions assigned").count()
     );
     assert!(pretext.terminate().success());
-}
-
-/// Trigger lines grouped by `crm_id`, each customer's in their order.
-fn by_customer(lines: &[String]) -> std::collections::BTreeMap<String, Vec<String>> {
-    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for l in lines {
-        let v: Value = serde_json::from_str(l).unwrap();
-        let crm = v["crm_id"].as_str().unwrap_or_default().to_string();
-        out.entry(crm).or_default().push(l.clone());
-    }
-    out
 }
 
 /// Sets `partition.assignment.strategy = "cooperative-sticky"` in a config
@@ -649,4 +620,19 @@ fn idle_on_empty_topics_then_a_historical_log_gives_the_replays_triggers() {
         "the watermark gauge moves with the idle advance"
     );
     assert!(pretext.terminate().success());
+}
+
+/// The trigger ids on `topic` once every id of `expected` is there (at
+/// most 90 s).
+fn every_trigger(broker: &Broker, topic: &str, expected: &BTreeSet<String>) -> BTreeSet<String> {
+    wait_for("every trigger", Duration::from_secs(90), || {
+        let got = trigger_ids(
+            &broker
+                .consume(topic, expected.len(), Duration::from_secs(3))
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect::<Vec<_>>(),
+        );
+        expected.is_subset(&got).then_some(got)
+    })
 }

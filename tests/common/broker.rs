@@ -1000,3 +1000,42 @@ impl Drop for CommittedReader {
 pub fn send_signal(sig: &str, pid: u32) {
     signal(sig, &pid.to_string());
 }
+
+/// Trigger lines grouped by `crm_id`, each customer's in their order: the
+/// triggers topic has several partitions keyed by crm_id, so order holds
+/// per customer only.
+pub fn by_customer(lines: &[String]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let crm = v["crm_id"].as_str().unwrap_or_default().to_string();
+        out.entry(crm).or_default().push(l.clone());
+    }
+    out
+}
+
+/// splitmix64: a seeded, dependency-free RNG for the kill moments.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A number from the environment, if set (a test's seed or count).
+pub fn env_number(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+    )
+}
