@@ -128,6 +128,8 @@ pub struct Config {
     pub http: Http,
     /// Log output.
     pub log: Log,
+    /// Several instances in one consumer group (docs/scale-out.md).
+    pub scale: Scale,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -538,6 +540,7 @@ const RESERVED_CLIENT_SETTINGS: &[(&str, Option<&str>)] = &[
     ("transactional.id", Some("kafka.instance_id")),
     ("acks", None),
     ("request.required.acks", None),
+    ("group.instance.id", Some("scale.instance_id")),
 ];
 
 impl Kafka {
@@ -822,6 +825,79 @@ impl Default for Log {
     }
 }
 
+/// The most partitions `scale.partitions` takes: a guard against a typo,
+/// since each partition is a task with its own state and one partition in
+/// every internal topic.
+pub const MAX_SCALE_PARTITIONS: u32 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scale {
+    /// Partitions of the internal topics (repartition and changelog): the
+    /// most instances that share the work. 1: one instance, no internal
+    /// topics, today's single-instance behaviour.
+    pub partitions: u32,
+    /// Instances that keep a warm copy of each partition's state by
+    /// tailing its changelogs, for a fast failover. Needs `partitions > 1`.
+    pub standby_replicas: u32,
+    /// Static membership: this instance's `group.instance.id`, stable
+    /// across restarts (the pod name); empty: dynamic membership. Read
+    /// only when `partitions > 1`.
+    pub instance_id: String,
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Scale {
+            partitions: 1,
+            standby_replicas: 0,
+            instance_id: String::new(),
+        }
+    }
+}
+
+impl Scale {
+    /// Whether the internal topics and the two-stage topology are in use.
+    pub fn is_partitioned(&self) -> bool {
+        self.partitions > 1
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_SCALE_PARTITIONS).contains(&self.partitions) {
+            return Err(invalid(
+                "scale.partitions",
+                format!(
+                    "must be from 1 to {MAX_SCALE_PARTITIONS}, got {}",
+                    self.partitions
+                ),
+            ));
+        }
+        if self.standby_replicas > 0 && !self.is_partitioned() {
+            return Err(invalid(
+                "scale.standby_replicas",
+                "needs scale.partitions > 1: a single partition has no changelog to tail",
+            ));
+        }
+        // Kafka checks a group.instance.id as it checks a topic name; an
+        // illegal one would only fail at the first JoinGroup.
+        let id = &self.instance_id;
+        let legal = id.len() <= 249
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !legal {
+            return Err(invalid(
+                "scale.instance_id",
+                format!(
+                    "invalid group.instance.id {id:?} (expected at most 249 characters among \
+                     a-z, A-Z, 0-9, '.', '_', '-'; empty for dynamic membership)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -986,6 +1062,8 @@ impl Config {
         self.kafka.check_reserved()?;
         self.topics.validate()?;
         self.holdout.validate()?;
+        self.scale.validate()?;
+        self.check_internal_topic_names()?;
         positive("pressure.window", self.pressure.window)?;
         self.http.listen.parse::<SocketAddr>().map_err(|_| {
             invalid(
@@ -1025,6 +1103,33 @@ impl Config {
             "kafka.producer_max_in_flight",
             self.kafka.producer_max_in_flight,
         )
+    }
+
+    /// With several partitions the internal topics are named after the
+    /// group (`crate::live::topology`): a group id that makes an illegal
+    /// topic name is refused here, naming the group id, rather than by the
+    /// broker at start.
+    fn check_internal_topic_names(&self) -> Result<(), ConfigError> {
+        if !self.scale.is_partitioned() {
+            return Ok(());
+        }
+        let topology = crate::live::topology::Topology::from_config(self);
+        for topic in topology.internal_topics() {
+            check_topic_name("kafka.group_id", &topic.name)?;
+            let clash = self
+                .topics
+                .inputs
+                .iter()
+                .map(|t| ("topics.inputs", t.as_str()));
+            let outputs = self.topics.outputs().into_iter();
+            if let Some((key, _)) = clash.chain(outputs).find(|(_, t)| *t == topic.name) {
+                return Err(invalid(
+                    key,
+                    format!("topic {:?} is an internal topic of scale-out", topic.name),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The settings that make stored state belong to one deployment: input
@@ -1926,5 +2031,81 @@ cooldown = "12h"
         let mut c = Config::default();
         c.kafka.group_id = "other".into();
         assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn scale_defaults_to_one_partition_and_accepts_a_partitioned_setup() {
+        let c = Config::default();
+        assert_eq!(
+            (
+                c.scale.partitions,
+                c.scale.standby_replicas,
+                c.scale.instance_id.as_str()
+            ),
+            (1, 0, "")
+        );
+        assert!(!c.scale.is_partitioned());
+        let c = load_env(&[
+            ("PRETEXT__SCALE__PARTITIONS", "6"),
+            ("PRETEXT__SCALE__STANDBY_REPLICAS", "1"),
+            ("PRETEXT__SCALE__INSTANCE_ID", "pretext-2"),
+        ])
+        .unwrap();
+        assert_eq!(c.scale.partitions, 6);
+        assert_eq!(c.scale.standby_replicas, 1);
+        assert_eq!(c.scale.instance_id, "pretext-2");
+        assert!(c.scale.is_partitioned());
+    }
+
+    #[test]
+    fn a_bad_scale_value_names_its_key() {
+        let cases: [(&str, &[(&str, &str)], &str); 6] = [
+            ("[scale]\npartitions = 0", &[], "scale.partitions"),
+            ("[scale]\npartitions = 5000", &[], "scale.partitions"),
+            ("[scale]\npartitions = -2", &[], "scale.partitions"),
+            (
+                "[scale]\nstandby_replicas = 1",
+                &[],
+                "scale.standby_replicas",
+            ),
+            ("[scale]\ninstance_id = \"pod 0\"", &[], "scale.instance_id"),
+            ("[scale]\nshards = 3", &[], "scale.shards"),
+        ];
+        for (toml, vars, key) in cases {
+            let e = load_str(toml, vars).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{toml}: {e}");
+        }
+        let e = load_env(&[("PRETEXT__SCALE__PARTITIONS", "0")]).unwrap_err();
+        assert_eq!(e.key(), Some("scale.partitions"));
+        assert_eq!(e.var(), Some("PRETEXT__SCALE__PARTITIONS"));
+        assert!(e.to_string().contains("from 1 to 4096"), "{e}");
+    }
+
+    #[test]
+    fn static_membership_is_set_by_scale_instance_id_not_the_pass_through() {
+        let e = load_str("[kafka.consumer]\n\"group.instance.id\" = \"a\"", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("kafka.consumer.group.instance.id"));
+        assert!(e.to_string().contains("scale.instance_id"), "{e}");
+    }
+
+    #[test]
+    fn a_group_id_that_makes_an_illegal_internal_topic_is_refused_when_partitioned() {
+        let long = "g".repeat(240);
+        // One partition: no internal topics, any legal group id goes.
+        let vars = [("PRETEXT__KAFKA__GROUP_ID", long.as_str())];
+        assert!(load_env(&vars).is_ok());
+        let vars = [
+            ("PRETEXT__KAFKA__GROUP_ID", long.as_str()),
+            ("PRETEXT__SCALE__PARTITIONS", "3"),
+        ];
+        let e = load_env(&vars).unwrap_err();
+        assert_eq!(e.key(), Some("kafka.group_id"), "{e}");
+        let e = load_env(&[
+            ("PRETEXT__KAFKA__GROUP_ID", "shop"),
+            ("PRETEXT__SCALE__PARTITIONS", "3"),
+            ("PRETEXT__TOPICS__TRIGGERS", "shop.by-customer"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key(), Some("topics.triggers"), "{e}");
     }
 }

@@ -179,7 +179,19 @@ static EXPERIMENT: Case = Case {
     ],
 };
 
-fn cases() -> [&'static Case; 6] {
+/// Scale-out: internal topics with 6 partitions, a standby, 3 pods with
+/// static membership (docs/scale-out.md).
+static SCALED: Case = Case {
+    name: "scale-out: 6 partitions, a standby, 3 replicas",
+    sets: &[
+        "replicaCount=3",
+        "allowMultipleReplicas=true",
+        "config.scale.partitions=6",
+        "config.scale.standby_replicas=1",
+    ],
+};
+
+fn cases() -> [&'static Case; 7] {
     [
         &DEFAULT,
         &MOVED,
@@ -187,6 +199,7 @@ fn cases() -> [&'static Case; 6] {
         &REPLICATED,
         &SECURED,
         &EXPERIMENT,
+        &SCALED,
     ]
 }
 
@@ -1295,6 +1308,35 @@ fn exactly_once_reaches_pretext_and_each_pod_has_its_own_identity() {
         .find(|e| e["name"].as_str() == Some("PRETEXT__KAFKA__INSTANCE_ID"))
         .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].as_str());
     assert_eq!(instance, Some(Some("metadata.name")));
+}
+
+/// The value source of an environment variable of the container, if set.
+fn env_var<'a>(docs: &'a [Yaml], name: &str) -> Option<&'a Yaml> {
+    seq(&container(docs)["env"])
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+}
+
+#[test]
+fn the_scale_values_reach_pretext_and_only_partitioned_pods_are_static_members() {
+    let docs = render(&DEFAULT);
+    let (_, config) = rendered_config(&docs);
+    assert_eq!(config.scale, pretext::config::Scale::default());
+    // One partition keeps dynamic membership, as before scale-out.
+    assert!(env_var(&docs, "PRETEXT__SCALE__INSTANCE_ID").is_none());
+
+    let docs = render(&SCALED);
+    let (toml, config) = rendered_config(&docs);
+    assert_eq!(config.scale.partitions, 6, "{toml}");
+    assert_eq!(config.scale.standby_replicas, 1, "{toml}");
+    assert_eq!(config.scale.instance_id, "", "the pod sets it");
+    let static_id = env_var(&docs, "PRETEXT__SCALE__INSTANCE_ID")
+        .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].as_str());
+    assert_eq!(static_id, Some(Some("metadata.name")));
+    assert_eq!(
+        the(&docs, "StatefulSet")["spec"]["replicas"].as_u64(),
+        Some(3)
+    );
 }
 
 #[test]

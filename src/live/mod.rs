@@ -14,14 +14,21 @@
 //! partitions are handed over (see `source`). `offsets` owns the next
 //! offset to read, `idle` the idle advance, `events` the operational
 //! events (each logs and counts), `topics` the output topics' check.
+//!
+//! Scale-out (docs/scale-out.md) is being built: `topology` holds the
+//! stages, the internal topics and the router, `internal_topics` creates
+//! and checks those topics. With `scale.partitions > 1`, `run` checks the
+//! internal topics and then stops: the partitioned pipeline is not built.
 
 pub mod events;
 pub mod idle;
+pub mod internal_topics;
 pub mod offsets;
 pub mod pipeline;
 mod sink;
 mod source;
 mod topics;
+pub mod topology;
 pub mod txn;
 
 use std::future::Future;
@@ -36,6 +43,8 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::http::{self, Health};
 use crate::metrics::{Metrics, MetricsError};
+
+use internal_topics::InternalTopicError;
 
 use offsets::Offsets;
 use pipeline::{Pipeline, Stop, SystemClock};
@@ -106,6 +115,14 @@ pub enum LiveError {
         committed: i64,
         offset: i64,
     },
+    #[error(transparent)]
+    InternalTopics(#[from] InternalTopicError),
+    #[error(
+        "scale.partitions = {partitions}: the internal topics are ready, but live mode does \
+         not run partitioned yet (docs/scale-out.md, \"Not built yet\"); set \
+         scale.partitions = 1 to run as a single instance"
+    )]
+    PartitionedNotBuilt { partitions: u32 },
     #[error("cannot listen on {addr}: {source}")]
     Http {
         addr: String,
@@ -124,7 +141,8 @@ impl LiveError {
     /// (the contract's "bad configuration"), 1 for any other failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            LiveError::MissingTopic { .. } => 2,
+            LiveError::MissingTopic { .. } | LiveError::PartitionedNotBuilt { .. } => 2,
+            LiveError::InternalTopics(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -246,7 +264,23 @@ fn spawn_pipeline(
     Ok(worker)
 }
 
+/// How long the internal topics may take to be listed, created and
+/// checked at start.
+const INTERNAL_TOPICS_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn run_pipeline(config: Config, health: Health, stop: &Arc<Stop>) -> Result<(), LiveError> {
+    if config.scale.is_partitioned() {
+        // Before the state opens: a refused start leaves no state behind.
+        let ensured = internal_topics::ensure(&config, INTERNAL_TOPICS_TIMEOUT)?;
+        info!(
+            created = ensured.created.len(),
+            existing = ensured.existing.len(),
+            "internal topics ready"
+        );
+        return Err(LiveError::PartitionedNotBuilt {
+            partitions: config.scale.partitions,
+        });
+    }
     let engine = Engine::open(&config.state.dir, &config)?;
     health.queries.open(engine.store().reader());
     let offsets = Offsets::from_stored(engine.stored_offsets()?);
