@@ -11,7 +11,10 @@ mod broker;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use broker::{generated, unique, write_config, Broker, Pretext, Topics};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use broker::{generated, kafka_classpath, unique, write_config, Broker, Pretext, Topics};
 use pretext::config::Config;
 use pretext::live::internal_topics::{ensure, Ensured, InternalTopicError};
 use pretext::live::topology::{Stage, TopicKind, Topology};
@@ -290,6 +293,36 @@ fn send(producer: &BaseProducer, mut record: BaseRecord<'_, str, str>) {
     }
 }
 
+/// Produces one record per key (value `-`) to `topic` with Kafka's own
+/// console producer: the Java client and its default partitioner, not
+/// librdkafka.
+fn java_produce_keys(broker: &Broker, topic: &str, keys: &BTreeSet<String>) {
+    let mut child = Command::new("java")
+        .arg("-cp")
+        .arg(kafka_classpath())
+        .arg("org.apache.kafka.tools.ConsoleProducer")
+        .args(["--bootstrap-server", &broker.addr, "--topic", topic])
+        .args(["--reader-property", "parse.key=true"])
+        .args(["--reader-property", "key.separator=\t"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run java");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for key in keys {
+            writeln!(stdin, "{key}\t-").unwrap();
+        }
+    } // closed: the producer sends what it read, then exits
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "console producer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_router_partitions_agree_with_the_java_partitioner_seen_by_an_independent_consumer() {
     let broker = Broker::start();
@@ -345,6 +378,19 @@ fn the_router_partitions_agree_with_the_java_partitioner_seen_by_an_independent_
         .into_iter()
         .map(|(k, p, _)| (k, p))
         .collect();
+    // And the Java client itself, on its own topic.
+    let java_mirror = unique("java-mirror");
+    broker.create_topics(&[java_mirror.as_str()], partitions);
+    java_produce_keys(&broker, &java_mirror, &keys);
+    let java_client: BTreeMap<String, i32> =
+        read_all(&broker, &java_mirror, partitions, keys.len())
+            .into_iter()
+            .map(|(k, p, _)| (k, p))
+            .collect();
+    assert_eq!(
+        java_client, java_partition,
+        "librdkafka's murmur2 and the Java client's default partitioner agree"
+    );
     let by_cookie = topology.repartition_topic(Stage::Identity);
     let by_customer = topology.repartition_topic(Stage::Customer);
     let cookie_messages = read_all(&broker, by_cookie, partitions, expected[by_cookie]);
