@@ -24,7 +24,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -344,7 +343,7 @@ fn the_router_partitions_agree_with_the_java_partitioner_seen_by_an_independent_
         .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
-    let mut expected: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
     let mut keys = BTreeSet::new();
     let mut promotions = 0;
     for line in &lines {
@@ -364,7 +363,7 @@ fn the_router_partitions_agree_with_the_java_partitioner_seen_by_an_independent_
                     .payload(line.as_str())
                     .partition(p),
             );
-            *expected.entry(d.topic).or_default() += 1;
+            *expected.entry(d.topic.to_string()).or_default() += 1;
         }
         if keys.insert(d.key.to_string()) {
             send(&java, BaseRecord::to(&mirror).key(d.key).payload(""));
