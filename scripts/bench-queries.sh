@@ -7,8 +7,10 @@
 # Starts a local Apache Kafka broker (scripts/kafka.sh), produces EVENTS
 # generated events (pretext gen) to one input topic, then starts
 # `pretext run` on that backlog with a query token and, while it catches
-# up, alternates phases of PHASE seconds: without queries, and with wrk
-# sending QUERY_RATE queries/s (GET /v1/customers/C…, random customers).
+# up, waits WARMUP s, then alternates PHASES phases of PHASE seconds (odd,
+# so every query phase has a phase without queries on each side): without
+# queries, and with wrk sending QUERY_RATE queries/s (GET
+# /v1/customers/C…, random customers).
 # Ingestion per phase is the growth of pretext_events_total (applied
 # events) over the phase, from /metrics; wrk prints the latencies of its
 # phases (--latency), and once more after the backlog is applied (no
@@ -18,10 +20,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${PRETEXT_BIN:-$root/target/release/pretext}"
 kafka_sh="${KAFKA_SH:-$root/scripts/kafka.sh}"
-events="${EVENTS:-3000000}"
+events="${EVENTS:-4000000}"
 customers="${CUSTOMERS:-100000}"
 phase="${PHASE:-10}"
-phases="${PHASES:-5}"
+phases="${PHASES:-11}"
 rate="${QUERY_RATE:-200}"
 connections="${CONNECTIONS:-4}"
 token="bench-token-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -125,7 +127,11 @@ if [ -n "${UPTO:-}" ]; then
   exit 0
 fi
 
+# WARMUP s first: the first seconds, on an empty state, run far faster
+# than what follows and would skew the first comparison.
+sleep "${WARMUP:-10}"
 echo "phase  queries  applied_events  events_per_s"
+rates=()
 for i in $(seq 1 "$phases"); do
   before="$(applied)"
   t0=$(date +%s.%N)
@@ -139,9 +145,21 @@ for i in $(seq 1 "$phases"); do
   fi
   after="$(applied)"
   secs="$(echo "$(date +%s.%N) - $t0" | bc)"
-  printf "%5d  %7s  %14d  %12.0f\n" "$i" "$mode" "$((after - before))" \
-    "$(echo "($after - $before) / $secs" | bc -l)"
+  rates+=("$(echo "($after - $before) / $secs" | bc -l)")
+  printf "%5d  %7s  %14d  %12.0f\n" "$i" "$mode" "$((after - before))" "${rates[i - 1]}"
 done
+# Ingestion falls as the state grows, so a query phase is compared with the
+# mean of the phases either side of it, which cancels a steady trend.
+# The counter moves a batch at a time, so one phase's figure is off by up
+# to a batch; the sum over all query phases averages that out.
+on=0 around=0
+for ((i = 2; i < phases; i += 2)); do
+  printf "phase %d against its neighbours: %.3f\n" "$i" \
+    "$(echo "2 * ${rates[i - 1]} / (${rates[i - 2]} + ${rates[i]})" | bc -l)"
+  on="$(echo "$on + ${rates[i - 1]}" | bc -l)"
+  around="$(echo "$around + (${rates[i - 2]} + ${rates[i]}) / 2" | bc -l)"
+done
+printf "all query phases against their neighbours: %.3f\n" "$(echo "$on / $around" | bc -l)"
 # The same queries once the backlog is applied (or ingestion stalled):
 # latency without ingestion.
 last=-1

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use rocksdb::compaction_filter::Decision as CompactionDecision;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
-    ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction,
+    IteratorMode, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -604,6 +604,8 @@ impl Snapshot<'_> {
 const MEMTABLE_BUDGET: usize = 96 << 20;
 /// Data, index and filter blocks cached, shared by all families.
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
+/// The size of one partition of an SST file's filter or index.
+const METADATA_BLOCK_BYTES: usize = 4 << 10;
 
 fn cf_options(cf: Cf, cache: &Cache) -> Options {
     let mut opts = Options::default();
@@ -625,10 +627,20 @@ fn cf_options(cf: Cf, cache: &Cache) -> Options {
     // Index and filter blocks count against the cache rather than growing
     // with the state; L0's stay pinned, since every lookup reads them.
     table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     // Point lookups of absent keys (new cookies, unseen event ids, customers
     // without a tombstone) dominate; a bloom filter answers them from memory.
     table.set_bloom_filter(10.0, false);
+    // Filters and indexes cut into small partitions under a pinned top
+    // level. A whole-file filter of a large SST outgrows a shard of the
+    // block cache, so it was evicted as soon as it was read: every lookup
+    // then re-read it from the file and verified its checksum, and lookups
+    // slowed as the state grew. A partition is one block, so it stays.
+    table.set_partition_filters(true);
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_metadata_block_size(METADATA_BLOCK_BYTES);
+    table.set_pin_top_level_index_and_filter(true);
     opts.set_block_based_table_factory(&table);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts
