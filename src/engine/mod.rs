@@ -212,6 +212,28 @@ impl Engine {
     /// Writes the state changes so far and the next input offsets in one
     /// atomic RocksDB write batch.
     pub fn commit(&mut self, offsets: &[SourceOffset]) -> Result<(), EngineError> {
+        self.stage_commit(offsets);
+        self.store.commit()?;
+        Ok(())
+    }
+
+    /// As `commit`, with the RocksDB write left to another thread while the
+    /// caller goes on; the engine reads the batch at once. `wait_committed`
+    /// tells when it is on disk (the next commit waits for it too).
+    pub fn commit_in_background(&mut self, offsets: &[SourceOffset]) -> Result<(), EngineError> {
+        self.stage_commit(offsets);
+        self.store.commit_in_background()?;
+        Ok(())
+    }
+
+    /// Waits for the write of `commit_in_background`.
+    pub fn wait_committed(&mut self) -> Result<(), EngineError> {
+        self.store.wait_landed()?;
+        Ok(())
+    }
+
+    /// Adds the next input offsets and the engine's own meta to the batch.
+    fn stage_commit(&mut self, offsets: &[SourceOffset]) {
         let store = &mut self.store;
         for o in offsets {
             meta::put_offset(store, o);
@@ -224,8 +246,6 @@ impl Engine {
         }
         meta::put(store, Num::PendingChecks, self.stats.pending_checks);
         self.dedup.save(store);
-        store.commit()?;
-        Ok(())
     }
 
     /// Every input offset stored by `commit`.

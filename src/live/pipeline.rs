@@ -62,6 +62,10 @@ pub trait BatchSource {
     /// These offsets are now stored with the state.
     fn committed(&mut self, offsets: &[SourceOffset]);
 
+    /// Whether partitions were revoked while the last batch was collected
+    /// (`finish_revoke` has work to do).
+    fn revoke_pending(&self) -> bool;
+
     /// Hands over partitions revoked while the last batch was collected,
     /// now that it is committed; `offsets` are the stored positions.
     fn finish_revoke(&mut self, offsets: &Offsets);
@@ -321,6 +325,10 @@ pub struct Pipeline<S, O, C> {
     /// Exactly-once: what committed transactions hold and the state lacks.
     recovery: Recovery,
     crash: eos::CrashPoint,
+    /// At least once: the offsets of the batch whose state is still being
+    /// written (`Engine::commit_in_background`), told to the source once
+    /// it has landed.
+    landing: Option<Vec<SourceOffset>>,
 }
 
 impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
@@ -345,6 +353,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
             eos,
             recovery: Recovery::default(),
             crash: eos::CrashPoint::from_env(),
+            landing: None,
             config,
             engine,
             offsets,
@@ -360,7 +369,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     /// finished and committed) or an error. On an error the state is no
     /// longer served: readiness goes false.
     pub fn run(&mut self, stop: &Stop) -> Result<(), LiveError> {
-        let result = self.run_loop(stop);
+        let result = self.run_loop(stop).and_then(|()| self.settle());
         if result.is_err() {
             self.health.state_open.store(false, Ordering::Release);
             self.observe();
@@ -398,7 +407,11 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
             } else {
                 self.process(&batch)?;
             }
-            // A revoke ended the batch: it is committed, hand the partitions over.
+            // A revoke ended the batch: once it is stored, hand the
+            // partitions over.
+            if self.source.revoke_pending() {
+                self.settle()?;
+            }
             self.source.finish_revoke(&self.offsets);
         }
         Ok(())
@@ -440,10 +453,32 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     }
 
     /// State and offsets in one write batch; then memory and Kafka follow.
+    /// At least once, the write lands while the next batch is polled and
+    /// applied: its triggers are acknowledged already, and a crash before
+    /// it lands replays the batch, as a crash before the write did.
+    /// Exactly-once waits for it: the next transaction must not begin
+    /// before the state holds this one.
     fn commit(&mut self, next: &[SourceOffset]) -> Result<(), LiveError> {
-        self.engine.commit(next)?;
+        if self.eos {
+            self.engine.commit(next)?;
+            self.offsets.advance(next);
+            self.source.committed(next);
+            return Ok(());
+        }
+        self.settle()?;
+        self.engine.commit_in_background(next)?;
         self.offsets.advance(next);
-        self.source.committed(next);
+        self.landing = Some(next.to_vec());
+        Ok(())
+    }
+
+    /// Waits for the state write in flight, then tells the source its
+    /// offsets are stored.
+    fn settle(&mut self) -> Result<(), LiveError> {
+        self.engine.wait_committed()?;
+        if let Some(next) = self.landing.take() {
+            self.source.committed(&next);
+        }
         Ok(())
     }
 

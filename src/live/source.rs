@@ -673,6 +673,14 @@ impl BatchSource for Source {
     /// that it is committed to the state: first their offsets go to Kafka,
     /// synchronously, while the partitions are still ours, then they are
     /// unassigned and the rebalance goes on.
+    fn revoke_pending(&self) -> bool {
+        self.consumer
+            .context()
+            .pending_revoke
+            .lock()
+            .is_ok_and(|p| p.is_some())
+    }
+
     fn finish_revoke(&mut self, offsets: &Offsets) {
         let context = self.consumer.context();
         let Some(tpl) = context

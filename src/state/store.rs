@@ -6,6 +6,10 @@
 //! the input offsets that go with it) lands all or nothing, and hot keys read
 //! and written many times in a batch cost one RocksDB write.
 //!
+//! In live mode a batch's write can land on another thread while the next
+//! batch is applied (`commit_in_background`): until it has, reads look
+//! through the current overlay, then the landing one, then RocksDB.
+//!
 //! The overlay is a hash map (point lookups dominate: one per event and
 //! family); only the families the engine scans also keep their written keys
 //! in order. The timer and tombstone families are small and read after
@@ -16,11 +20,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use rocksdb::compaction_filter::Decision as CompactionDecision;
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction,
-    IteratorMode, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode,
+    Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -124,6 +129,8 @@ pub enum StateError {
     },
     #[error("corrupt state record in {cf}: {detail}")]
     Corrupt { cf: &'static str, detail: String },
+    #[error("cannot start the state writer thread: {0}")]
+    Spawn(String),
 }
 
 /// The approximate size of the state, for metrics.
@@ -219,6 +226,14 @@ pub struct Store {
     path: PathBuf,
     /// Whether a commit waits for the WAL to reach the disk.
     sync: bool,
+    /// The last batch committed in the background, until it has landed.
+    landing: Option<Landing>,
+}
+
+/// A committed batch being written to RocksDB by its own thread.
+struct Landing {
+    overlays: Arc<Vec<Overlay>>,
+    writer: JoinHandle<Result<(), rocksdb::Error>>,
 }
 
 /// Tells from a value of the expiring family whether it is dead: compaction
@@ -275,6 +290,7 @@ impl Store {
             fresh: vec![FxHashSet::default(); Cf::ALL.len()],
             path: dir.to_path_buf(),
             sync: false,
+            landing: None,
         };
         for cf in Cf::ALL.into_iter().filter(|cf| cf.resident()) {
             let entries = store.committed(cf)?;
@@ -324,8 +340,11 @@ impl Store {
         if cf.resident() {
             return self.resident[cf.index()].get(key).map(|v| f(v)).transpose();
         }
-        if let Some(v) = self.overlays[cf.index()].writes.get(key) {
-            return v.as_deref().map(f).transpose();
+        let landing = self.landing.as_ref().map(|l| &l.overlays[cf.index()]);
+        for overlay in std::iter::once(&self.overlays[cf.index()]).chain(landing) {
+            if let Some(v) = overlay.writes.get(key) {
+                return v.as_deref().map(f).transpose();
+            }
         }
         let pinned = self
             .db
@@ -396,7 +415,11 @@ impl Store {
             IteratorMode::From(lower, Direction::Forward),
         );
         let overlay = self.overlays[cf.index()].range(lower, upper);
-        merge(cf, disk, overlay, limit)
+        let landing = self
+            .landing
+            .iter()
+            .flat_map(|l| l.overlays[cf.index()].range(lower, upper));
+        merge(cf, disk, layered(overlay, landing), limit)
     }
 
     /// Bytes of uncommitted writes, so callers can bound a batch.
@@ -406,36 +429,49 @@ impl Store {
 
     /// Writes every uncommitted change in one atomic write batch.
     pub fn commit(&mut self) -> Result<(), StateError> {
-        let mut batch = WriteBatch::default();
-        let empty = Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect();
-        let overlays = std::mem::replace(&mut self.overlays, empty);
-        self.fresh.iter_mut().for_each(FxHashSet::clear);
-        for (cf, overlay) in Cf::ALL.into_iter().zip(overlays) {
-            let handle = self.handle(cf);
-            let mut writes: Vec<_> = overlay.writes.into_iter().collect();
-            // The memtable is a skip list: keys inserted in order reuse the
-            // previous insert's search path, in random order each pays a
-            // full search with its cache misses.
-            writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (k, v) in writes {
-                match v {
-                    Some(v) => batch.put_cf(handle, k, v),
-                    None => batch.delete_cf(handle, k),
-                }
-            }
-        }
-        self.overlay_bytes = 0;
-        let mut wo = WriteOptions::default();
-        // The WAL stays on: a killed process must find state and offsets
-        // from the same batch. Syncing each batch is left to the OS, unless
-        // exactly-once asked for it (`set_sync`).
-        wo.set_sync(self.sync);
-        self.db
-            .write_opt(batch, &wo)
-            .map_err(|source| StateError::Write {
+        self.wait_landed()?;
+        let overlays = self.take_overlays();
+        write_overlays(&self.db, &overlays, self.sync).map_err(|source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// As `commit`, but the write runs on its own thread while the caller
+    /// goes on (and reads see the batch at once); `wait_landed` waits for
+    /// it. One batch lands at a time: this waits for the previous one.
+    pub fn commit_in_background(&mut self) -> Result<(), StateError> {
+        self.wait_landed()?;
+        let overlays = Arc::new(self.take_overlays());
+        let (db, batch, sync) = (Arc::clone(&self.db), Arc::clone(&overlays), self.sync);
+        let writer = std::thread::Builder::new()
+            .name("pretext-state-writer".into())
+            .spawn(move || write_overlays(&db, &batch, sync))
+            .map_err(|e| StateError::Spawn(e.to_string()))?;
+        self.landing = Some(Landing { overlays, writer });
+        Ok(())
+    }
+
+    /// Waits until the batch committed in the background is in RocksDB.
+    pub fn wait_landed(&mut self) -> Result<(), StateError> {
+        let Some(landing) = self.landing.take() else {
+            return Ok(());
+        };
+        match landing.writer.join() {
+            Ok(result) => result.map_err(|source| StateError::Write {
                 path: self.path.clone(),
                 source,
-            })
+            }),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// The uncommitted writes, leaving empty overlays in their place.
+    fn take_overlays(&mut self) -> Vec<Overlay> {
+        let empty = Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect();
+        self.fresh.iter_mut().for_each(FxHashSet::clear);
+        self.overlay_bytes = 0;
+        std::mem::replace(&mut self.overlays, empty)
     }
 
     /// Size and key count estimates from RocksDB (committed data only).
@@ -478,6 +514,40 @@ impl Store {
             })
             .collect()
     }
+}
+
+impl Drop for Store {
+    /// A batch still landing is written before RocksDB closes.
+    fn drop(&mut self) {
+        if let Err(error) = self.wait_landed() {
+            tracing::error!(%error, "the last state write failed");
+        }
+    }
+}
+
+/// The overlays' writes in one atomic write batch.
+fn write_overlays(db: &DB, overlays: &[Overlay], sync: bool) -> Result<(), rocksdb::Error> {
+    let mut batch = WriteBatch::default();
+    for (cf, overlay) in Cf::ALL.into_iter().zip(overlays) {
+        let handle = cf_handle(db, cf);
+        let mut writes: Vec<_> = overlay.writes.iter().collect();
+        // The memtable is a skip list: keys inserted in order reuse the
+        // previous insert's search path, in random order each pays a
+        // full search with its cache misses.
+        writes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.put_cf(handle, k, v),
+                None => batch.delete_cf(handle, k),
+            }
+        }
+    }
+    let mut wo = WriteOptions::default();
+    // The WAL stays on: a killed process must find state and offsets
+    // from the same batch. Syncing each batch is left to the OS, unless
+    // exactly-once asked for it (`set_sync`).
+    wo.set_sync(sync);
+    db.write_opt(batch, &wo)
 }
 
 fn cf_handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -654,6 +724,30 @@ fn has_first_string(key: &[u8]) -> bool {
     first_str_len(key).is_some()
 }
 
+/// Two overlays' ranges as one, in key order; `top` wins on equal keys.
+fn layered<'a>(
+    top: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    below: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
+    let (mut top, mut below) = (top.peekable(), below.peekable());
+    std::iter::from_fn(move || {
+        let order = match (top.peek(), below.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(t), Some(b)) => t.0.cmp(b.0),
+        };
+        match order {
+            std::cmp::Ordering::Less => top.next(),
+            std::cmp::Ordering::Greater => below.next(),
+            std::cmp::Ordering::Equal => {
+                below.next();
+                top.next()
+            }
+        }
+    })
+}
+
 /// Merges a RocksDB iterator with the overlay's range: the overlay wins on
 /// equal keys and its deletions hide the disk entry.
 fn merge<'a, D, O>(cf: Cf, mut disk: D, mut overlay: O, limit: usize) -> Result<Entries, StateError>
@@ -739,6 +833,55 @@ mod tests {
         assert_eq!(keys(&bounded), vec![&b"b"[..], b"e"]);
         let limited = s.scan(Cf::Timers, b"", None, 2).unwrap();
         assert_eq!(keys(&limited), vec![&b"a"[..], b"b"]);
+    }
+
+    #[test]
+    fn a_batch_landing_in_the_background_is_read_through_until_it_has_landed() {
+        let (dir, mut s) = store();
+        for k in [b"a", b"c", b"e"] {
+            s.put(Cf::Meta, k.to_vec(), b"disk".to_vec());
+        }
+        s.commit().unwrap();
+        s.put(Cf::Meta, b"b".to_vec(), b"landing".to_vec());
+        s.delete(Cf::Meta, b"c".to_vec());
+        s.put(Cf::Meta, b"e".to_vec(), b"landing".to_vec());
+        s.commit_in_background().unwrap();
+        // The current batch over the landing one: "b" deleted again, "c"
+        // back, "e" rewritten.
+        s.delete(Cf::Meta, b"b".to_vec());
+        s.put(Cf::Meta, b"c".to_vec(), b"now".to_vec());
+        assert_eq!(s.get(Cf::Meta, b"e").unwrap(), Some(b"landing".to_vec()));
+        assert_eq!(s.get(Cf::Meta, b"b").unwrap(), None);
+        let all = s.scan(Cf::Meta, b"", None, 100).unwrap();
+        let expected = [
+            (b"a", b"disk".as_slice()),
+            (b"c", b"now"),
+            (b"e", b"landing"),
+        ];
+        let expected: Entries = expected
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(all, expected);
+        s.wait_landed().unwrap();
+        assert_eq!(s.scan(Cf::Meta, b"", None, 100).unwrap(), expected);
+        let on_disk: Entries = [
+            (b"a", b"disk".as_slice()),
+            (b"b", b"landing"),
+            (b"e", b"landing"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+        assert_eq!(s.committed(Cf::Meta).unwrap(), on_disk);
+        s.commit_in_background().unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.committed(Cf::Meta).unwrap(),
+            expected,
+            "dropping waits for the write"
+        );
     }
 
     #[test]
