@@ -459,16 +459,13 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     /// Exactly-once waits for it: the next transaction must not begin
     /// before the state holds this one.
     fn commit(&mut self, next: &[SourceOffset]) -> Result<(), LiveError> {
-        if self.eos {
-            self.engine.commit(next)?;
-            self.offsets.advance(next);
-            self.source.committed(next);
-            return Ok(());
-        }
         self.settle()?;
         self.engine.commit_in_background(next)?;
         self.offsets.advance(next);
         self.landing = Some(next.to_vec());
+        if self.eos {
+            self.settle()?;
+        }
         Ok(())
     }
 

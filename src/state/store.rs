@@ -519,8 +519,14 @@ impl Store {
 impl Drop for Store {
     /// A batch still landing is written before RocksDB closes.
     fn drop(&mut self) {
-        if let Err(error) = self.wait_landed() {
-            tracing::error!(%error, "the last state write failed");
+        let Some(landing) = self.landing.take() else {
+            return;
+        };
+        // Logged, not raised: a panic here could abort an unwinding thread.
+        match landing.writer.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the last state write failed"),
+            Err(_) => tracing::error!("the state writer thread panicked"),
         }
     }
 }
