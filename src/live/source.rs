@@ -669,10 +669,6 @@ impl BatchSource for Source {
         Ok(())
     }
 
-    /// Hands over partitions revoked while a batch was being collected, now
-    /// that it is committed to the state: first their offsets go to Kafka,
-    /// synchronously, while the partitions are still ours, then they are
-    /// unassigned and the rebalance goes on.
     fn revoke_pending(&self) -> bool {
         self.consumer
             .context()
@@ -681,6 +677,10 @@ impl BatchSource for Source {
             .is_ok_and(|p| p.is_some())
     }
 
+    /// Hands over partitions revoked while a batch was being collected, now
+    /// that it is committed to the state: first their offsets go to Kafka,
+    /// synchronously, while the partitions are still ours, then they are
+    /// unassigned and the rebalance goes on.
     fn finish_revoke(&mut self, offsets: &Offsets) {
         let context = self.consumer.context();
         let Some(tpl) = context

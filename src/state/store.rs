@@ -130,7 +130,7 @@ pub enum StateError {
     #[error("corrupt state record in {cf}: {detail}")]
     Corrupt { cf: &'static str, detail: String },
     #[error("cannot start the state writer thread: {0}")]
-    Spawn(String),
+    Spawn(#[source] std::io::Error),
 }
 
 /// The approximate size of the state, for metrics.
@@ -431,10 +431,7 @@ impl Store {
     pub fn commit(&mut self) -> Result<(), StateError> {
         self.wait_landed()?;
         let overlays = self.take_overlays();
-        write_overlays(&self.db, &overlays, self.sync).map_err(|source| StateError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        write_overlays(&self.db, &overlays, self.sync).map_err(|e| self.write_error(e))
     }
 
     /// As `commit`, but the write runs on its own thread while the caller
@@ -447,7 +444,7 @@ impl Store {
         let writer = std::thread::Builder::new()
             .name("pretext-state-writer".into())
             .spawn(move || write_overlays(&db, &batch, sync))
-            .map_err(|e| StateError::Spawn(e.to_string()))?;
+            .map_err(StateError::Spawn)?;
         self.landing = Some(Landing { overlays, writer });
         Ok(())
     }
@@ -458,11 +455,15 @@ impl Store {
             return Ok(());
         };
         match landing.writer.join() {
-            Ok(result) => result.map_err(|source| StateError::Write {
-                path: self.path.clone(),
-                source,
-            }),
+            Ok(result) => result.map_err(|e| self.write_error(e)),
             Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    fn write_error(&self, source: rocksdb::Error) -> StateError {
+        StateError::Write {
+            path: self.path.clone(),
+            source,
         }
     }
 
@@ -841,6 +842,13 @@ mod tests {
         assert_eq!(keys(&limited), vec![&b"a"[..], b"b"]);
     }
 
+    fn entries(pairs: &[(&[u8], &[u8])]) -> Entries {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+
     #[test]
     fn a_batch_landing_in_the_background_is_read_through_until_it_has_landed() {
         let (dir, mut s) = store();
@@ -859,26 +867,11 @@ mod tests {
         assert_eq!(s.get(Cf::Meta, b"e").unwrap(), Some(b"landing".to_vec()));
         assert_eq!(s.get(Cf::Meta, b"b").unwrap(), None);
         let all = s.scan(Cf::Meta, b"", None, 100).unwrap();
-        let expected = [
-            (b"a", b"disk".as_slice()),
-            (b"c", b"now"),
-            (b"e", b"landing"),
-        ];
-        let expected: Entries = expected
-            .iter()
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect();
+        let expected = entries(&[(b"a", b"disk"), (b"c", b"now"), (b"e", b"landing")]);
         assert_eq!(all, expected);
         s.wait_landed().unwrap();
         assert_eq!(s.scan(Cf::Meta, b"", None, 100).unwrap(), expected);
-        let on_disk: Entries = [
-            (b"a", b"disk".as_slice()),
-            (b"b", b"landing"),
-            (b"e", b"landing"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .collect();
+        let on_disk = entries(&[(b"a", b"disk"), (b"b", b"landing"), (b"e", b"landing")]);
         assert_eq!(s.committed(Cf::Meta).unwrap(), on_disk);
         s.commit_in_background().unwrap();
         drop(s);
