@@ -63,7 +63,7 @@ pub const DEFS: [Def; 20] = [
     ),
     def(
         "pretext_batch_duration_seconds",
-        "Time to apply a batch, produce its output and commit it (at least once, its state write lands during the next batch)",
+        "Time to apply a batch, send its output and commit it (at least once, its acknowledgement and state write land during the next batch)",
     ),
     def(
         "pretext_event_time_lag_seconds",

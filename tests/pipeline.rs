@@ -3,12 +3,12 @@
 //! output and a clock the test moves. What Kafka adds on top (rebalance
 //! callbacks, the producer) is tested end to end in tests/live_e2e.rs.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pretext::config::{Config, Dur};
@@ -16,7 +16,7 @@ use pretext::engine::{Engine, SourceOffset};
 use pretext::event::Millis;
 use pretext::http::Health;
 use pretext::live::offsets::Offsets;
-use pretext::live::pipeline::{BatchSource, Clock, Output, Pipeline, Stop};
+use pretext::live::pipeline::{Acknowledgement, BatchSource, Clock, Output, Pipeline, Stop};
 use pretext::live::txn::{GroupMetadata, GroupPosition, TxnOffset};
 use pretext::live::{InputMessage, LiveError};
 use pretext::metrics::Metrics;
@@ -48,7 +48,9 @@ enum Seen {
     Rewound(Vec<SourceOffset>),
 }
 
-type Log = Rc<RefCell<Vec<Seen>>>;
+/// Shared with the acknowledgements, which are waited for on the state
+/// writer's thread.
+type Log = Arc<Mutex<Vec<Seen>>>;
 
 #[derive(Clone)]
 struct FakeClock {
@@ -148,7 +150,8 @@ impl BatchSource for FakeSource {
     fn committed(&mut self, offsets: &[SourceOffset]) {
         if !offsets.is_empty() {
             self.log
-                .borrow_mut()
+                .lock()
+                .unwrap()
                 .push(Seen::Committed(offsets.to_vec()));
         }
     }
@@ -163,7 +166,8 @@ impl BatchSource for FakeSource {
         }
         let parts: Vec<(&str, i32)> = self.pending_revoke.iter().map(|&p| (TOPIC, p)).collect();
         self.log
-            .borrow_mut()
+            .lock()
+            .unwrap()
             .push(Seen::HandedOver(offsets.of(parts)));
         self.pending_revoke.clear();
     }
@@ -185,7 +189,7 @@ impl BatchSource for FakeSource {
     }
 
     fn rewind(&mut self, to: &[SourceOffset]) -> Result<(), LiveError> {
-        self.log.borrow_mut().push(Seen::Rewound(to.to_vec()));
+        self.log.lock().unwrap().push(Seen::Rewound(to.to_vec()));
         Ok(())
     }
 }
@@ -209,16 +213,12 @@ impl Output for RecordingOutput {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), LiveError> {
-        if self.fail_flush {
-            let failed = self.queued.len() as u64;
-            self.queued.clear();
-            return Err(LiveError::Delivery { failed });
-        }
-        let mut log = self.log.borrow_mut();
-        log.append(&mut self.queued);
-        log.push(Seen::Flushed);
-        Ok(())
+    fn seal(&mut self) -> Box<dyn Acknowledgement> {
+        Box::new(RecordedAck {
+            log: self.log.clone(),
+            sent: std::mem::take(&mut self.queued),
+            fail: self.fail_flush,
+        })
     }
 
     fn begin(&mut self) -> Result<(), LiveError> {
@@ -226,7 +226,7 @@ impl Output for RecordingOutput {
             self.queued.is_empty(),
             "nothing is sent between transactions"
         );
-        self.log.borrow_mut().push(Seen::Begun);
+        self.log.lock().unwrap().push(Seen::Begun);
         Ok(())
     }
 
@@ -245,7 +245,7 @@ impl Output for RecordingOutput {
                 ),
             });
         }
-        let mut log = self.log.borrow_mut();
+        let mut log = self.log.lock().unwrap();
         log.append(&mut self.queued);
         log.push(Seen::TxnCommitted(offsets.to_vec()));
         Ok(())
@@ -253,7 +253,27 @@ impl Output for RecordingOutput {
 
     fn abort_txn(&mut self) {
         self.queued.clear();
-        self.log.borrow_mut().push(Seen::Aborted);
+        self.log.lock().unwrap().push(Seen::Aborted);
+    }
+}
+
+/// A sealed batch: logged as sent and flushed once waited for, or failed.
+struct RecordedAck {
+    log: Log,
+    sent: Vec<Seen>,
+    fail: bool,
+}
+
+impl Acknowledgement for RecordedAck {
+    fn wait(mut self: Box<Self>) -> Result<(), LiveError> {
+        if self.fail {
+            let failed = self.sent.len() as u64;
+            return Err(LiveError::Delivery { failed });
+        }
+        let mut log = self.log.lock().unwrap();
+        log.append(&mut self.sent);
+        log.push(Seen::Flushed);
+        Ok(())
     }
 }
 
@@ -277,7 +297,7 @@ impl Harness {
         Harness {
             config,
             clock: FakeClock::at(wall),
-            log: Rc::new(RefCell::new(Vec::new())),
+            log: Arc::new(Mutex::new(Vec::new())),
             metrics: Arc::new(Metrics::new().unwrap()),
         }
     }
@@ -331,7 +351,7 @@ impl Harness {
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.log.borrow().clone()
+        self.log.lock().unwrap().clone()
     }
 
     fn reopen(&self) -> Engine {
@@ -405,22 +425,20 @@ fn outputs_go_out_in_firing_order_and_are_flushed_before_the_offsets_are_committ
     assert!(matches!(&seen[0], Seen::Sent { topic, payload }
         if topic == "dead" && payload["reason"] == dead["reason"] && payload["offset"] == 1));
     assert_eq!(seen[1], Seen::Flushed);
-    let triggers = sent_to(&seen[2..4], "triggers");
+    // The source hears of a batch's offsets once its output is
+    // acknowledged and its state has landed, which the next batch's commit
+    // waits for (both happened while the second batch was applied), and of
+    // the last at the end. (The fake logs a message once acknowledged.)
+    assert_eq!(seen[2], Seen::Committed(vec![offset(0, 2), offset(1, 1)]));
+    let triggers = sent_to(&seen[3..5], "triggers");
     let crms: Vec<&str> = triggers
         .iter()
         .map(|t| t["crm_id"].as_str().unwrap())
         .collect();
     assert_eq!(crms, ["C1", "C2"]);
-    assert_eq!(seen[4], Seen::Flushed);
-    // The source hears of a batch's offsets once its state has landed,
-    // which the next batch's commit waits for (the first batch's state
-    // was written while the second was applied), and the last at the end.
     assert_eq!(
         seen[5..],
-        [
-            Seen::Committed(vec![offset(0, 2), offset(1, 1)]),
-            Seen::Committed(vec![offset(1, 2)])
-        ]
+        [Seen::Flushed, Seen::Committed(vec![offset(1, 2)])]
     );
     drop(engine);
     assert_eq!(
@@ -526,6 +544,30 @@ fn a_failed_publish_commits_nothing_and_the_batch_is_read_again() {
     assert_eq!(sent_to(&seen, "triggers").len(), 1);
     assert_eq!(sent_to(&seen, "dead").len(), 1);
     assert_eq!(seen.last(), Some(&Seen::Committed(vec![offset(0, 3)])));
+}
+
+#[test]
+fn a_batch_whose_output_fails_while_the_next_is_applied_stores_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let first = vec![
+        msg(0, 0, &view("e1", "C1", "P1", T0)),
+        msg(0, 1, &view("e2", "C1", "P1", T0 + 2 * HOUR)),
+    ];
+    let second = vec![msg(0, 2, &view("e3", "C2", "P2", T0 + 3 * HOUR))];
+    let steps = vec![Step::Batch(first), Step::Batch(second)];
+    let (result, engine) = h.run(steps, true);
+    // The first batch's trigger failed while the second was applied: its
+    // error ends the run at the second's commit.
+    assert!(
+        matches!(result, Err(LiveError::Delivery { failed: 1 })),
+        "{result:?}"
+    );
+    drop(engine);
+    assert!(h.seen().is_empty(), "nothing flushed, nothing committed");
+    let reopened = h.reopen();
+    assert_eq!(reopened.stored_offsets().unwrap(), vec![]);
+    assert_eq!(reopened.max_event_ts(), None, "neither batch was stored");
 }
 
 #[test]
@@ -675,14 +717,11 @@ fn holdout_triggers_and_conversions_go_to_their_topics_before_the_commit() {
     assert_eq!(conversions[0]["trigger_id"], holdout[0]["trigger_id"]);
     assert_eq!(conversions[0]["order_id"], "O-b1");
     let tail = &seen[seen.len() - 4..];
-    assert!(matches!(&tail[0], Seen::Sent { topic, .. } if topic == "conversions"));
+    assert_eq!(tail[0], Seen::Committed(vec![offset(0, 2)]));
+    assert!(matches!(&tail[1], Seen::Sent { topic, .. } if topic == "conversions"));
     assert_eq!(
-        tail[1..],
-        [
-            Seen::Flushed,
-            Seen::Committed(vec![offset(0, 2)]),
-            Seen::Committed(vec![offset(0, 3)])
-        ]
+        tail[2..],
+        [Seen::Flushed, Seen::Committed(vec![offset(0, 3)])]
     );
     let text = h.metrics.render();
     for series in [

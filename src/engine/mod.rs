@@ -24,7 +24,7 @@ use std::path::Path;
 use crate::config::Config;
 use crate::event::{Body, Event, Millis, Purchase, View};
 use crate::state::keys::str_key;
-use crate::state::store::Entries;
+use crate::state::store::{Entries, Gate};
 use crate::state::{Cf, StateError, StateSize, Store};
 use crate::trigger::{Conversion, Trigger};
 
@@ -218,11 +218,16 @@ impl Engine {
     }
 
     /// As `commit`, with the RocksDB write left to another thread while the
-    /// caller goes on; the engine reads the batch at once. `wait_committed`
-    /// tells when it is on disk (the next commit waits for it too).
-    pub fn commit_in_background(&mut self, offsets: &[SourceOffset]) -> Result<(), EngineError> {
+    /// caller goes on, once `gate` has passed there; the engine reads the
+    /// batch at once. `wait_committed` tells when it is on disk (the next
+    /// commit waits for it too).
+    pub fn commit_in_background(
+        &mut self,
+        offsets: &[SourceOffset],
+        gate: Gate,
+    ) -> Result<(), EngineError> {
         self.stage_commit(offsets);
-        self.store.commit_in_background()?;
+        self.store.commit_in_background(gate)?;
         Ok(())
     }
 

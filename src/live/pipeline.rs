@@ -3,11 +3,13 @@
 //! 1. `apply_batch`, the pure step: decoded messages through the engine,
 //!    giving the batch's output (triggers, dead letters) and the next input
 //!    offsets. It changes the state in memory only; nothing is committed.
-//! 2. The effectful step, in this order: publish the output and flush it
-//!    (every message acknowledged), then commit the state with the offsets
-//!    (one RocksDB write batch), then tell the source (Kafka's committed
-//!    offsets, for monitoring). A failure before the commit leaves the
-//!    state and offsets as they were: the batch is read again.
+//! 2. The effectful step, in this order: send the output; once every
+//!    message of it is acknowledged, commit the state with the offsets
+//!    (one RocksDB write batch); then tell the source (Kafka's committed
+//!    offsets, for monitoring). The acknowledgement and the write happen on
+//!    the state writer's thread while the next batch is polled and applied.
+//!    A failure before the write leaves the state and offsets as they were:
+//!    the batch is read again.
 //!
 //! With `kafka.exactly_once` the effectful step is one Kafka transaction
 //! (the output and the next input offsets) committed before the RocksDB
@@ -26,10 +28,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Topics};
 use crate::deadletter::DeadLetter;
-use crate::decode::{decode, Reason};
-use crate::engine::{Engine, Outcome, SourceOffset, TriggerSink};
-use crate::event::Millis;
+use crate::decode::{decode, Reason, Rejection};
+use crate::engine::{Engine, EngineError, Outcome, SourceOffset, TriggerSink};
+use crate::event::{Event, Millis};
 use crate::http::Health;
+use crate::state::store::{Gate, GateError};
+use crate::state::StateError;
 use crate::trigger::{Conversion, Group, Trigger};
 
 use super::events::{DeadLettered, SkippedBelowPosition};
@@ -91,9 +95,10 @@ pub trait Output {
     /// Queues one message.
     fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<(), LiveError>;
 
-    /// Returns once every queued message is acknowledged; an error if any
-    /// was not, so the batch's offsets are not stored.
-    fn flush(&mut self) -> Result<(), LiveError>;
+    /// Ends a batch's output: the acknowledgement of every message sent
+    /// since the last seal, to wait for before the batch's offsets are
+    /// stored.
+    fn seal(&mut self) -> Box<dyn Acknowledgement>;
 
     /// Exactly-once: opens the transaction of one batch's output.
     fn begin(&mut self) -> Result<(), LiveError>;
@@ -110,6 +115,15 @@ pub trait Output {
 
     /// Exactly-once: aborts the open transaction (a send failed).
     fn abort_txn(&mut self);
+}
+
+/// One batch's output on its way to the broker. Waited for on the state
+/// writer's thread, so the broker acknowledges a batch while the next one
+/// is applied.
+pub trait Acknowledgement: Send {
+    /// Returns once every message of the batch is acknowledged; an error
+    /// if any was not (the batch's state and offsets are then not stored).
+    fn wait(self: Box<Self>) -> Result<(), LiveError>;
 }
 
 /// The two clocks the pipeline reads: a monotonic one for timeouts, the
@@ -230,21 +244,53 @@ pub struct Applied {
 }
 
 /// The pure step: applies `batch` to the engine, in order. The state
-/// changes stay uncommitted. An engine error names the message.
+/// changes stay uncommitted. An engine error names the message. Messages
+/// are decoded a chunk ahead on a thread of their own, as in replay.
 pub fn apply_batch(
     engine: &mut Engine,
     offsets: &Offsets,
     batch: &[InputMessage],
     max_bytes: usize,
 ) -> Result<Applied, LiveError> {
+    if batch.len() <= DECODE_CHUNK {
+        let decoded = batch.iter().map(|m| decode(&m.payload, max_bytes));
+        return apply_decoded(engine, offsets, batch.iter().zip(decoded));
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_CHUNKS_AHEAD);
+        scope.spawn(move || {
+            for chunk in batch.chunks(DECODE_CHUNK) {
+                let decoded: Vec<_> = chunk
+                    .iter()
+                    .map(|m| decode(&m.payload, max_bytes))
+                    .collect();
+                if tx.send(decoded).is_err() {
+                    return; // the applier stopped on an error
+                }
+            }
+        });
+        let decoded = rx.into_iter().flatten();
+        apply_decoded(engine, offsets, batch.iter().zip(decoded))
+    })
+}
+
+/// Messages per chunk decoded ahead, and chunks that may wait.
+const DECODE_CHUNK: usize = 512;
+const DECODE_CHUNKS_AHEAD: usize = 8;
+
+fn apply_decoded<'m>(
+    engine: &mut Engine,
+    offsets: &Offsets,
+    decoded: impl Iterator<Item = (&'m InputMessage, Result<Event, Rejection>)>,
+) -> Result<Applied, LiveError> {
     let mut out = Applied::default();
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for m in batch {
+    for (m, event) in decoded {
         if offsets.already_applied(m) {
             out.skipped.push((m.topic.clone(), m.partition, m.offset));
             continue;
         }
-        match decode(&m.payload, max_bytes) {
+        match event {
             Ok(event) => {
                 let outcome =
                     engine
@@ -279,13 +325,20 @@ pub fn apply_batch(
     Ok(out)
 }
 
-/// Sends a batch's output and waits for every acknowledgement.
-pub fn publish(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Result<(), LiveError> {
+/// Sends a batch's output; the gate of its state write waits for every
+/// acknowledgement.
+fn publish(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Result<Gate, LiveError> {
     if out.is_empty() {
-        return Ok(());
+        return Ok(open_gate());
     }
     send_all(output, topics, out)?;
-    output.flush()
+    let ack = output.seal();
+    Ok(Box::new(move || ack.wait().map_err(GateError::from)))
+}
+
+/// The gate of a batch with nothing to wait for.
+fn open_gate() -> Gate {
+    Box::new(|| Ok(()))
 }
 
 /// Queues a batch's output, in the order the engine made it.
@@ -371,6 +424,9 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     pub fn run(&mut self, stop: &Stop) -> Result<(), LiveError> {
         let result = self.run_loop(stop).and_then(|()| self.settle());
         if result.is_err() {
+            // The batch still waiting for acknowledgements is given up
+            // (read again on restart) rather than waited for.
+            stop.abandon();
             self.health.state_open.store(false, Ordering::Release);
             self.observe();
         }
@@ -403,6 +459,10 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
                 self.idle.input_at(now);
             }
             if batch.is_empty() {
+                // Nothing to overlap the last batch's acknowledgement and
+                // write with: have them now, so its offsets (and any
+                // failure of its output) do not wait for the next batch.
+                self.settle()?;
                 self.idle_advance()?;
             } else {
                 self.process(&batch)?;
@@ -434,7 +494,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         if let (true, Some(m)) = (applied.applied_any, self.engine.max_event_ts()) {
             self.idle.applied(m, self.clock.wall_ms());
         }
-        self.deliver(&applied.produced, &applied.next, batch)?;
+        let gate = self.deliver(&applied.produced, &applied.next, batch)?;
         for d in &applied.produced.dead_letters {
             DeadLettered {
                 reason: d.reason,
@@ -444,7 +504,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
             }
             .emit(&metrics);
         }
-        self.commit(&applied.next)?;
+        self.commit(&applied.next, gate)?;
         metrics
             .batch_duration
             .observe((self.clock.mono().saturating_sub(started)).as_secs_f64());
@@ -453,14 +513,14 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     }
 
     /// State and offsets in one write batch; then memory and Kafka follow.
-    /// At least once, the write lands while the next batch is polled and
-    /// applied: its triggers are acknowledged already, and a crash before
-    /// it lands replays the batch, as a crash before the write did.
-    /// Exactly-once waits for it: the next transaction must not begin
-    /// before the state holds this one.
-    fn commit(&mut self, next: &[SourceOffset]) -> Result<(), LiveError> {
+    /// At least once, the batch's output is acknowledged and its state
+    /// written (after `gate`, the acknowledgement) while the next batch is
+    /// polled and applied: a crash before it lands replays the batch, as a
+    /// crash before the write did. Exactly-once waits for it: the next
+    /// transaction must not begin before the state holds this one.
+    fn commit(&mut self, next: &[SourceOffset], gate: Gate) -> Result<(), LiveError> {
         self.settle()?;
-        self.engine.commit_in_background(next)?;
+        self.engine.commit_in_background(next, gate)?;
         self.offsets.advance(next);
         self.landing = Some(next.to_vec());
         if self.eos {
@@ -470,9 +530,10 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     }
 
     /// Waits for the state write in flight, then tells the source its
-    /// offsets are stored.
+    /// offsets are stored. A batch withheld for its output is that
+    /// output's error.
     fn settle(&mut self) -> Result<(), LiveError> {
-        self.engine.wait_committed()?;
+        self.engine.wait_committed().map_err(unwithheld)?;
         if let Some(next) = self.landing.take() {
             self.source.committed(&next);
         }
@@ -506,23 +567,24 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
                 "idle watermark advance fired checks"
             );
         }
-        self.deliver(&out, &carriers, &[])?;
-        self.commit(&[])?;
+        let gate = self.deliver(&out, &carriers, &[])?;
+        self.commit(&[], gate)?;
         self.observe();
         Ok(())
     }
 
-    /// A batch's output out: flushed (at least once), or in a transaction
-    /// with `next` (exactly once; `batch` tells where each partition
-    /// started).
+    /// A batch's output out: sent, with the gate that waits for its
+    /// acknowledgement (at least once), or committed in a transaction with
+    /// `next` (exactly once; `batch` tells where each partition started).
     fn deliver(
         &mut self,
         out: &Produced,
         next: &[SourceOffset],
         batch: &[InputMessage],
-    ) -> Result<(), LiveError> {
+    ) -> Result<Gate, LiveError> {
         if self.eos {
-            self.deliver_txn(out, next, batch)
+            self.deliver_txn(out, next, batch)?;
+            Ok(open_gate())
         } else {
             publish(&mut self.output, &self.config.topics, out)
         }
@@ -565,6 +627,17 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     /// Gives the parts back (tests reopen the state from them).
     pub fn into_parts(self) -> (Engine, S, O) {
         (self.engine, self.source, self.output)
+    }
+}
+
+/// An output's error that withheld a batch's state, as that error.
+fn unwithheld(e: EngineError) -> LiveError {
+    match e {
+        EngineError::State(StateError::Withheld(gate)) => match gate.downcast::<LiveError>() {
+            Ok(e) => *e,
+            Err(other) => LiveError::from(EngineError::State(StateError::Withheld(other))),
+        },
+        e => e.into(),
     }
 }
 

@@ -1,11 +1,12 @@
 //! The Kafka side of output: an idempotent producer for triggers and dead
-//! letters, bounded in flight, flushed (every message acknowledged) before
-//! the batch's offsets are stored. With `kafka.exactly_once` it is a
-//! transactional producer: a batch's output and input offsets are committed
-//! in one transaction (see `txn`).
+//! letters, bounded in flight, every message of a batch acknowledged before
+//! the batch's offsets are stored (counted per batch, so one batch is
+//! acknowledged while the next is applied). With `kafka.exactly_once` it is
+//! a transactional producer: a batch's output and input offsets are
+//! committed in one transaction (see `txn`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -20,7 +21,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 
 use super::events::DeliveryFailed;
-use super::pipeline::{Output, Stop};
+use super::pipeline::{Acknowledgement, Output, Stop};
 use super::txn::{GroupMetadata, TxnOffset};
 use super::LiveError;
 
@@ -36,8 +37,60 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 const COMMIT_ATTEMPTS: u32 = 5;
 
 pub struct SinkContext {
-    failed: AtomicU64,
+    ledger: Ledger,
     metrics: Arc<Metrics>,
+}
+
+/// Per output batch (numbered by the sink): messages sent and not yet
+/// acknowledged, and those that failed. The delivery callback runs on
+/// whichever thread polls the producer.
+#[derive(Default)]
+struct Ledger(Mutex<BTreeMap<u64, Tally>>);
+
+#[derive(Default)]
+struct Tally {
+    outstanding: u64,
+    failed: u64,
+}
+
+impl Ledger {
+    fn tallies(&self) -> MutexGuard<'_, BTreeMap<u64, Tally>> {
+        // A panic elsewhere cannot leave a tally half-updated.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sent(&self, batch: u64) {
+        self.tallies().entry(batch).or_default().outstanding += 1;
+    }
+
+    /// A message counted by `sent` that the producer refused.
+    fn unsent(&self, batch: u64) {
+        self.delivered(batch, true);
+    }
+
+    fn delivered(&self, batch: u64, ok: bool) {
+        if let Some(t) = self.tallies().get_mut(&batch) {
+            t.outstanding = t.outstanding.saturating_sub(1);
+            t.failed += u64::from(!ok);
+        }
+    }
+
+    /// `None` while messages of `batch` are outstanding; then how many
+    /// failed, and the batch is forgotten.
+    fn settled(&self, batch: u64) -> Option<u64> {
+        let mut tallies = self.tallies();
+        match tallies.get(&batch) {
+            None => Some(0),
+            Some(t) if t.outstanding == 0 => tallies.remove(&batch).map(|t| t.failed),
+            Some(_) => None,
+        }
+    }
+
+    /// Exactly-once accounts by transaction: what an earlier one left is
+    /// the transaction's business.
+    fn forget_all(&self) {
+        self.tallies().clear();
+    }
 }
 
 impl ClientContext for SinkContext {
@@ -47,11 +100,12 @@ impl ClientContext for SinkContext {
 }
 
 impl ProducerContext for SinkContext {
-    type DeliveryOpaque = ();
+    /// The number of the message's batch.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
+        self.ledger.delivered(batch as u64, result.is_ok());
         if let Err((error, m)) = result {
-            self.failed.fetch_add(1, Ordering::AcqRel);
             DeliveryFailed {
                 topic: m.topic(),
                 error,
@@ -63,12 +117,16 @@ impl ProducerContext for SinkContext {
 
 /// The Kafka producer as the pipeline's `Output`.
 pub struct Sink {
-    producer: BaseProducer<SinkContext>,
+    /// Shared with the acknowledgements, which poll it for delivery
+    /// reports on the state writer's thread.
+    producer: Arc<BaseProducer<SinkContext>>,
     /// Waiting for room or acknowledgements ends when the stop is
     /// abandoned (the shutdown deadline passed).
     stop: Arc<Stop>,
     /// The transactional id, under exactly-once.
     transactional_id: Option<String>,
+    /// The number of the batch being sent.
+    batch: u64,
 }
 
 impl Sink {
@@ -85,7 +143,7 @@ impl Sink {
                 config.kafka.producer_max_in_flight.to_string(),
             );
         let context = SinkContext {
-            failed: AtomicU64::new(0),
+            ledger: Ledger::default(),
             metrics,
         };
         let transactional_id = config
@@ -102,9 +160,10 @@ impl Sink {
                     source,
                 })?;
         let sink = Sink {
-            producer,
+            producer: Arc::new(producer),
             stop,
             transactional_id,
+            batch: 0,
         };
         if let Some(id) = &sink.transactional_id {
             // Fences any earlier producer of the id (a previous run, a
@@ -120,20 +179,9 @@ impl Sink {
     /// Serves delivery reports until every queued message is acknowledged
     /// (or failed), the stop is abandoned, or the flush timeout passes.
     fn wait_acknowledged(&self) -> Result<(), LiveError> {
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
-        while self.producer.in_flight_count() > 0 {
-            if self.stop.is_abandoned() {
-                return Err(LiveError::Abandoned);
-            }
-            if Instant::now() >= deadline {
-                return Err(LiveError::Kafka {
-                    what: "flush the producer",
-                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-                });
-            }
-            self.producer.poll(FLUSH_POLL);
-        }
-        Ok(())
+        serve_reports(&self.producer, &self.stop, || {
+            (self.producer.in_flight_count() == 0).then_some(())
+        })
     }
 
     /// A transactional call failed: fenced (another producer took the id:
@@ -178,6 +226,54 @@ impl Sink {
     }
 }
 
+/// Polls the producer for delivery reports until `done` says so, the stop
+/// is abandoned, or the flush timeout passes. Short polls: between its
+/// checks `BaseProducer::flush` polls for up to 100 ms, and its last poll
+/// often waits that long after the last acknowledgement (a tenth of a
+/// second per batch, measured).
+fn serve_reports<T>(
+    producer: &BaseProducer<SinkContext>,
+    stop: &Stop,
+    mut done: impl FnMut() -> Option<T>,
+) -> Result<T, LiveError> {
+    let deadline = Instant::now() + FLUSH_TIMEOUT;
+    loop {
+        if let Some(t) = done() {
+            return Ok(t);
+        }
+        if stop.is_abandoned() {
+            return Err(LiveError::Abandoned);
+        }
+        if Instant::now() >= deadline {
+            return Err(LiveError::Kafka {
+                what: "flush the producer",
+                source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+            });
+        }
+        producer.poll(FLUSH_POLL);
+    }
+}
+
+/// One batch's output, acknowledged once the ledger has no message of it
+/// outstanding.
+struct SinkAck {
+    producer: Arc<BaseProducer<SinkContext>>,
+    stop: Arc<Stop>,
+    batch: u64,
+}
+
+impl Acknowledgement for SinkAck {
+    /// An error if any message of the batch failed, so its offsets are not
+    /// stored and it is read again.
+    fn wait(self: Box<Self>) -> Result<(), LiveError> {
+        let ledger = &self.producer.context().ledger;
+        match serve_reports(&self.producer, &self.stop, || ledger.settled(self.batch))? {
+            0 => Ok(()),
+            failed => Err(LiveError::Delivery { failed }),
+        }
+    }
+}
+
 /// Whether the producer was fenced: another producer initialized the same
 /// transactional id (librdkafka reports `_FENCED`, the broker
 /// `PRODUCER_FENCED` or `INVALID_PRODUCER_EPOCH`).
@@ -205,44 +301,48 @@ impl Output for Sink {
     /// Queues one message; when the in-flight bound is reached, serves
     /// delivery reports until there is room (or the stop is abandoned).
     fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<(), LiveError> {
+        let ledger = &self.producer.context().ledger;
+        // Counted first: its report may be served before `send` returns.
+        ledger.sent(self.batch);
         loop {
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+            let mut record =
+                BaseRecord::with_opaque_to(topic, self.batch as usize).payload(payload);
             if let Some(k) = key {
                 record = record.key(k);
             }
-            match self.producer.send(record) {
+            let refused = match self.producer.send::<[u8], [u8]>(record) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    if self.stop.is_abandoned() {
-                        return Err(LiveError::Abandoned);
-                    }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if !self.stop.is_abandoned() =>
+                {
                     self.producer.poll(Duration::from_millis(50));
+                    continue;
                 }
-                Err((source, _)) => {
-                    return Err(LiveError::Produce {
-                        topic: topic.to_string(),
-                        source,
-                    })
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    LiveError::Abandoned
                 }
-            }
+                Err((source, _)) => LiveError::Produce {
+                    topic: topic.to_string(),
+                    source,
+                },
+            };
+            ledger.unsent(self.batch);
+            return Err(refused);
         }
     }
 
-    /// Waits until every queued message is acknowledged; an error if any
-    /// failed, so the batch's offsets are not stored and it is read again.
-    fn flush(&mut self) -> Result<(), LiveError> {
-        // Not `BaseProducer::flush`: between its checks it polls for up to
-        // 100 ms, and its last poll often waits that long after the last
-        // acknowledgement (a tenth of a second per batch, measured). Short
-        // polls serve the delivery reports as they come.
-        self.wait_acknowledged()?;
-        match self.producer.context().failed.swap(0, Ordering::AcqRel) {
-            0 => Ok(()),
-            n => Err(LiveError::Delivery { failed: n }),
-        }
+    fn seal(&mut self) -> Box<dyn Acknowledgement> {
+        let ack = SinkAck {
+            producer: Arc::clone(&self.producer),
+            stop: Arc::clone(&self.stop),
+            batch: self.batch,
+        };
+        self.batch += 1;
+        Box::new(ack)
     }
 
     fn begin(&mut self) -> Result<(), LiveError> {
+        self.producer.context().ledger.forget_all();
         self.producer
             .begin_transaction()
             .map_err(|e| self.txn_error("begin a transaction", e))
@@ -279,9 +379,7 @@ impl Output for Sink {
             return Err(e);
         }
         self.commit_with_retries()
-            .map_err(|e| self.txn_error("commit the transaction", e))?;
-        self.producer.context().failed.store(0, Ordering::Release);
-        Ok(())
+            .map_err(|e| self.txn_error("commit the transaction", e))
     }
 
     fn abort_txn(&mut self) {

@@ -42,6 +42,20 @@ const GROUP_TIMEOUT: Duration = Duration::from_secs(30);
 const START_FROM_FIX: &str =
     "check that the broker answers and kafka.start_from is a time the input topics can look up";
 
+/// Consumer settings of pretext's choosing that `kafka.consumer` may
+/// override. Statistics feed the lag gauge. The fetcher keeps ahead of the
+/// pipeline: fetches of up to 8 MiB per partition (librdkafka's default is
+/// 1 MiB, ~4,000 events) and a prefetch of up to a million messages
+/// (default 100,000), both still bounded by `queued.max.messages.kbytes`
+/// (64 MiB): with librdkafka's defaults the fetcher fell behind on a busy
+/// broker and batches ended on `batch_max_wait` part full (BENCHMARKS.md,
+/// "Live mode").
+const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
+    ("statistics.interval.ms", "5000"),
+    ("max.partition.fetch.bytes", "8388608"),
+    ("queued.min.messages", "1000000"),
+];
+
 /// One input message, owned: library types stay at the edge.
 #[derive(Debug, Clone)]
 pub struct InputMessage {
@@ -400,7 +414,10 @@ impl Source {
         metrics: Arc<Metrics>,
     ) -> Result<Source, LiveError> {
         let mut cc = ClientConfig::new();
-        // Pass-through settings first: the ones below keep us safe and win.
+        for (k, v) in CONSUMER_DEFAULTS {
+            cc.set(k, v);
+        }
+        // Pass-through settings next: the ones below keep us safe and win.
         for (k, v) in config.kafka.consumer_settings() {
             cc.set(k, v);
         }
@@ -414,13 +431,6 @@ impl Source {
             // librdkafka's default, made explicit: a recovery must read the
             // same input as the run it repeats, never an aborted record.
             cc.set("isolation.level", "read_committed");
-        }
-        if !config
-            .kafka
-            .consumer_settings()
-            .any(|(k, _)| k == "statistics.interval.ms")
-        {
-            cc.set("statistics.interval.ms", "5000");
         }
         let context = SourceContext {
             positions,

@@ -131,7 +131,18 @@ pub enum StateError {
     Corrupt { cf: &'static str, detail: String },
     #[error("cannot start the state writer thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// The gate of a background commit said no: the batch was not written.
+    #[error("the batch's state was not written: {0}")]
+    Withheld(#[source] GateError),
 }
+
+/// Why a background commit's gate held its batch back.
+pub type GateError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a batch committed in the background waits for, on the writer
+/// thread, before it is written (live mode: the acknowledgement of the
+/// batch's output). An error withholds the batch.
+pub type Gate = Box<dyn FnOnce() -> Result<(), GateError> + Send>;
 
 /// The approximate size of the state, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -233,7 +244,13 @@ pub struct Store {
 /// A committed batch being written to RocksDB by its own thread.
 struct Landing {
     overlays: Arc<Vec<Overlay>>,
-    writer: JoinHandle<Result<(), rocksdb::Error>>,
+    writer: JoinHandle<Result<(), Unwritten>>,
+}
+
+/// Why a landing batch did not reach RocksDB.
+enum Unwritten {
+    Withheld(GateError),
+    Write(rocksdb::Error),
 }
 
 /// Tells from a value of the expiring family whether it is dead: compaction
@@ -435,15 +452,20 @@ impl Store {
     }
 
     /// As `commit`, but the write runs on its own thread while the caller
-    /// goes on (and reads see the batch at once); `wait_landed` waits for
-    /// it. One batch lands at a time: this waits for the previous one.
-    pub fn commit_in_background(&mut self) -> Result<(), StateError> {
+    /// goes on (and reads see the batch at once), once `gate` has passed;
+    /// `wait_landed` waits for it. One batch lands at a time: this waits
+    /// for the previous one. A withheld batch is dropped, and with it every
+    /// later change read through it: the caller must give up the store.
+    pub fn commit_in_background(&mut self, gate: Gate) -> Result<(), StateError> {
         self.wait_landed()?;
         let overlays = Arc::new(self.take_overlays());
         let (db, batch, sync) = (Arc::clone(&self.db), Arc::clone(&overlays), self.sync);
         let writer = std::thread::Builder::new()
             .name("pretext-state-writer".into())
-            .spawn(move || write_overlays(&db, &batch, sync))
+            .spawn(move || {
+                gate().map_err(Unwritten::Withheld)?;
+                write_overlays(&db, &batch, sync).map_err(Unwritten::Write)
+            })
             .map_err(StateError::Spawn)?;
         self.landing = Some(Landing { overlays, writer });
         Ok(())
@@ -455,7 +477,9 @@ impl Store {
             return Ok(());
         };
         match landing.writer.join() {
-            Ok(result) => result.map_err(|e| self.write_error(e)),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Unwritten::Withheld(e))) => Err(StateError::Withheld(e)),
+            Ok(Err(Unwritten::Write(e))) => Err(self.write_error(e)),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
@@ -526,7 +550,12 @@ impl Drop for Store {
         // Logged, not raised: a panic here could abort an unwinding thread.
         match landing.writer.join() {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "the last state write failed"),
+            Ok(Err(Unwritten::Withheld(error))) => {
+                tracing::warn!(%error, "the last batch's state was not written")
+            }
+            Ok(Err(Unwritten::Write(error))) => {
+                tracing::error!(%error, "the last state write failed")
+            }
             Err(_) => tracing::error!("the state writer thread panicked"),
         }
     }
@@ -859,7 +888,7 @@ mod tests {
         s.put(Cf::Meta, b"b".to_vec(), b"landing".to_vec());
         s.delete(Cf::Meta, b"c".to_vec());
         s.put(Cf::Meta, b"e".to_vec(), b"landing".to_vec());
-        s.commit_in_background().unwrap();
+        s.commit_in_background(Box::new(|| Ok(()))).unwrap();
         // The current batch over the landing one: "b" deleted again, "c"
         // back, "e" rewritten.
         s.delete(Cf::Meta, b"b".to_vec());
@@ -873,7 +902,7 @@ mod tests {
         assert_eq!(s.scan(Cf::Meta, b"", None, 100).unwrap(), expected);
         let on_disk = entries(&[(b"a", b"disk"), (b"b", b"landing"), (b"e", b"landing")]);
         assert_eq!(s.committed(Cf::Meta).unwrap(), on_disk);
-        s.commit_in_background().unwrap();
+        s.commit_in_background(Box::new(|| Ok(()))).unwrap();
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(
@@ -881,6 +910,33 @@ mod tests {
             expected,
             "dropping waits for the write"
         );
+    }
+
+    #[test]
+    fn a_background_commit_is_written_only_once_its_gate_passes() {
+        let (dir, mut s) = store();
+        let (open, opened) = std::sync::mpsc::channel::<()>();
+        s.put(Cf::Meta, b"a".to_vec(), b"gated".to_vec());
+        s.commit_in_background(Box::new(move || opened.recv().map_err(|e| e.into())))
+            .unwrap();
+        assert!(
+            s.committed(Cf::Meta).unwrap().is_empty(),
+            "not before the gate"
+        );
+        assert_eq!(s.get(Cf::Meta, b"a").unwrap(), Some(b"gated".to_vec()));
+        open.send(()).unwrap();
+        s.wait_landed().unwrap();
+        assert_eq!(s.committed(Cf::Meta).unwrap(), entries(&[(b"a", b"gated")]));
+
+        s.put(Cf::Meta, b"b".to_vec(), b"withheld".to_vec());
+        s.commit_in_background(Box::new(|| Err("not acknowledged".into())))
+            .unwrap();
+        let err = s.wait_landed().unwrap_err();
+        assert!(matches!(err, StateError::Withheld(_)), "{err}");
+        assert!(err.to_string().contains("not acknowledged"), "{err}");
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.committed(Cf::Meta).unwrap(), entries(&[(b"a", b"gated")]));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use crate::engine::SourceOffset;
 use crate::live::txn::{batch_starts, canonical_order, txn_offsets};
 
 use super::{
-    apply_batch, send_all, BatchSource, Clock, InputMessage, LiveError, Output, Pipeline, Produced,
+    apply_batch, open_gate, send_all, BatchSource, Clock, InputMessage, LiveError, Output,
+    Pipeline, Produced,
 };
 
 impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
@@ -61,7 +62,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         if let (true, Some(m)) = (applied.applied_any, self.engine.max_event_ts()) {
             self.idle.applied(m, self.clock.wall_ms());
         }
-        self.commit(&applied.next)?;
+        self.commit(&applied.next, open_gate())?;
         let out = &applied.produced;
         info!(
             messages = chunk.len(),
@@ -83,7 +84,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
             if self.engine.watermark().is_none_or(|current| current < w) {
                 let mut muted = Produced::default();
                 self.engine.advance_watermark(w, &mut muted)?;
-                self.commit(&[])?;
+                self.commit(&[], open_gate())?;
                 info!(
                     watermark = w,
                     triggers = muted.triggers.len(),
