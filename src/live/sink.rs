@@ -36,6 +36,15 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Retriable commit errors (a coordinator moving) are retried this often.
 const COMMIT_ATTEMPTS: u32 = 5;
 
+/// Producer settings of pretext's choosing that `kafka.producer` may
+/// override. After a broker restart a librdkafka producer can keep a stale
+/// partition leader (logged as "new leader-1 not found in cache") until its
+/// next periodic metadata refresh, 5 minutes by default (librdkafka issues
+/// #3009, #4976), while a batch waits at most 2 minutes for its
+/// acknowledgements: seen once in the broker-restart fault test under
+/// load. A refresh every 30 s keeps such a stall well inside that wait.
+const PRODUCER_DEFAULTS: [(&str, &str); 1] = [("topic.metadata.refresh.interval.ms", "30000")];
+
 pub struct SinkContext {
     ledger: Ledger,
     metrics: Arc<Metrics>,
@@ -132,6 +141,9 @@ pub struct Sink {
 impl Sink {
     pub fn new(config: &Config, metrics: Arc<Metrics>, stop: Arc<Stop>) -> Result<Sink, LiveError> {
         let mut cc = ClientConfig::new();
+        for (k, v) in PRODUCER_DEFAULTS {
+            cc.set(k, v);
+        }
         for (k, v) in config.kafka.producer_settings() {
             cc.set(k, v);
         }
