@@ -2,8 +2,8 @@
 //!
 //! It turns navigation into events resolved to a CRM id (`Resolved`). It
 //! never reads customer state; the customer stage never reads this one. Today
-//! the two talk by function call; scaled out, `Resolved` is what would cross
-//! a repartition topic keyed by CRM id.
+//! the two talk by function call; scaled out, `Resolved` is what crosses
+//! the repartition topic keyed by CRM id (its wire form: `wire`).
 
 use crate::event::{Channel, Millis, ViewKind};
 use crate::state::keys::str_key;
@@ -39,6 +39,19 @@ pub enum Resolved {
         order_id: String,
         channel: Channel,
     },
+}
+
+impl Resolved {
+    /// The customer the event is for: its key on `<group>.by-customer`.
+    pub fn crm_id(&self) -> &str {
+        match self {
+            Resolved::Linked { crm_id, .. }
+            | Resolved::Unlinked { crm_id, .. }
+            | Resolved::Seen { crm_id, .. }
+            | Resolved::View { crm_id, .. }
+            | Resolved::Purchase { crm_id, .. } => crm_id,
+        }
+    }
 }
 
 pub struct Identity<'a> {

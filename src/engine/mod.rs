@@ -18,6 +18,7 @@ pub mod query;
 pub mod records;
 pub mod stats;
 pub mod timers;
+pub mod wire;
 
 use std::path::Path;
 
@@ -30,7 +31,8 @@ use crate::trigger::{Conversion, Trigger};
 
 use customer::CustomerStage;
 use dedup::Dedup;
-use identity::{Identity, Resolved};
+use identity::Identity;
+pub use identity::Resolved;
 use meta::Num;
 pub use meta::SourceOffset;
 use params::Params;
