@@ -571,6 +571,32 @@ fn a_batch_whose_output_fails_while_the_next_is_applied_stores_neither() {
 }
 
 #[test]
+fn a_failed_output_ends_the_run_at_the_next_empty_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let first = vec![
+        msg(0, 0, &view("e1", "C1", "P1", T0)),
+        msg(0, 1, &view("e2", "C1", "P1", T0 + 2 * HOUR)),
+    ];
+    let later = vec![msg(0, 2, &view("e3", "C2", "P2", T0 + 3 * HOUR))];
+    let steps = vec![
+        Step::Batch(first),
+        Step::Quiet(Duration::from_secs(1)),
+        Step::Batch(later),
+    ];
+    let (result, engine) = h.run(steps, true);
+    assert!(
+        matches!(result, Err(LiveError::Delivery { failed: 1 })),
+        "{result:?}"
+    );
+    // With no input to overlap, the acknowledgement is waited for at once:
+    // the batch after the quiet spell is never applied.
+    assert_eq!(engine.max_event_ts(), Some(T0 + 2 * HOUR));
+    drop(engine);
+    assert!(h.seen().is_empty(), "nothing flushed, nothing committed");
+}
+
+#[test]
 fn a_stop_during_a_batch_finishes_and_commits_it() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);

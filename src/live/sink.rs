@@ -400,3 +400,42 @@ impl Output for Sink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Ledger;
+
+    #[test]
+    fn a_batch_settles_once_its_own_messages_are_reported() {
+        let ledger = Ledger::default();
+        ledger.sent(0);
+        ledger.sent(0);
+        ledger.sent(1);
+        assert_eq!(ledger.settled(0), None, "two outstanding");
+        // Reports come in any order across batches.
+        ledger.delivered(1, true);
+        assert_eq!(ledger.settled(1), Some(0), "batch 1 is done");
+        ledger.delivered(0, false);
+        assert_eq!(ledger.settled(0), None);
+        ledger.delivered(0, true);
+        assert_eq!(ledger.settled(0), Some(1), "one of batch 0 failed");
+        assert_eq!(ledger.settled(0), Some(0), "then forgotten");
+        assert_eq!(
+            ledger.settled(7),
+            Some(0),
+            "nothing sent: nothing to wait for"
+        );
+    }
+
+    #[test]
+    fn refused_messages_and_late_reports_do_not_count() {
+        let ledger = Ledger::default();
+        ledger.sent(3);
+        ledger.unsent(3);
+        assert_eq!(ledger.settled(3), Some(0), "refused by the producer");
+        ledger.sent(4);
+        ledger.forget_all();
+        ledger.delivered(4, false);
+        assert_eq!(ledger.settled(4), Some(0), "a report after forget_all");
+    }
+}
