@@ -17,7 +17,11 @@ pub struct Event {
 }
 
 /// What kind of view a navigation event is; each kind has its own score weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Its serde form is the contract's `type` string.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ViewKind {
     ProductView,
     AddToCart,

@@ -546,23 +546,34 @@ fn a_failed_publish_commits_nothing_and_the_batch_is_read_again() {
     assert_eq!(seen.last(), Some(&Seen::Committed(vec![offset(0, 3)])));
 }
 
-#[test]
-fn a_batch_whose_output_fails_while_the_next_is_applied_stores_neither() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+/// Two views of one product two hours apart (the second fires the first's
+/// check: one trigger), and a view of another customer an hour later.
+fn one_trigger_then_one_view() -> (Vec<InputMessage>, Vec<InputMessage>) {
     let first = vec![
         msg(0, 0, &view("e1", "C1", "P1", T0)),
         msg(0, 1, &view("e2", "C1", "P1", T0 + 2 * HOUR)),
     ];
-    let second = vec![msg(0, 2, &view("e3", "C2", "P2", T0 + 3 * HOUR))];
-    let steps = vec![Step::Batch(first), Step::Batch(second)];
-    let (result, engine) = h.run(steps, true);
-    // The first batch's trigger failed while the second was applied: its
-    // error ends the run at the second's commit.
+    let later = vec![msg(0, 2, &view("e3", "C2", "P2", T0 + 3 * HOUR))];
+    (first, later)
+}
+
+fn assert_one_failed(result: &Result<(), LiveError>) {
     assert!(
         matches!(result, Err(LiveError::Delivery { failed: 1 })),
         "{result:?}"
     );
+}
+
+#[test]
+fn a_batch_whose_output_fails_while_the_next_is_applied_stores_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let (first, second) = one_trigger_then_one_view();
+    let steps = vec![Step::Batch(first), Step::Batch(second)];
+    let (result, engine) = h.run(steps, true);
+    // The first batch's trigger failed while the second was applied: its
+    // error ends the run at the second's commit.
+    assert_one_failed(&result);
     drop(engine);
     assert!(h.seen().is_empty(), "nothing flushed, nothing committed");
     let reopened = h.reopen();
@@ -574,21 +585,14 @@ fn a_batch_whose_output_fails_while_the_next_is_applied_stores_neither() {
 fn a_failed_output_ends_the_run_at_the_next_empty_poll() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
-    let first = vec![
-        msg(0, 0, &view("e1", "C1", "P1", T0)),
-        msg(0, 1, &view("e2", "C1", "P1", T0 + 2 * HOUR)),
-    ];
-    let later = vec![msg(0, 2, &view("e3", "C2", "P2", T0 + 3 * HOUR))];
+    let (first, later) = one_trigger_then_one_view();
     let steps = vec![
         Step::Batch(first),
         Step::Quiet(Duration::from_secs(1)),
         Step::Batch(later),
     ];
     let (result, engine) = h.run(steps, true);
-    assert!(
-        matches!(result, Err(LiveError::Delivery { failed: 1 })),
-        "{result:?}"
-    );
+    assert_one_failed(&result);
     // With no input to overlap, the acknowledgement is waited for at once:
     // the batch after the quiet spell is never applied.
     assert_eq!(engine.max_event_ts(), Some(T0 + 2 * HOUR));

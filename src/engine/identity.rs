@@ -5,14 +5,18 @@
 //! the two talk by function call; scaled out, `Resolved` is what crosses
 //! the repartition topic keyed by CRM id (its wire form: `wire`).
 
+use serde::{Deserialize, Serialize};
+
 use crate::event::{Channel, Millis, ViewKind};
 use crate::state::keys::str_key;
 use crate::state::{Cf, StateError, Store};
 
 use super::records::{encode, load, Kept, KeptEvents, Link};
 
-/// An event of a customer, as the identity stage hands it on.
-#[derive(Debug, Clone, PartialEq)]
+/// An event of a customer, as the identity stage hands it on. Its serde
+/// form is the body of a `resolved` record (`wire`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resolved", rename_all = "snake_case")]
 pub enum Resolved {
     /// The cookie is linked to this customer now.
     Linked { crm_id: String, cookie_id: String },
@@ -26,6 +30,7 @@ pub enum Resolved {
     },
     View {
         crm_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         cookie_id: Option<String>,
         product_id: String,
         kind: ViewKind,
@@ -33,10 +38,12 @@ pub enum Resolved {
     },
     Purchase {
         crm_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         cookie_id: Option<String>,
         product_ids: Vec<String>,
         ts: Millis,
         order_id: String,
+        #[serde(with = "super::wire::channel_name")]
         channel: Channel,
     },
 }

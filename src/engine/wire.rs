@@ -15,8 +15,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Channel, Millis, ViewKind};
-
 use super::identity::Resolved;
 
 /// The header that tells a repartition record's kind.
@@ -61,13 +59,17 @@ pub struct Origin {
     pub seq: u32,
 }
 
-/// A resolved event for the customer stage. `category` rides along with a
-/// view that named one (the customer partition records it, contract
-/// difference 3 in docs/scale-out.md).
-#[derive(Debug, Clone, PartialEq)]
+/// A resolved event for the customer stage: the origin's members, then
+/// `resolved` naming the variant and its members, then `category`, which
+/// rides along with a view that named one (the customer partition records
+/// it, contract difference 3 in docs/scale-out.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomerRecord {
+    #[serde(flatten)]
     pub origin: Origin,
+    #[serde(flatten)]
     pub resolved: Resolved,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
 }
 
@@ -82,72 +84,12 @@ pub struct Forget {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    #[error("invalid {kind} record: {source}")]
-    Json {
-        kind: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("invalid {kind} record: `{member}` is {value:?}, expected one of {expected}")]
-    Value {
-        kind: &'static str,
-        member: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+#[error("invalid {kind} record: {source}")]
+pub struct WireError {
+    kind: &'static str,
+    #[source]
+    source: serde_json::Error,
 }
-
-/// The body of a `CustomerRecord`, `resolved` naming the variant.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "resolved", rename_all = "snake_case")]
-enum Body {
-    Linked {
-        #[serde(flatten)]
-        origin: Origin,
-        crm_id: String,
-        cookie_id: String,
-    },
-    Unlinked {
-        #[serde(flatten)]
-        origin: Origin,
-        crm_id: String,
-        cookie_id: String,
-    },
-    Seen {
-        #[serde(flatten)]
-        origin: Origin,
-        crm_id: String,
-        cookie_id: String,
-        ts: Millis,
-    },
-    View {
-        #[serde(flatten)]
-        origin: Origin,
-        crm_id: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        cookie_id: Option<String>,
-        product_id: String,
-        kind: String,
-        ts: Millis,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        category: Option<String>,
-    },
-    Purchase {
-        #[serde(flatten)]
-        origin: Origin,
-        crm_id: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        cookie_id: Option<String>,
-        product_ids: Vec<String>,
-        ts: Millis,
-        order_id: String,
-        channel: String,
-    },
-}
-
-const RESOLVED: &str = "resolved";
-const FORGET: &str = "forget";
 
 impl CustomerRecord {
     /// The record's key on `<group>.by-customer`.
@@ -156,137 +98,13 @@ impl CustomerRecord {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        let origin = self.origin.clone();
-        let body = match self.resolved.clone() {
-            Resolved::Linked { crm_id, cookie_id } => Body::Linked {
-                origin,
-                crm_id,
-                cookie_id,
-            },
-            Resolved::Unlinked { crm_id, cookie_id } => Body::Unlinked {
-                origin,
-                crm_id,
-                cookie_id,
-            },
-            Resolved::Seen {
-                crm_id,
-                cookie_id,
-                ts,
-            } => Body::Seen {
-                origin,
-                crm_id,
-                cookie_id,
-                ts,
-            },
-            Resolved::View {
-                crm_id,
-                cookie_id,
-                product_id,
-                kind,
-                ts,
-            } => Body::View {
-                origin,
-                crm_id,
-                cookie_id,
-                product_id,
-                kind: kind.as_str().to_string(),
-                ts,
-                category: self.category.clone(),
-            },
-            Resolved::Purchase {
-                crm_id,
-                cookie_id,
-                product_ids,
-                ts,
-                order_id,
-                channel,
-            } => Body::Purchase {
-                origin,
-                crm_id,
-                cookie_id,
-                product_ids,
-                ts,
-                order_id,
-                channel: channel.as_str().to_string(),
-            },
-        };
-        serde_json::to_vec(&body).expect("a record of strings and integers serialises")
+        serde_json::to_vec(self).expect("a record of strings and integers serialises")
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<CustomerRecord, WireError> {
-        let body: Body = serde_json::from_slice(bytes).map_err(|source| WireError::Json {
-            kind: RESOLVED,
+        serde_json::from_slice(bytes).map_err(|source| WireError {
+            kind: "resolved",
             source,
-        })?;
-        let (origin, resolved, category) = match body {
-            Body::Linked {
-                origin,
-                crm_id,
-                cookie_id,
-            } => (origin, Resolved::Linked { crm_id, cookie_id }, None),
-            Body::Unlinked {
-                origin,
-                crm_id,
-                cookie_id,
-            } => (origin, Resolved::Unlinked { crm_id, cookie_id }, None),
-            Body::Seen {
-                origin,
-                crm_id,
-                cookie_id,
-                ts,
-            } => (
-                origin,
-                Resolved::Seen {
-                    crm_id,
-                    cookie_id,
-                    ts,
-                },
-                None,
-            ),
-            Body::View {
-                origin,
-                crm_id,
-                cookie_id,
-                product_id,
-                kind,
-                ts,
-                category,
-            } => {
-                let kind = view_kind(&kind)?;
-                let resolved = Resolved::View {
-                    crm_id,
-                    cookie_id,
-                    product_id,
-                    kind,
-                    ts,
-                };
-                (origin, resolved, category)
-            }
-            Body::Purchase {
-                origin,
-                crm_id,
-                cookie_id,
-                product_ids,
-                ts,
-                order_id,
-                channel,
-            } => {
-                let channel = channel_of(&channel)?;
-                let resolved = Resolved::Purchase {
-                    crm_id,
-                    cookie_id,
-                    product_ids,
-                    ts,
-                    order_id,
-                    channel,
-                };
-                (origin, resolved, None)
-            }
-        };
-        Ok(CustomerRecord {
-            origin,
-            resolved,
-            category,
         })
     }
 }
@@ -302,40 +120,39 @@ impl Forget {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Forget, WireError> {
-        serde_json::from_slice(bytes).map_err(|source| WireError::Json {
-            kind: FORGET,
+        serde_json::from_slice(bytes).map_err(|source| WireError {
+            kind: "forget",
             source,
         })
     }
 }
 
-fn view_kind(s: &str) -> Result<ViewKind, WireError> {
-    [ViewKind::ProductView, ViewKind::AddToCart]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-        .ok_or_else(|| WireError::Value {
-            kind: RESOLVED,
-            member: "kind",
-            value: s.to_string(),
-            expected: "product_view, add_to_cart",
-        })
-}
+/// A channel by its contract name (`Channel`'s own serde form is the
+/// state records' binary one, by variant index).
+pub(super) mod channel_name {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-fn channel_of(s: &str) -> Result<Channel, WireError> {
-    [Channel::Web, Channel::Store]
-        .into_iter()
-        .find(|c| c.as_str() == s)
-        .ok_or_else(|| WireError::Value {
-            kind: RESOLVED,
-            member: "channel",
-            value: s.to_string(),
-            expected: "web, store",
-        })
+    use crate::event::Channel;
+
+    pub fn serialize<S: Serializer>(c: &Channel, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Channel, D::Error> {
+        let name = String::deserialize(d)?;
+        [Channel::Web, Channel::Store]
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .ok_or_else(|| {
+                D::Error::custom(format!("unknown channel {name:?}, expected web or store"))
+            })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Channel, Millis, ViewKind};
     use serde_json::{json, Value};
 
     fn origin(seq: u32) -> Origin {
@@ -473,11 +290,11 @@ mod tests {
             (br#"{"resolved":"linked","event_id":"e","seq":0,"crm_id":"C"}"#, "cookie_id"),
             (
                 br#"{"resolved":"view","event_id":"e","seq":0,"crm_id":"C","product_id":"P","kind":"click","ts":1}"#,
-                "`kind` is \"click\", expected one of product_view, add_to_cart",
+                "unknown variant `click`, expected `product_view` or `add_to_cart`",
             ),
             (
                 br#"{"resolved":"purchase","event_id":"e","seq":0,"crm_id":"C","product_ids":[],"ts":1,"order_id":"O","channel":"phone"}"#,
-                "`channel` is \"phone\"",
+                "unknown channel \"phone\", expected web or store",
             ),
         ];
         for (bytes, expected) in cases {
@@ -487,6 +304,29 @@ mod tests {
         let err = Forget::from_json(br#"{"event_id":"e","seq":0,"crm_id":"C"}"#).unwrap_err();
         assert!(err.to_string().contains("invalid forget record"), "{err}");
         assert!(err.to_string().contains("cookie_id"), "{err}");
+    }
+
+    #[test]
+    fn view_kinds_and_channels_go_by_their_contract_names() {
+        for kind in [ViewKind::ProductView, ViewKind::AddToCart] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), json!(kind.as_str()));
+        }
+        let purchase = record(
+            Resolved::Purchase {
+                crm_id: "C".into(),
+                cookie_id: None,
+                product_ids: vec![],
+                ts: 1,
+                order_id: "O".into(),
+                channel: Channel::Web,
+            },
+            None,
+        );
+        assert_eq!(body(&purchase)["channel"], "web");
+        assert!(
+            body(&purchase).get("cookie_id").is_none(),
+            "absent, not null"
+        );
     }
 
     #[test]
