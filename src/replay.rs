@@ -17,6 +17,7 @@ use crate::decode::{decode, Reason, Rejection};
 use crate::engine::{Engine, EngineError, EngineStats, Suppressed, TriggerSink};
 use crate::event::Event;
 use crate::progress::{Counters, Counting, Progress};
+use crate::state::store::open_gate;
 use crate::trigger::{Conversion, Group, Trigger, TriggerKind};
 
 /// The bundled sample, replayed when no `--input` is given.
@@ -382,7 +383,7 @@ fn apply_chunks(
                     if engine.uncommitted_bytes() > COMMIT_EVERY_BYTES {
                         // Nothing to wait for: replay writes its output
                         // as it goes and stores no input offsets.
-                        engine.commit_in_background(&[], Box::new(|| Ok(())))?;
+                        engine.commit_in_background(&[], open_gate())?;
                     }
                 }
                 Decoded::Rejected {

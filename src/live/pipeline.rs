@@ -32,7 +32,7 @@ use crate::decode::{decode, Reason, Rejection};
 use crate::engine::{Engine, EngineError, Outcome, SourceOffset, TriggerSink};
 use crate::event::{Event, Millis};
 use crate::http::Health;
-use crate::state::store::{Gate, GateError};
+use crate::state::store::{open_gate, Gate, GateError};
 use crate::state::StateError;
 use crate::trigger::{Conversion, Group, Trigger};
 
@@ -334,11 +334,6 @@ fn publish(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Result<G
     send_all(output, topics, out)?;
     let ack = output.seal();
     Ok(Box::new(move || ack.wait().map_err(GateError::from)))
-}
-
-/// The gate of a batch with nothing to wait for.
-fn open_gate() -> Gate {
-    Box::new(|| Ok(()))
 }
 
 /// Queues a batch's output, in the order the engine made it.

@@ -7,10 +7,10 @@ use tracing::{info, warn};
 
 use crate::engine::SourceOffset;
 use crate::live::txn::{batch_starts, canonical_order, txn_offsets};
+use crate::state::store::open_gate;
 
 use super::{
-    apply_batch, open_gate, send_all, BatchSource, Clock, InputMessage, LiveError, Output,
-    Pipeline, Produced,
+    apply_batch, send_all, BatchSource, Clock, InputMessage, LiveError, Output, Pipeline, Produced,
 };
 
 impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
