@@ -3,10 +3,8 @@
 //! output and a clock the test moves. What Kafka adds on top (rebalance
 //! callbacks, the producer) is tested end to end in tests/live_e2e.rs.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,31 +52,32 @@ type Log = Arc<Mutex<Vec<Seen>>>;
 
 #[derive(Clone)]
 struct FakeClock {
-    mono: Rc<Cell<Duration>>,
-    wall: Rc<Cell<Millis>>,
+    /// Monotonic and wall time; the source, which advances them, may be
+    /// polled on a second thread.
+    now: Arc<Mutex<(Duration, Millis)>>,
 }
 
 impl FakeClock {
     fn at(wall: Millis) -> FakeClock {
         FakeClock {
-            mono: Rc::new(Cell::new(Duration::ZERO)),
-            wall: Rc::new(Cell::new(wall)),
+            now: Arc::new(Mutex::new((Duration::ZERO, wall))),
         }
     }
 
     fn advance(&self, d: Duration) {
-        self.mono.set(self.mono.get() + d);
-        self.wall.set(self.wall.get() + d.as_millis() as Millis);
+        let mut now = self.now.lock().unwrap();
+        now.0 += d;
+        now.1 += d.as_millis() as Millis;
     }
 }
 
 impl Clock for FakeClock {
     fn mono(&self) -> Duration {
-        self.mono.get()
+        self.now.lock().unwrap().0
     }
 
     fn wall_ms(&self) -> Millis {
-        self.wall.get()
+        self.now.lock().unwrap().1
     }
 }
 
@@ -103,6 +102,9 @@ struct FakeSource {
     assigned: bool,
     /// Handed out on the first call of `take_group_positions`.
     positions: Vec<GroupPosition>,
+    /// Whether the pipeline may poll the next batch while it applies one
+    /// (as the Kafka source does at least once).
+    ahead: bool,
 }
 
 impl BatchSource for FakeSource {
@@ -191,6 +193,10 @@ impl BatchSource for FakeSource {
     fn rewind(&mut self, to: &[SourceOffset]) -> Result<(), LiveError> {
         self.log.lock().unwrap().push(Seen::Rewound(to.to_vec()));
         Ok(())
+    }
+
+    fn polls_ahead(&self) -> bool {
+        self.ahead
     }
 }
 
@@ -282,6 +288,8 @@ struct Harness {
     clock: FakeClock,
     log: Log,
     metrics: Arc<Metrics>,
+    /// The source lets the next batch be polled during an apply.
+    polls_ahead: bool,
 }
 
 impl Harness {
@@ -299,6 +307,7 @@ impl Harness {
             clock: FakeClock::at(wall),
             log: Arc::new(Mutex::new(Vec::new())),
             metrics: Arc::new(Metrics::new().unwrap()),
+            polls_ahead: false,
         }
     }
 
@@ -324,6 +333,7 @@ impl Harness {
             pending_revoke: Vec::new(),
             assigned: true,
             positions,
+            ahead: self.polls_ahead,
         };
         let output = RecordingOutput {
             log: self.log.clone(),
@@ -407,8 +417,18 @@ fn sent_to<'a>(seen: &'a [Seen], topic: &str) -> Vec<&'a Value> {
 
 #[test]
 fn outputs_go_out_in_firing_order_and_are_flushed_before_the_offsets_are_committed() {
+    outputs_in_order_flushed_before_commit(false);
+}
+
+#[test]
+fn polled_ahead_outputs_go_out_in_order_and_are_flushed_before_the_offsets_are_committed() {
+    outputs_in_order_flushed_before_commit(true);
+}
+
+fn outputs_in_order_flushed_before_commit(polls_ahead: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    let mut h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    h.polls_ahead = polls_ahead;
     let steps = vec![
         Step::Batch(vec![
             msg(0, 0, &view("e1", "C2", "P2", T0 + MIN)),
@@ -485,6 +505,43 @@ fn messages_below_the_stored_position_are_skipped() {
     );
     assert_eq!(engine.stored_offsets().unwrap(), vec![offset(0, 5)]);
     assert_eq!(h.counter("pretext_skipped_below_position_total"), 3.0);
+}
+
+#[test]
+fn a_batch_polled_ahead_that_a_revoke_ended_is_committed_before_the_hand_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    h.polls_ahead = true;
+    let steps = vec![
+        Step::Batch(vec![msg(1, 6, &view("e0", "C0", "P0", T0))]),
+        // Polled while the first batch is applied.
+        Step::Revoke(
+            vec![
+                msg(0, 4, &view("e1", "C1", "P1", T0)),
+                msg(1, 7, &view("e2", "C2", "P2", T0)),
+            ],
+            vec![1],
+        ),
+        // Polled only once the revoke is handed over.
+        Step::Batch(vec![msg(0, 5, &view("e3", "C3", "P3", T0))]),
+    ];
+    let (result, engine) = h.run(steps, false);
+    result.unwrap();
+    assert_eq!(engine.stats().applied(), 4);
+    let seen: Vec<Seen> = h
+        .seen()
+        .into_iter()
+        .filter(|s| matches!(s, Seen::Committed(_) | Seen::HandedOver(_)))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            Seen::Committed(vec![offset(1, 7)]),
+            Seen::Committed(vec![offset(0, 5), offset(1, 8)]),
+            Seen::HandedOver(vec![offset(1, 8)]),
+            Seen::Committed(vec![offset(0, 6)]),
+        ]
+    );
 }
 
 #[test]

@@ -13,7 +13,9 @@ use crate::engine::SourceOffset;
 
 use super::source::InputMessage;
 
-type Map = HashMap<(String, i32), i64>;
+/// Topic, then partition: a lookup by `&str` needs no allocation (it runs
+/// once per input message).
+type Map = HashMap<String, HashMap<i32, i64>>;
 
 /// The pipeline's offsets: read them, and advance them after a commit.
 pub struct Offsets {
@@ -29,10 +31,12 @@ pub struct OffsetsView {
 impl Offsets {
     /// The offsets stored with the state.
     pub fn from_stored(stored: Vec<SourceOffset>) -> Offsets {
-        let map = stored
-            .into_iter()
-            .map(|o| ((o.topic, o.partition), o.next_offset))
-            .collect();
+        let mut map = Map::new();
+        for o in stored {
+            map.entry(o.topic)
+                .or_default()
+                .insert(o.partition, o.next_offset);
+        }
         Offsets {
             shared: Arc::new(RwLock::new(map)),
         }
@@ -48,9 +52,7 @@ impl Offsets {
     /// Assignment starts every partition at its stored position, so this
     /// takes an offset reset (a recreated topic) to happen.
     pub fn already_applied(&self, m: &InputMessage) -> bool {
-        self.view()
-            .next(&m.topic, m.partition)
-            .is_some_and(|next| m.offset < next)
+        next_of(&self.read(), &m.topic, m.partition).is_some_and(|next| m.offset < next)
     }
 
     /// Called with the offsets `Engine::commit` has just stored, never
@@ -58,7 +60,11 @@ impl Offsets {
     pub fn advance(&mut self, committed: &[SourceOffset]) {
         let mut map = self.shared.write().unwrap_or_else(PoisonError::into_inner);
         for o in committed {
-            map.insert((o.topic.clone(), o.partition), o.next_offset);
+            let partitions = match map.get_mut(&o.topic) {
+                Some(p) => p,
+                None => map.entry(o.topic.clone()).or_default(),
+            };
+            partitions.insert(o.partition, o.next_offset);
         }
     }
 
@@ -80,8 +86,12 @@ impl Offsets {
             .collect()
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Map> {
+        self.shared.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn len(&self) -> usize {
-        self.shared.read().map_or(0, |m| m.len())
+        self.read().values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,8 +103,12 @@ impl OffsetsView {
     /// The next offset to read of a partition, if the state has read it.
     pub fn next(&self, topic: &str, partition: i32) -> Option<i64> {
         let map = self.shared.read().unwrap_or_else(PoisonError::into_inner);
-        map.get(&(topic.to_string(), partition)).copied()
+        next_of(&map, topic, partition)
     }
+}
+
+fn next_of(map: &Map, topic: &str, partition: i32) -> Option<i64> {
+    map.get(topic)?.get(&partition).copied()
 }
 
 #[cfg(test)]

@@ -48,8 +48,9 @@ use super::LiveError;
 /// the original.
 const DEAD_LETTER_PAYLOAD_MAX: usize = 64 * 1024;
 
-/// Where the batches come from (Kafka in production).
-pub trait BatchSource {
+/// Where the batches come from (Kafka in production). `Send`: the next
+/// batch may be polled on a thread of its own while one is applied.
+pub trait BatchSource: Send {
     /// Up to `max` messages within `max_wait`; ends early on a revoke (so
     /// the batch is committed before more is read) or a stop. An error is
     /// fatal: the pipeline stops.
@@ -88,6 +89,12 @@ pub trait BatchSource {
     /// Reads these partitions again from these offsets (what was read past
     /// them is dropped).
     fn rewind(&mut self, to: &[SourceOffset]) -> Result<(), LiveError>;
+
+    /// Whether the next batch may be polled while one is applied (at
+    /// least once only: exactly-once rewinds the source between batches).
+    fn polls_ahead(&self) -> bool {
+        false
+    }
 }
 
 /// Where the output goes (Kafka in production).
@@ -377,6 +384,8 @@ pub struct Pipeline<S, O, C> {
     /// written (`Engine::commit_in_background`), told to the source once
     /// it has landed.
     landing: Option<Vec<SourceOffset>>,
+    /// The next batch, polled while the last one was applied.
+    ahead: Option<Result<Vec<InputMessage>, LiveError>>,
 }
 
 impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
@@ -402,6 +411,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
             recovery: Recovery::default(),
             crash: eos::CrashPoint::from_env(),
             landing: None,
+            ahead: None,
             config,
             engine,
             offsets,
@@ -433,7 +443,10 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         let wait = self.config.kafka.batch_max_wait.std();
         self.observe();
         while !stop.is_requested() {
-            let mut batch = self.source.next_batch(max, wait, stop)?;
+            let mut batch = match self.ahead.take() {
+                Some(polled) => polled?,
+                None => self.source.next_batch(max, wait, stop)?,
+            };
             if stop.is_abandoned() {
                 break;
             }
@@ -460,23 +473,25 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
                 self.settle()?;
                 self.idle_advance()?;
             } else {
-                self.process(&batch)?;
+                self.process(&batch, stop)?;
             }
             // A revoke ended the batch: once it is stored, hand the
-            // partitions over.
-            if self.source.revoke_pending() {
-                self.settle()?;
+            // partitions over. A batch polled ahead ended at the revoke:
+            // it is applied first, its messages being ours.
+            if self.ahead.is_none() {
+                if self.source.revoke_pending() {
+                    self.settle()?;
+                }
+                self.source.finish_revoke(&self.offsets);
             }
-            self.source.finish_revoke(&self.offsets);
         }
         Ok(())
     }
 
     /// Applies a batch, produces its output, then stores state and offsets.
-    fn process(&mut self, batch: &[InputMessage]) -> Result<(), LiveError> {
+    fn process(&mut self, batch: &[InputMessage], stop: &Stop) -> Result<(), LiveError> {
         let started = self.clock.mono();
-        let max_bytes = self.config.input.max_message_bytes;
-        let applied = apply_batch(&mut self.engine, &self.offsets, batch, max_bytes)?;
+        let applied = self.apply_polling_ahead(batch, stop)?;
         let metrics = self.health.metrics.clone();
         for (topic, partition, offset) in &applied.skipped {
             SkippedBelowPosition {
@@ -505,6 +520,41 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
             .observe((self.clock.mono().saturating_sub(started)).as_secs_f64());
         self.observe();
         Ok(())
+    }
+
+    /// Applies `batch`; meanwhile the next one is polled on a second thread
+    /// when the source allows it and no revoke or stop is pending (the
+    /// consumer's copying and waiting then overlap the engine). Nothing
+    /// else touches the source until both are done.
+    fn apply_polling_ahead(
+        &mut self,
+        batch: &[InputMessage],
+        stop: &Stop,
+    ) -> Result<Applied, LiveError> {
+        let max_bytes = self.config.input.max_message_bytes;
+        let (engine, offsets) = (&mut self.engine, &self.offsets);
+        let ahead = !self.eos
+            && self.source.polls_ahead()
+            && !self.source.revoke_pending()
+            && !stop.is_requested();
+        if !ahead {
+            return apply_batch(engine, offsets, batch, max_bytes);
+        }
+        let (max, wait) = (
+            self.config.kafka.batch_max_messages,
+            self.config.kafka.batch_max_wait.std(),
+        );
+        let source = &mut self.source;
+        let (applied, next) = std::thread::scope(|scope| {
+            let polling = scope.spawn(|| source.next_batch(max, wait, stop));
+            let applied = apply_batch(engine, offsets, batch, max_bytes);
+            let next = polling
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (applied, next)
+        });
+        self.ahead = Some(next);
+        applied
     }
 
     /// State and offsets in one write batch; then memory and Kafka follow.

@@ -679,6 +679,10 @@ impl BatchSource for Source {
         Ok(())
     }
 
+    fn polls_ahead(&self) -> bool {
+        !self.eos
+    }
+
     fn revoke_pending(&self) -> bool {
         self.consumer
             .context()
