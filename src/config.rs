@@ -369,6 +369,11 @@ pub struct Kafka {
     pub batch_max_messages: usize,
     /// …or after this long, whichever comes first.
     pub batch_max_wait: Dur,
+    /// At least once: how often the state and the input offsets are
+    /// stored (batches in between are written together, as Kafka Streams'
+    /// `commit.interval.ms`); 0 stores every batch. A crash reads at most
+    /// this much input again; queries see the state as of the last store.
+    pub commit_interval: Dur,
     /// Produced messages not yet acknowledged, at most.
     pub producer_max_in_flight: usize,
     /// On SIGTERM, the time allowed to finish the batch and commit.
@@ -393,6 +398,7 @@ impl Default for Kafka {
             start_from: StartFrom::Earliest,
             batch_max_messages: 20000,
             batch_max_wait: Dur(100),
+            commit_interval: Dur(1000),
             producer_max_in_flight: 10_000,
             shutdown_timeout: Dur::secs(20),
             exactly_once: false,
@@ -513,6 +519,7 @@ impl fmt::Debug for Kafka {
             .field("start_from", &self.start_from)
             .field("batch_max_messages", &self.batch_max_messages)
             .field("batch_max_wait", &self.batch_max_wait)
+            .field("commit_interval", &self.commit_interval)
             .field("producer_max_in_flight", &self.producer_max_in_flight)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("exactly_once", &self.exactly_once)
@@ -1442,6 +1449,7 @@ mod tests {
         assert!(c.kafka.client.is_empty());
         assert_eq!(c.kafka.batch_max_messages, 20000);
         assert_eq!(c.kafka.batch_max_wait, Dur(100));
+        assert_eq!(c.kafka.commit_interval, Dur(1000));
         assert_eq!(c.kafka.producer_max_in_flight, 10_000);
         assert_eq!(c.kafka.shutdown_timeout, Dur(20_000));
         assert_eq!(
@@ -1709,6 +1717,10 @@ cooldown = "12h"
             ),
             ("[state]\ndir = 1\n", "state.dir"),
             ("scoring = 1\n", "scoring"),
+            (
+                "[kafka]\ncommit_interval = \"-1s\"\n",
+                "kafka.commit_interval",
+            ),
         ];
         for (file, key) in cases {
             let r = load_str(file, &[]);

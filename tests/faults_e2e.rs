@@ -793,6 +793,9 @@ fn disk_full_mid_stream(full: Full, dir: &Path, state: PathBuf) {
     let state_env = state.display().to_string();
     let mut env = exact_with_batch("50");
     env.push(("PRETEXT__STATE__DIR", &state_env));
+    // Every batch stored: stores a second apart write so much less (a
+    // record written many times reaches RocksDB once) that this input fits.
+    env.push(("PRETEXT__KAFKA__COMMIT_INTERVAL", "0s"));
     let log = dir.join("pretext.log");
 
     let wrapper: Vec<String> = match &full {

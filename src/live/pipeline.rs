@@ -24,6 +24,7 @@ mod eos;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Topics};
@@ -281,6 +282,10 @@ pub fn apply_batch(
     })
 }
 
+/// At least once, uncommitted state beyond this is stored whatever
+/// `kafka.commit_interval` says: it bounds the memory of the overlay.
+const COMMIT_MAX_BYTES: usize = 32 << 20;
+
 /// Messages per chunk decoded ahead, and chunks that may wait.
 const DECODE_CHUNK: usize = 512;
 const DECODE_CHUNKS_AHEAD: usize = 8;
@@ -386,7 +391,80 @@ pub struct Pipeline<S, O, C> {
     landing: Option<Vec<SourceOffset>>,
     /// The next batch, polled while the last one was applied.
     ahead: Option<Result<Vec<InputMessage>, LiveError>>,
+    /// At least once: batches applied and sent but not yet stored, their
+    /// next offsets merged and their output acknowledgements in order.
+    unstored: Unstored,
 }
+
+/// Batches whose state waits to be written together (`kafka.commit_interval`).
+#[derive(Default)]
+struct Unstored {
+    next: BTreeMap<(String, i32), i64>,
+    /// The batches' gates, passing (or not) on threads of their own from
+    /// the moment each batch is sent: waiting for an acknowledgement serves
+    /// the producer's delivery reports, which frees room for the next
+    /// batches.
+    acks: Vec<Acks>,
+    /// Told when the last gate has been waited for: each waits for the one
+    /// before, across stores, so batches are acknowledged in order.
+    last_acked: Option<Receiver<()>>,
+    /// When the last store began (monotonic).
+    since: Duration,
+}
+
+impl Unstored {
+    fn add_next(&mut self, next: &[SourceOffset]) {
+        for o in next {
+            self.next
+                .insert((o.topic.clone(), o.partition), o.next_offset);
+        }
+    }
+
+    fn add_gate(&mut self, gate: Gate) -> Result<(), LiveError> {
+        let (acked, last_acked) = std::sync::mpsc::sync_channel(1);
+        let before = self.last_acked.replace(last_acked);
+        let waiting = std::thread::Builder::new()
+            .name("pretext-ack".into())
+            .spawn(move || {
+                // Dropped unsent when the waiter before ended on a panic.
+                let _ = before.map(|b| b.recv());
+                let passed = gate();
+                let _ = acked.send(());
+                passed
+            })
+            .map_err(|e| LiveError::from(EngineError::State(StateError::Spawn(e))))?;
+        self.acks.push(waiting);
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.next.is_empty()
+    }
+
+    /// The merged offsets, and one gate that passes once each batch's has,
+    /// in order.
+    fn take(&mut self, now: Duration) -> (Vec<SourceOffset>, Gate) {
+        self.since = now;
+        let next = std::mem::take(&mut self.next)
+            .into_iter()
+            .map(|((topic, partition), next_offset)| SourceOffset {
+                topic,
+                partition,
+                next_offset,
+            })
+            .collect();
+        let acks = std::mem::take(&mut self.acks);
+        let gate: Gate = Box::new(move || {
+            acks.into_iter().try_for_each(|a| {
+                a.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        });
+        (next, gate)
+    }
+}
+
+type Acks = std::thread::JoinHandle<Result<(), GateError>>;
 
 impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     /// `offsets` must be those stored in `engine`'s state (the source was
@@ -412,6 +490,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
             crash: eos::CrashPoint::from_env(),
             landing: None,
             ahead: None,
+            unstored: Unstored::default(),
             config,
             engine,
             offsets,
@@ -427,7 +506,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     /// finished and committed) or an error. On an error the state is no
     /// longer served: readiness goes false.
     pub fn run(&mut self, stop: &Stop) -> Result<(), LiveError> {
-        let result = self.run_loop(stop).and_then(|()| self.settle());
+        let result = self.run_loop(stop).and_then(|()| self.store_all());
         if result.is_err() {
             // The batch still waiting for acknowledgements is given up
             // (read again on restart) rather than waited for.
@@ -470,7 +549,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
                 // Nothing to overlap the last batch's acknowledgement and
                 // write with: have them now, so its offsets (and any
                 // failure of its output) do not wait for the next batch.
-                self.settle()?;
+                self.store_all()?;
                 self.idle_advance()?;
             } else {
                 self.process(&batch, stop)?;
@@ -480,7 +559,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
             // it is applied first, its messages being ours.
             if self.ahead.is_none() {
                 if self.source.revoke_pending() {
-                    self.settle()?;
+                    self.store_all()?;
                 }
                 self.source.finish_revoke(&self.offsets);
             }
@@ -558,20 +637,57 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
     }
 
     /// State and offsets in one write batch; then memory and Kafka follow.
-    /// At least once, the batch's output is acknowledged and its state
-    /// written (after `gate`, the acknowledgement) while the next batch is
-    /// polled and applied: a crash before it lands replays the batch, as a
-    /// crash before the write did. Exactly-once waits for it: the next
+    /// At least once, the batches of a `kafka.commit_interval` are stored
+    /// together, once every one's output is acknowledged (`gate`), while
+    /// the next batches are polled and applied: a crash before the write
+    /// lands reads them again, as a crash before the write did.
+    /// Exactly-once stores each batch and waits for it: the next
     /// transaction must not begin before the state holds this one.
     fn commit(&mut self, next: &[SourceOffset], gate: Gate) -> Result<(), LiveError> {
-        self.settle()?;
-        self.engine.commit_in_background(next, gate)?;
-        self.offsets.advance(next);
-        self.landing = Some(next.to_vec());
         if self.eos {
             self.settle()?;
+            return self.store(next.to_vec(), gate).and_then(|()| self.settle());
+        }
+        self.unstored.add_next(next);
+        self.unstored.add_gate(gate)?;
+        self.store_if_due()
+    }
+
+    /// At least once: stores what is pending once `kafka.commit_interval`
+    /// has passed since the last store, or the changes outgrow their bound.
+    fn store_if_due(&mut self) -> Result<(), LiveError> {
+        let interval = self.config.kafka.commit_interval.std();
+        let now = self.clock.mono();
+        if now.saturating_sub(self.unstored.since) >= interval
+            || self.engine.uncommitted_bytes() >= COMMIT_MAX_BYTES
+        {
+            self.store_unstored()?;
         }
         Ok(())
+    }
+
+    /// Writes the batches not yet stored in the background (after the
+    /// previous write has landed).
+    fn store_unstored(&mut self) -> Result<(), LiveError> {
+        if self.unstored.is_empty() {
+            return Ok(());
+        }
+        self.settle()?;
+        let (next, gate) = self.unstored.take(self.clock.mono());
+        self.store(next, gate)
+    }
+
+    fn store(&mut self, next: Vec<SourceOffset>, gate: Gate) -> Result<(), LiveError> {
+        self.engine.commit_in_background(&next, gate)?;
+        self.offsets.advance(&next);
+        self.landing = Some(next);
+        Ok(())
+    }
+
+    /// Every batch applied so far stored, and the source told.
+    fn store_all(&mut self) -> Result<(), LiveError> {
+        self.store_unstored()?;
+        self.settle()
     }
 
     /// Waits for the state write in flight, then tells the source its
