@@ -63,7 +63,7 @@ pub const DEFS: [Def; 20] = [
     ),
     def(
         "pretext_batch_duration_seconds",
-        "Time to apply a batch, send its output and commit it (at least once, its acknowledgement and state write land during the next batch)",
+        "Time to apply a batch and send its output, and to commit it (at least once, its acknowledgement and state write land while later batches are applied, every kafka.commit_interval)",
     ),
     def(
         "pretext_event_time_lag_seconds",
