@@ -515,24 +515,30 @@ fn messages_below_the_stored_position_are_skipped() {
     assert_eq!(h.counter("pretext_skipped_below_position_total"), 3.0);
 }
 
-#[test]
-fn a_batch_polled_ahead_that_a_revoke_ended_is_committed_before_the_hand_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
-    h.polls_ahead = true;
-    let steps = vec![
+/// A batch of partition 1, then one of partitions 0 and 1 during which
+/// `revoked` were revoked.
+fn a_batch_then_a_revoke(revoked: Vec<i32>) -> Vec<Step> {
+    vec![
         Step::Batch(vec![msg(1, 6, &view("e0", "C0", "P0", T0))]),
-        // Polled while the first batch is applied.
         Step::Revoke(
             vec![
                 msg(0, 4, &view("e1", "C1", "P1", T0)),
                 msg(1, 7, &view("e2", "C2", "P2", T0)),
             ],
-            vec![1],
+            revoked,
         ),
-        // Polled only once the revoke is handed over.
-        Step::Batch(vec![msg(0, 5, &view("e3", "C3", "P3", T0))]),
-    ];
+    ]
+}
+
+#[test]
+fn a_batch_polled_ahead_that_a_revoke_ended_is_committed_before_the_hand_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+    h.polls_ahead = true;
+    // The batch that the revoke ends is polled while the first is applied.
+    let mut steps = a_batch_then_a_revoke(vec![1]);
+    // Polled only once the revoke is handed over.
+    steps.push(Step::Batch(vec![msg(0, 5, &view("e3", "C3", "P3", T0))]));
     let (result, engine) = h.run(steps, false);
     result.unwrap();
     assert_eq!(engine.stats().applied(), 4);
@@ -599,17 +605,7 @@ fn a_failed_output_withholds_every_batch_stored_with_it() {
 fn revoked_partitions_are_handed_over_after_their_batch_is_committed() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
-    let steps = vec![
-        Step::Batch(vec![msg(1, 6, &view("e0", "C0", "P0", T0))]),
-        Step::Revoke(
-            vec![
-                msg(0, 4, &view("e1", "C1", "P1", T0)),
-                msg(1, 7, &view("e2", "C2", "P2", T0)),
-            ],
-            vec![1, 2],
-        ),
-    ];
-    let (result, _engine) = h.run(steps, false);
+    let (result, _engine) = h.run(a_batch_then_a_revoke(vec![1, 2]), false);
     result.unwrap();
     let seen = h.seen();
     let committed = seen
