@@ -464,6 +464,16 @@ impl Unstored {
     }
 }
 
+/// Waiters not yet handed to a store (the pipeline ended on an error, which
+/// abandons the stop and so ends their wait) are joined, not left behind.
+impl Drop for Unstored {
+    fn drop(&mut self) {
+        for a in self.acks.drain(..) {
+            let _ = a.join();
+        }
+    }
+}
+
 type Acks = std::thread::JoinHandle<Result<(), GateError>>;
 
 impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
