@@ -91,8 +91,9 @@ pub trait BatchSource: Send {
     /// them is dropped).
     fn rewind(&mut self, to: &[SourceOffset]) -> Result<(), LiveError>;
 
-    /// Whether the next batch may be polled while one is applied (at
-    /// least once only: exactly-once rewinds the source between batches).
+    /// Whether the next batch may be polled while one is applied. The
+    /// pipeline asks only at least once (exactly-once rewinds the source
+    /// between batches).
     fn polls_ahead(&self) -> bool {
         false
     }

@@ -680,7 +680,7 @@ impl BatchSource for Source {
     }
 
     fn polls_ahead(&self) -> bool {
-        !self.eos
+        true
     }
 
     fn revoke_pending(&self) -> bool {
