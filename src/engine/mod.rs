@@ -16,6 +16,7 @@ pub mod params;
 pub mod pressure;
 pub mod query;
 pub mod records;
+pub mod routing;
 pub mod stats;
 pub mod timers;
 pub mod wire;
