@@ -29,6 +29,8 @@ use crate::state::keys::str_key;
 use crate::state::store::{Entries, Gate};
 use crate::state::{Cf, StateError, StateSize, Store};
 use crate::trigger::{Conversion, Trigger};
+use routing::{Route, Stage};
+use wire::{CustomerRecord, Forget, Origin};
 
 use customer::CustomerStage;
 use dedup::Dedup;
@@ -132,24 +134,144 @@ impl Engine {
         event: &Event,
         sink: &mut dyn TriggerSink,
     ) -> Result<Outcome, EngineError> {
-        let Some(seen) = self.dedup.check(&self.store, &event.event_id, event.ts)? else {
-            self.stats.duplicates += 1;
-            return Ok(Outcome::Duplicate);
-        };
-        if let Some(crm_id) = event.body.crm_id() {
-            if customer::erased_at(&self.store, crm_id)?.is_some_and(|e| event.ts <= e) {
-                self.stats.ignored_erased += 1;
-                return Ok(Outcome::IgnoredErased);
-            }
+        if let Some(refused) = self.admit(&event.event_id, event.ts, event.body.crm_id())? {
+            return Ok(refused);
         }
-        self.dedup.record(&mut self.store, seen, event.ts);
-        let max_ts = self.max_ts.map_or(event.ts, |m| m.max(event.ts));
-        self.max_ts = Some(max_ts);
         self.stats.count_event(event.body.type_name());
         self.route(event, sink)?;
-        self.fire_due(self.watermark(), sink)?;
-        self.dedup.advance(max_ts);
+        self.settle(sink)?;
         Ok(Outcome::Applied)
+    }
+
+    /// Scaled out, on a partition of the identity stage: applies an event
+    /// routed there by cookie and returns what it resolved to, for the
+    /// customer stage's partitions. Erased customers are the customer
+    /// stage's to recognise.
+    pub fn apply_at_identity(
+        &mut self,
+        event: &Event,
+    ) -> Result<(Outcome, Vec<CustomerRecord>), EngineError> {
+        if let Some(refused) = self.admit(&event.event_id, event.ts, None)? {
+            return Ok((refused, Vec::new()));
+        }
+        self.stats.count_event(event.body.type_name());
+        let resolution = self.resolve(event)?;
+        let mut records: Vec<CustomerRecord> = resolution
+            .msgs
+            .into_iter()
+            .enumerate()
+            .map(|(seq, resolved)| CustomerRecord {
+                origin: Origin::of(event, seq),
+                resolved,
+                category: None,
+            })
+            .collect();
+        if let (true, Body::View(v), Some(last)) =
+            (resolution.itself, &event.body, records.last_mut())
+        {
+            last.category.clone_from(&v.category);
+        }
+        self.settle(&mut Outputs::default())?;
+        Ok((Outcome::Applied, records))
+    }
+
+    /// Scaled out, on a partition of the customer stage: applies an event
+    /// routed there by CRM id (or a promotion, which every partition
+    /// applies), and returns the cookies an erase leaves for the identity
+    /// stage to forget.
+    pub fn apply_at_customer(
+        &mut self,
+        event: &Event,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<(Outcome, Vec<Forget>), EngineError> {
+        if let Some(refused) = self.admit(&event.event_id, event.ts, event.body.crm_id())? {
+            return Ok((refused, Vec::new()));
+        }
+        self.stats.count_event(event.body.type_name());
+        let cookies = self.at_customer(event, sink)?;
+        self.settle(sink)?;
+        let forgets = match &event.body {
+            Body::Erase(e) => cookies
+                .into_iter()
+                .enumerate()
+                .map(|(seq, cookie_id)| Forget {
+                    origin: Origin::of(event, seq),
+                    cookie_id,
+                    crm_id: e.crm_id.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok((Outcome::Applied, forgets))
+    }
+
+    /// Scaled out, on a partition of the customer stage: applies what the
+    /// identity stage resolved. A record read twice (its input event was
+    /// read again after a crash) is dropped by its origin; one stamped at
+    /// or before its customer's erase is ignored, as the event would be.
+    pub fn apply_resolved(
+        &mut self,
+        record: &CustomerRecord,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<Outcome, EngineError> {
+        let origin = &record.origin;
+        // NUL cannot occur in an event id (the decoder refuses control
+        // characters), so no event's id collides with a record's.
+        let id = format!("{}\0{}", origin.event_id, origin.seq);
+        let crm_id = record.resolved.crm_id();
+        if let Some(refused) = self.admit(&id, origin.event_ts, Some(crm_id))? {
+            return Ok(refused);
+        }
+        self.deliver(vec![record.resolved.clone()], sink)?;
+        if let (Resolved::View { product_id, .. }, Some(category)) =
+            (&record.resolved, &record.category)
+        {
+            self.record_category(product_id, category);
+        }
+        self.settle(sink)?;
+        Ok(Outcome::Applied)
+    }
+
+    /// Scaled out, on a partition of the identity stage: erase's request to
+    /// forget a cookie.
+    pub fn apply_forget(&mut self, forget: &Forget) -> Result<(), EngineError> {
+        self.identity().forget(&forget.cookie_id, &forget.crm_id)?;
+        Ok(())
+    }
+
+    /// Admits an event (by its id, its time and the customer it names) or
+    /// says why not: a duplicate within the dedup window, or stamped at or
+    /// before its customer's erase. An admitted event is recorded and moves
+    /// the highest event time.
+    fn admit(
+        &mut self,
+        id: &str,
+        ts: Millis,
+        crm_id: Option<&str>,
+    ) -> Result<Option<Outcome>, StateError> {
+        let Some(seen) = self.dedup.check(&self.store, id, ts)? else {
+            self.stats.duplicates += 1;
+            return Ok(Some(Outcome::Duplicate));
+        };
+        if let Some(crm_id) = crm_id {
+            if customer::erased_at(&self.store, crm_id)?.is_some_and(|e| ts <= e) {
+                self.stats.ignored_erased += 1;
+                return Ok(Some(Outcome::IgnoredErased));
+            }
+        }
+        self.dedup.record(&mut self.store, seen, ts);
+        self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
+        Ok(None)
+    }
+
+    /// After an applied event: fires what is due at the new watermark and
+    /// lets the dedup horizon follow the highest event time.
+    fn settle(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
+        self.fire_due(self.watermark(), sink)?;
+        if let Some(max_ts) = self.max_ts {
+            self.dedup.advance(max_ts);
+        }
+        Ok(())
     }
 
     /// Advances the watermark to at least `to` (the idle advance of live
@@ -280,10 +402,54 @@ impl Engine {
         }
     }
 
+    /// One event through both stages, along the seam `routing::route`
+    /// draws: what carries a cookie is resolved by the identity stage and
+    /// delivered to its customer; the rest is the customer stage's, and an
+    /// erase's cookies go back to be forgotten.
     fn route(&mut self, event: &Event, sink: &mut dyn TriggerSink) -> Result<(), StateError> {
+        match routing::route(&event.body) {
+            Route::Keyed {
+                stage: Stage::Identity,
+                ..
+            } => {
+                let resolution = self.resolve(event)?;
+                self.deliver(resolution.msgs, sink)?;
+                // Recorded after the view itself, so a check the view fires
+                // early still names the category as it was before the view.
+                if let Body::View(View {
+                    product_id,
+                    category: Some(category),
+                    ..
+                }) = &event.body
+                {
+                    self.record_category(product_id, category);
+                }
+                Ok(())
+            }
+            Route::Keyed { .. } | Route::Broadcast { .. } => {
+                let cookies = self.at_customer(event, sink)?;
+                if let Body::Erase(e) = &event.body {
+                    for cookie in cookies {
+                        self.identity().forget(&cookie, &e.crm_id)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The identity stage's part of an event that carries a cookie.
+    fn resolve(&mut self, event: &Event) -> Result<Resolution, StateError> {
         let ts = event.ts;
         match &event.body {
-            Body::View(v) => self.on_view(v, ts, sink),
+            Body::View(v) => {
+                let kept = Kept::View {
+                    kind: v.kind.into(),
+                    product_id: v.product_id.clone(),
+                    ts,
+                };
+                self.navigate(&v.cookie_id, v.crm_id.as_deref(), ts, kept)
+            }
             Body::Identify(i) => {
                 let mut msgs = Vec::new();
                 self.identity()
@@ -293,74 +459,62 @@ impl Engine {
                     cookie_id: i.cookie_id.clone(),
                     ts,
                 });
-                self.deliver(msgs, sink)
+                Ok(Resolution { msgs, itself: true })
             }
-            Body::Purchase(p) => self.on_purchase(p, ts, sink),
-            Body::Promotion(p) => self.customers(sink).on_promotion(p, ts),
-            Body::Consent(c) => self.customers(sink).on_consent(c),
-            Body::Erase(e) => {
-                let cookies = self.customers(sink).on_erase(&e.crm_id, ts)?;
-                for cookie in cookies {
-                    self.identity().forget(&cookie, &e.crm_id)?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn on_view(
-        &mut self,
-        v: &View,
-        ts: Millis,
-        sink: &mut dyn TriggerSink,
-    ) -> Result<(), StateError> {
-        let kept = Kept::View {
-            kind: v.kind.into(),
-            product_id: v.product_id.clone(),
-            ts,
-        };
-        let msgs = self.navigate(&v.cookie_id, v.crm_id.as_deref(), ts, kept)?;
-        self.deliver(msgs, sink)?;
-        // Applied after the view itself, so a check the view fires early
-        // still names the category as it was before the view.
-        if let Some(category) = &v.category {
-            let key = str_key(&v.product_id);
-            self.store
-                .put(Cf::Products, key, category.as_bytes().to_vec());
-        }
-        Ok(())
-    }
-
-    /// A purchase with a cookie goes through the identity stage (it may be
-    /// kept for an unlinked cookie); one with only a crm_id goes straight
-    /// to the customer.
-    fn on_purchase(
-        &mut self,
-        p: &Purchase,
-        ts: Millis,
-        sink: &mut dyn TriggerSink,
-    ) -> Result<(), StateError> {
-        let product_ids: Vec<String> = p.items.iter().map(|i| i.product_id.clone()).collect();
-        let msgs = match &p.cookie_id {
-            Some(cookie) => {
+            Body::Purchase(
+                p @ Purchase {
+                    cookie_id: Some(cookie),
+                    ..
+                },
+            ) => {
                 let kept = Kept::Purchase {
-                    product_ids,
+                    product_ids: product_ids(p),
                     ts,
                     order_id: p.order_id.clone(),
                     channel: p.channel,
                 };
-                self.navigate(cookie, p.crm_id.as_deref(), ts, kept)?
+                self.navigate(cookie, p.crm_id.as_deref(), ts, kept)
             }
-            None => vec![Resolved::Purchase {
-                crm_id: p.crm_id.clone().unwrap_or_default(),
-                cookie_id: None,
-                product_ids,
-                ts,
-                order_id: p.order_id.clone(),
-                channel: p.channel,
-            }],
-        };
-        self.deliver(msgs, sink)
+            // `routing::route` sends nothing else to the identity stage.
+            _ => Ok(Resolution::default()),
+        }
+    }
+
+    /// The customer stage's part of an event that names only a customer,
+    /// or of a promotion. Returns the cookies an erase leaves to forget.
+    fn at_customer(
+        &mut self,
+        event: &Event,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<Vec<String>, StateError> {
+        let ts = event.ts;
+        match &event.body {
+            Body::Promotion(p) => self.customers(sink).on_promotion(p, ts)?,
+            Body::Consent(c) => self.customers(sink).on_consent(c)?,
+            Body::Erase(e) => return self.customers(sink).on_erase(&e.crm_id, ts),
+            Body::Purchase(p) => {
+                let purchase = Resolved::Purchase {
+                    crm_id: p.crm_id.clone().unwrap_or_default(),
+                    cookie_id: None,
+                    product_ids: product_ids(p),
+                    ts,
+                    order_id: p.order_id.clone(),
+                    channel: p.channel,
+                };
+                self.deliver(vec![purchase], sink)?;
+            }
+            // `routing::route` sends these to the identity stage.
+            Body::View(_) | Body::Identify(_) => {}
+        }
+        Ok(Vec::new())
+    }
+
+    fn record_category(&mut self, product_id: &str, category: &str) {
+        self.store.put(
+            Cf::Products,
+            str_key(product_id),
+            category.as_bytes().to_vec(),
+        );
     }
 
     /// Resolves an event of a cookie (that may also name its customer) to
@@ -371,7 +525,7 @@ impl Engine {
         crm_id: Option<&str>,
         ts: Millis,
         event: Kept,
-    ) -> Result<Vec<Resolved>, StateError> {
+    ) -> Result<Resolution, StateError> {
         let mut msgs = Vec::new();
         let owner = match crm_id {
             Some(crm) => {
@@ -382,10 +536,13 @@ impl Engine {
         };
         let Some(crm_id) = owner else {
             self.identity().keep(cookie_id, event)?;
-            return Ok(msgs);
+            return Ok(Resolution {
+                msgs,
+                itself: false,
+            });
         };
         msgs.push(identity::resolve_kept(event, &crm_id, cookie_id));
-        Ok(msgs)
+        Ok(Resolution { msgs, itself: true })
     }
 
     fn deliver(
@@ -414,6 +571,19 @@ impl Engine {
         self.timers.swept(&self.store, w)?;
         Ok(())
     }
+}
+
+/// What the identity stage made of a cookie's event: the customer's
+/// messages in order, the event's own last when `itself` (false: it is
+/// kept for a cookie with no customer yet).
+#[derive(Default)]
+struct Resolution {
+    msgs: Vec<Resolved>,
+    itself: bool,
+}
+
+fn product_ids(p: &Purchase) -> Vec<String> {
+    p.items.iter().map(|i| i.product_id.clone()).collect()
 }
 
 /// The committed entries of `cf` that can affect a result, for comparing

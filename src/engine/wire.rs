@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::identity::Resolved;
+use crate::event::{Event, Millis};
 
 /// The header that tells a repartition record's kind.
 pub const RECORD_HEADER: &str = "pretext.record";
@@ -57,6 +58,23 @@ impl RecordKind {
 pub struct Origin {
     pub event_id: String,
     pub seq: u32,
+    /// The input event's `ts`: the record's time in the receiving stage,
+    /// which moves that partition's watermark (Kafka Streams' record
+    /// timestamp, inherited from the input).
+    pub event_ts: Millis,
+}
+
+impl Origin {
+    /// The `seq`th record made of `event`.
+    pub fn of(event: &Event, seq: usize) -> Origin {
+        Origin {
+            event_id: event.event_id.clone(),
+            // An event makes a handful of records (an identify stitching
+            // kept views: at most the anonymous buffer's cap and two more).
+            seq: u32::try_from(seq).unwrap_or(u32::MAX),
+            event_ts: event.ts,
+        }
+    }
 }
 
 /// A resolved event for the customer stage: the origin's members, then
@@ -152,13 +170,14 @@ pub(super) mod channel_name {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Channel, Millis, ViewKind};
+    use crate::event::{Channel, ViewKind};
     use serde_json::{json, Value};
 
     fn origin(seq: u32) -> Origin {
         Origin {
             event_id: "e-1".into(),
             seq,
+            event_ts: 1_795_341_700_000,
         }
     }
 
@@ -188,7 +207,8 @@ mod tests {
         );
         assert_eq!(
             body(&view),
-            json!({"resolved": "view", "event_id": "e-1", "seq": 2, "crm_id": "C1",
+            json!({"resolved": "view", "event_id": "e-1", "seq": 2,
+                   "event_ts": 1_795_341_700_000_i64, "crm_id": "C1",
                    "cookie_id": "K1", "product_id": "P1", "kind": "add_to_cart",
                    "ts": 1_795_341_600_000_i64, "category": "shoes"})
         );
@@ -201,7 +221,8 @@ mod tests {
         let value: Value = serde_json::from_slice(&forget.to_json()).unwrap();
         assert_eq!(
             value,
-            json!({"event_id": "e-1", "seq": 0, "cookie_id": "K1", "crm_id": "C1"})
+            json!({"event_id": "e-1", "seq": 0, "event_ts": 1_795_341_700_000_i64,
+                   "cookie_id": "K1", "crm_id": "C1"})
         );
         assert_eq!(forget.key(), "K1");
         assert_eq!(Forget::from_json(&forget.to_json()).unwrap(), forget);
@@ -282,18 +303,18 @@ mod tests {
     #[test]
     fn unknown_members_are_ignored_and_bad_ones_named() {
         let with_extra =
-            br#"{"resolved":"linked","event_id":"e","seq":0,"crm_id":"C","cookie_id":"K","new":1}"#;
+            br#"{"resolved":"linked","event_id":"e","seq":0,"event_ts":5,"crm_id":"C","cookie_id":"K","new":1}"#;
         assert!(CustomerRecord::from_json(with_extra).is_ok());
         let cases: [(&[u8], &str); 5] = [
             (b"not json", "invalid resolved record"),
             (br#"{"resolved":"moved","event_id":"e","seq":0}"#, "moved"),
-            (br#"{"resolved":"linked","event_id":"e","seq":0,"crm_id":"C"}"#, "cookie_id"),
+            (br#"{"resolved":"linked","event_id":"e","seq":0,"event_ts":5,"crm_id":"C"}"#, "cookie_id"),
             (
-                br#"{"resolved":"view","event_id":"e","seq":0,"crm_id":"C","product_id":"P","kind":"click","ts":1}"#,
+                br#"{"resolved":"view","event_id":"e","seq":0,"event_ts":5,"crm_id":"C","product_id":"P","kind":"click","ts":1}"#,
                 "unknown variant `click`, expected `product_view` or `add_to_cart`",
             ),
             (
-                br#"{"resolved":"purchase","event_id":"e","seq":0,"crm_id":"C","product_ids":[],"ts":1,"order_id":"O","channel":"phone"}"#,
+                br#"{"resolved":"purchase","event_id":"e","seq":0,"event_ts":5,"crm_id":"C","product_ids":[],"ts":1,"order_id":"O","channel":"phone"}"#,
                 "unknown channel \"phone\", expected web or store",
             ),
         ];
@@ -301,7 +322,8 @@ mod tests {
             let err = CustomerRecord::from_json(bytes).unwrap_err().to_string();
             assert!(err.contains(expected), "{err} should name {expected}");
         }
-        let err = Forget::from_json(br#"{"event_id":"e","seq":0,"crm_id":"C"}"#).unwrap_err();
+        let err = Forget::from_json(br#"{"event_id":"e","seq":0,"event_ts":5,"crm_id":"C"}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("invalid forget record"), "{err}");
         assert!(err.to_string().contains("cookie_id"), "{err}");
     }
