@@ -307,7 +307,7 @@ mod tests {
         assert!(CustomerRecord::from_json(with_extra).is_ok());
         let cases: [(&[u8], &str); 5] = [
             (b"not json", "invalid resolved record"),
-            (br#"{"resolved":"moved","event_id":"e","seq":0}"#, "moved"),
+            (br#"{"resolved":"moved","event_id":"e","seq":0,"event_ts":5}"#, "moved"),
             (br#"{"resolved":"linked","event_id":"e","seq":0,"event_ts":5,"crm_id":"C"}"#, "cookie_id"),
             (
                 br#"{"resolved":"view","event_id":"e","seq":0,"event_ts":5,"crm_id":"C","product_id":"P","kind":"click","ts":1}"#,
