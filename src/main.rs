@@ -60,6 +60,11 @@ enum Command {
         /// No progress on stderr and no rate in the summary.
         #[arg(long)]
         quiet: bool,
+        /// Split the engine into N partitions per stage, as N-partition
+        /// scale-out does, in this one process (docs/scale-out.md).
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..=4096))]
+        partitions: u32,
     },
     /// Generate realistic contract events (seeded, deterministic).
     Gen(pretext::gen::GenArgs),
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
             state_dir,
             flush,
             quiet,
+            partitions,
         } => {
             let config = match load_config(config) {
                 Ok(c) => c,
@@ -106,6 +112,7 @@ fn main() -> ExitCode {
                 state_dir,
                 flush,
                 quiet,
+                partitions,
             };
             match replay(&config, &opts) {
                 Ok(summary) => {

@@ -14,7 +14,8 @@ use flate2::read::MultiGzDecoder;
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason, Rejection};
-use crate::engine::{Engine, EngineError, EngineStats, Suppressed, TriggerSink};
+use crate::engine::partitioned::Partitioned;
+use crate::engine::{Engine, EngineError, EngineStats, Outcome, Suppressed, TriggerSink};
 use crate::event::Event;
 use crate::progress::{Counters, Counting, Progress};
 use crate::state::store::open_gate;
@@ -50,6 +51,10 @@ pub struct ReplayOptions {
     pub flush: bool,
     /// No progress on stderr (and no rate in the summary).
     pub quiet: bool,
+    /// Partitions of each stage, as a scaled-out deployment with
+    /// `scale.partitions` = this would split the work (`Partitioned`);
+    /// 0 or 1: the one engine.
+    pub partitions: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +289,11 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayEr
             temp.path()
         }
     };
-    let mut engine = Engine::open(state_dir, config)?;
+    let mut engine: Box<dyn Replayed> = if opts.partitions > 1 {
+        Box::new(Partitioned::open(state_dir, config, opts.partitions)?)
+    } else {
+        Box::new(Engine::open(state_dir, config)?)
+    };
     let max_bytes = config.input.max_message_bytes;
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
@@ -298,7 +307,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayEr
                 let _ = tx.send(Err(e));
             }
         });
-        apply_chunks(&mut engine, opts, rx, &counters)
+        apply_chunks(engine.as_mut(), opts, rx, &counters)
     })?;
     drop(progress);
     summary.elapsed = (!opts.quiet).then(|| started.elapsed());
@@ -363,7 +372,7 @@ fn read_inputs(
 /// Applies decoded chunks in order, dead-letters the rejections, and ends
 /// the replay: end of input, the optional flush, the last commit.
 fn apply_chunks(
-    engine: &mut Engine,
+    engine: &mut dyn Replayed,
     opts: &ReplayOptions,
     rx: std::sync::mpsc::Receiver<Result<Chunk, ReplayError>>,
     counters: &Counters,
@@ -381,9 +390,7 @@ fn apply_chunks(
                     engine.apply(&event, &mut sink)?;
                     sink.check()?;
                     if engine.uncommitted_bytes() > COMMIT_EVERY_BYTES {
-                        // Nothing to wait for: replay writes its output
-                        // as it goes and stores no input offsets.
-                        engine.commit_in_background(&[], open_gate())?;
+                        engine.commit_as_it_goes()?;
                     }
                 }
                 Decoded::Rejected {
@@ -410,11 +417,74 @@ fn apply_chunks(
         engine.flush(&mut sink)?;
     }
     sink.check()?;
-    engine.commit(&[])?;
+    engine.commit()?;
     sink.finish()?;
     dead.finish()?;
-    summary.engine = engine.stats().clone();
+    summary.engine = engine.stats();
     Ok(summary)
+}
+
+/// What a replay drives: the one engine, or the engine partitioned as a
+/// scaled-out deployment would partition it.
+trait Replayed {
+    fn apply(&mut self, event: &Event, sink: &mut dyn TriggerSink) -> Result<Outcome, EngineError>;
+    fn uncommitted_bytes(&self) -> usize;
+    /// Commits the state so far while the replay goes on.
+    fn commit_as_it_goes(&mut self) -> Result<(), EngineError>;
+    fn end_of_input(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError>;
+    fn flush(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError>;
+    fn commit(&mut self) -> Result<(), EngineError>;
+    fn stats(&self) -> EngineStats;
+}
+
+impl Replayed for Engine {
+    fn apply(&mut self, event: &Event, sink: &mut dyn TriggerSink) -> Result<Outcome, EngineError> {
+        Engine::apply(self, event, sink)
+    }
+    fn uncommitted_bytes(&self) -> usize {
+        Engine::uncommitted_bytes(self)
+    }
+    fn commit_as_it_goes(&mut self) -> Result<(), EngineError> {
+        // Nothing to wait for: replay writes its output as it goes and
+        // stores no input offsets.
+        self.commit_in_background(&[], open_gate())
+    }
+    fn end_of_input(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
+        Engine::end_of_input(self, sink)
+    }
+    fn flush(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
+        Engine::flush(self, sink)
+    }
+    fn commit(&mut self) -> Result<(), EngineError> {
+        Engine::commit(self, &[])
+    }
+    fn stats(&self) -> EngineStats {
+        Engine::stats(self).clone()
+    }
+}
+
+impl Replayed for Partitioned {
+    fn apply(&mut self, event: &Event, sink: &mut dyn TriggerSink) -> Result<Outcome, EngineError> {
+        Partitioned::apply(self, event, sink)
+    }
+    fn uncommitted_bytes(&self) -> usize {
+        Partitioned::uncommitted_bytes(self)
+    }
+    fn commit_as_it_goes(&mut self) -> Result<(), EngineError> {
+        Partitioned::commit(self)
+    }
+    fn end_of_input(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
+        Partitioned::end_of_input(self, sink)
+    }
+    fn flush(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
+        Partitioned::flush(self, sink)
+    }
+    fn commit(&mut self) -> Result<(), EngineError> {
+        Partitioned::commit(self)
+    }
+    fn stats(&self) -> EngineStats {
+        Partitioned::stats(self)
+    }
 }
 
 /// What `for_each_line` calls: (line number, line) → go on?

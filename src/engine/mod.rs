@@ -13,6 +13,7 @@ mod dedup;
 mod identity;
 pub mod meta;
 pub mod params;
+pub mod partitioned;
 pub mod pressure;
 pub mod query;
 pub mod records;
@@ -209,6 +210,13 @@ impl Engine {
     /// identity stage resolved. A record read twice (its input event was
     /// read again after a crash) is dropped by its origin; one stamped at
     /// or before its customer's erase is ignored, as the event would be.
+    ///
+    /// Fires nothing: call `settle` once the records of one input event
+    /// are in (reading them from a topic: before a record of another
+    /// origin, or at the end of a batch), as the one engine fires after
+    /// the whole event. An identify that stitches two kept views of a
+    /// product must not fire the first view's check before the second is
+    /// counted.
     pub fn apply_resolved(
         &mut self,
         record: &CustomerRecord,
@@ -228,7 +236,6 @@ impl Engine {
         {
             self.record_category(product_id, category);
         }
-        self.settle(sink)?;
         Ok(Outcome::Applied)
     }
 
@@ -266,7 +273,7 @@ impl Engine {
 
     /// After an applied event: fires what is due at the new watermark and
     /// lets the dedup horizon follow the highest event time.
-    fn settle(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
+    pub fn settle(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
         self.fire_due(self.watermark(), sink)?;
         if let Some(max_ts) = self.max_ts {
             self.dedup.advance(max_ts);

@@ -87,4 +87,23 @@ impl EngineStats {
     pub fn suppressed_of(&self, reason: Suppressed) -> u64 {
         self.suppressed[reason as usize]
     }
+
+    /// Adds what another engine decided (triggers, conversions,
+    /// suppressions, pending checks), not the events it applied: those of
+    /// a partitioned engine are counted once, where they were routed.
+    pub fn add_decisions(&mut self, other: &EngineStats) {
+        let add = |a: &mut ByKindGroup, b: &ByKindGroup| {
+            for (ra, rb) in a.iter_mut().zip(b) {
+                for (x, y) in ra.iter_mut().zip(rb) {
+                    *x += y;
+                }
+            }
+        };
+        add(&mut self.triggers, &other.triggers);
+        add(&mut self.conversions, &other.conversions);
+        for (x, y) in self.suppressed.iter_mut().zip(&other.suppressed) {
+            *x += y;
+        }
+        self.pending_checks += other.pending_checks;
+    }
 }
