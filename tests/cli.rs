@@ -222,6 +222,50 @@ fn an_unknown_flag_exits_2_and_names_it() {
 }
 
 #[test]
+fn partitions_out_of_range_exit_2_and_name_the_flag() {
+    for bad in ["0", "4097", "two"] {
+        let o = run(pretext().args(["replay", "--partitions", bad]));
+        assert_eq!(o.status.code(), Some(2), "--partitions {bad}");
+        assert!(stderr(&o).contains("--partitions"), "{}", stderr(&o));
+    }
+}
+
+/// The bundled sample split in 3 partitions: the same trigger ids and the
+/// same counts (on this sample no event falls between a check and a
+/// partition's clock), each partition's state in its own directory.
+#[test]
+fn a_partitioned_replay_of_the_sample_fires_the_same_triggers() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = run(pretext().args(["replay", "--flush"]));
+    let state = dir.path().join("state");
+    let split = run(pretext()
+        .args(["replay", "--flush", "--partitions", "3", "--state-dir"])
+        .arg(&state));
+    assert!(split.status.success(), "{}", stderr(&split));
+    let ids = |o: &Output| {
+        let mut ids: Vec<String> = lines(&o.stdout)
+            .iter()
+            .map(|t| t["trigger_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert!(!ids(&one).is_empty());
+    assert_eq!(ids(&one), ids(&split));
+    let counts = |o: &Output| {
+        stderr(o)
+            .lines()
+            .filter(|l| !l.contains("/s"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(&one), counts(&split));
+    for dir in ["identity-0", "identity-2", "customer-0", "customer-2"] {
+        assert!(state.join(dir).is_dir(), "{dir}");
+    }
+}
+
+#[test]
 fn a_missing_input_file_exits_1_and_names_it() {
     let o = run(pretext().args(["replay", "--input", "/nonexistent/events.jsonl"]));
     assert_eq!(o.status.code(), Some(1));
