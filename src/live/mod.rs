@@ -20,6 +20,7 @@
 //! and checks those topics. With `scale.partitions > 1`, `run` checks the
 //! internal topics and then stops: the partitioned pipeline is not built.
 
+pub mod changelog;
 pub mod events;
 pub mod idle;
 pub mod internal_topics;

@@ -4,7 +4,8 @@
 //! scans in (due timers by time, viewers by product); `store` is the RocksDB
 //! handle with a write-back overlay, so a batch of events is one write batch.
 
+pub mod changelog;
 pub mod keys;
 pub mod store;
 
-pub use store::{Cf, Reader, Snapshot, StateError, StateSize, Store};
+pub use store::{Cf, Change, Reader, Snapshot, StateError, StateSize, Store};

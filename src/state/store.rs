@@ -235,6 +235,16 @@ impl Overlay {
     }
 }
 
+/// One write of a family: a value, or `None` for a deletion; as a
+/// changelog record carries it (the key as the record's key, the value or
+/// a tombstone as its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub cf: Cf,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
 /// Key-value pairs, as scans return them.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -453,6 +463,24 @@ impl Store {
             .iter()
             .flat_map(|l| l.overlays[cf.index()].range(lower, upper));
         merge(cf, disk, layered(overlay, landing), limit)
+    }
+
+    /// Every uncommitted write, by family then key: what the next commit
+    /// writes, and so what a changelog must carry for it (a value, or
+    /// `None` for a deletion). A resident key put and deleted within the
+    /// batch never reaches disk, nor this.
+    pub fn pending_changes(&self) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (cf, overlay) in Cf::ALL.into_iter().zip(&self.overlays) {
+            let mut keys: Vec<&Vec<u8>> = overlay.writes.keys().collect();
+            keys.sort();
+            changes.extend(keys.into_iter().map(|key| Change {
+                cf,
+                key: key.clone(),
+                value: overlay.writes[key].clone(),
+            }));
+        }
+        changes
     }
 
     /// Bytes of uncommitted writes, so callers can bound a batch.

@@ -1,0 +1,354 @@
+//! Changelogs on Kafka (docs/scale-out.md, "State per partition"): a stage
+//! partition's committed writes produced to its stores' compacted topics,
+//! and a partition's state restored from them. `state::changelog` holds
+//! what a change is and the checkpoint; this is the broker's side.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use crate::config::Config;
+use crate::engine::routing::Stage;
+use crate::state::changelog::{apply, Checkpoint, CheckpointError};
+use crate::state::{Cf, Change, StateError, Store};
+
+use super::topology::Topology;
+
+/// Uncommitted restored bytes after which the store commits, so that a
+/// large restore holds a bounded batch in memory.
+const RESTORE_COMMIT_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogError {
+    #[error("kafka: cannot {what}: {source}")]
+    Kafka {
+        what: &'static str,
+        source: KafkaError,
+    },
+    #[error("changelog {topic}[{partition}]: {error}")]
+    Delivery {
+        topic: String,
+        partition: i32,
+        error: KafkaError,
+    },
+    #[error(
+        "changelogs of {stage} partition {partition}: not read to their end within {timeout:?}"
+    )]
+    TimedOut {
+        stage: &'static str,
+        partition: i32,
+        timeout: Duration,
+    },
+    #[error("changelog {topic}[{partition}] has a record of another store's kind: {detail}")]
+    Foreign {
+        topic: String,
+        partition: i32,
+        detail: String,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ChangelogError {
+    move |source| ChangelogError::Kafka { what, source }
+}
+
+/// Remembers the first delivery failure of a batch of changes.
+#[derive(Default)]
+struct Failures {
+    first: Mutex<Option<ChangelogError>>,
+}
+
+impl ClientContext for Failures {}
+
+impl ProducerContext for Failures {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, m)) = result {
+            let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| ChangelogError::Delivery {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                error: error.clone(),
+            });
+        }
+    }
+}
+
+/// Produces a stage partition's changes to its changelogs: idempotent, each
+/// batch acknowledged by all in-sync replicas before `send` returns, so the
+/// state may commit it.
+pub struct ChangelogWriter {
+    producer: BaseProducer<Failures>,
+    topology: Topology,
+    /// Each store's changelog name, made once.
+    topics: BTreeMap<(Stage, Cf), String>,
+}
+
+impl ChangelogWriter {
+    pub fn new(config: &Config) -> Result<ChangelogWriter, ChangelogError> {
+        let mut cc = ClientConfig::new();
+        for (k, v) in config.kafka.producer_settings() {
+            cc.set(k, v);
+        }
+        cc.set("bootstrap.servers", &config.kafka.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        let producer = cc
+            .create_with_context(Failures::default())
+            .map_err(kafka("create the changelog producer"))?;
+        let topology = Topology::from_config(config);
+        let topics = Stage::ALL
+            .into_iter()
+            .flat_map(|stage| stage.stores().iter().map(move |&cf| (stage, cf)))
+            .map(|(stage, cf)| ((stage, cf), topology.changelog_topic(stage, cf)))
+            .collect();
+        Ok(ChangelogWriter {
+            producer,
+            topology,
+            topics,
+        })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Sends `changes` of `stage`'s partition `partition` and waits until
+    /// every one is acknowledged (or `timeout`).
+    pub fn send(
+        &self,
+        stage: Stage,
+        partition: i32,
+        changes: &[Change],
+        timeout: Duration,
+    ) -> Result<(), ChangelogError> {
+        for change in changes {
+            let topic = &self.topics[&(stage, change.cf)];
+            let mut record = BaseRecord::to(topic)
+                .partition(partition)
+                .key(change.key.as_slice());
+            if let Some(value) = &change.value {
+                record = record.payload(value.as_slice());
+            }
+            self.enqueue(record)?;
+        }
+        self.producer
+            .flush(timeout)
+            .map_err(kafka("flush the changelog producer"))?;
+        let failed = self.producer.context().first.lock().map(|mut f| f.take());
+        match failed.unwrap_or_else(|p| p.into_inner().take()) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Enqueues a record, serving delivery reports while the queue is full.
+    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), ChangelogError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    self.producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+                Err((error, _)) => return Err(kafka("enqueue a changelog record")(error)),
+            }
+        }
+    }
+}
+
+/// What a restore applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub records: u64,
+    /// Keys and values.
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Brings the state of `stage`'s partition `partition` (the store opened
+/// at `dir`) up to the end of its changelogs as they are now: from the
+/// checkpoint's positions (from the start without one), record by record,
+/// then writes the new checkpoint. A state that holds everything applies
+/// nothing.
+pub fn restore(
+    config: &Config,
+    stage: Stage,
+    partition: i32,
+    store: &mut Store,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<Restored, ChangelogError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let topology = Topology::from_config(config);
+    let consumer = restore_consumer(config)?;
+    let mut checkpoint = Checkpoint::read(dir)?;
+    // Each changelog to read: its store and the offset it ends at now.
+    let mut reading: BTreeMap<String, (Cf, i64)> = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for &cf in stage.stores() {
+        let topic = topology.changelog_topic(stage, cf);
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, partition, timeout)
+            .map_err(kafka("read a changelog's offsets"))?;
+        let from = checkpoint.next_of(&topic).max(low);
+        if from < high {
+            assignment
+                .add_partition_offset(&topic, partition, Offset::Offset(from))
+                .map_err(kafka("assign a changelog"))?;
+            reading.insert(topic, (cf, high));
+        } else {
+            checkpoint.next.insert(topic, from.max(high));
+        }
+    }
+    let mut restored = Restored::default();
+    if !reading.is_empty() {
+        consumer
+            .assign(&assignment)
+            .map_err(kafka("assign the changelogs"))?;
+        read_to_end(
+            &consumer,
+            partition,
+            store,
+            &mut reading,
+            &mut checkpoint,
+            &mut restored,
+            deadline,
+        )
+        .map_err(|e| match e {
+            ReadError::TimedOut => ChangelogError::TimedOut {
+                stage: stage.name(),
+                partition,
+                timeout,
+            },
+            ReadError::Other(e) => e,
+        })?;
+    }
+    store.commit()?;
+    checkpoint.write(dir)?;
+    restored.elapsed = started.elapsed();
+    Ok(restored)
+}
+
+enum ReadError {
+    TimedOut,
+    Other(ChangelogError),
+}
+
+impl From<ChangelogError> for ReadError {
+    fn from(e: ChangelogError) -> ReadError {
+        ReadError::Other(e)
+    }
+}
+
+/// Applies records until every changelog in `reading` is read up to the
+/// offset it ended at. A compacted changelog has gaps, so the end is told
+/// by the consumer's position, not by the last offset seen.
+fn read_to_end(
+    consumer: &BaseConsumer,
+    partition: i32,
+    store: &mut Store,
+    reading: &mut BTreeMap<String, (Cf, i64)>,
+    checkpoint: &mut Checkpoint,
+    restored: &mut Restored,
+    deadline: Instant,
+) -> Result<(), ReadError> {
+    while !reading.is_empty() {
+        if Instant::now() >= deadline {
+            return Err(ReadError::TimedOut);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let Some(&(cf, _)) = reading.get(m.topic()) else {
+                    continue;
+                };
+                let key = m.key().ok_or_else(|| ChangelogError::Foreign {
+                    topic: m.topic().to_string(),
+                    partition,
+                    detail: format!("offset {} has no key", m.offset()),
+                })?;
+                let value = m.payload().map(<[u8]>::to_vec);
+                restored.records += 1;
+                restored.bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
+                apply(
+                    store,
+                    Change {
+                        cf,
+                        key: key.to_vec(),
+                        value,
+                    },
+                );
+                let (next, end) = (m.offset() + 1, reading[m.topic()].1);
+                checkpoint.next.insert(m.topic().to_string(), next);
+                if store.uncommitted_bytes() > RESTORE_COMMIT_BYTES {
+                    store.commit().map_err(ChangelogError::State)?;
+                }
+                // Asking the position is a lock per call: only at a
+                // changelog's end or now and then (a compacted end has no
+                // record; the idle poll below finds it).
+                if next >= end || restored.records % 8192 == 0 {
+                    finish_read(consumer, partition, reading, checkpoint)?;
+                }
+            }
+            Some(Err(e)) => return Err(kafka("read a changelog")(e).into()),
+            None => finish_read(consumer, partition, reading, checkpoint)?,
+        }
+    }
+    Ok(())
+}
+
+/// Drops from `reading` the changelogs whose position has reached their
+/// end, which the checkpoint then holds.
+fn finish_read(
+    consumer: &BaseConsumer,
+    partition: i32,
+    reading: &mut BTreeMap<String, (Cf, i64)>,
+    checkpoint: &mut Checkpoint,
+) -> Result<(), ChangelogError> {
+    let positions = consumer
+        .position()
+        .map_err(kafka("read the restore consumer's position"))?;
+    reading.retain(|topic, &mut (_, end)| {
+        let at = positions
+            .find_partition(topic, partition)
+            .and_then(|p| p.offset().to_raw())
+            .unwrap_or(-1);
+        if at >= end {
+            checkpoint.next.insert(topic.clone(), end);
+        }
+        at < end
+    });
+    Ok(())
+}
+
+/// A consumer that reads assigned changelogs and commits nothing.
+fn restore_consumer(config: &Config) -> Result<BaseConsumer, ChangelogError> {
+    let mut cc = ClientConfig::new();
+    for (k, v) in config.kafka.consumer_settings() {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &config.kafka.brokers)
+        // Never joined nor committed: assignment is by hand.
+        .set("group.id", format!("{}.restore", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed");
+    cc.create().map_err(kafka("create the restore consumer"))
+}

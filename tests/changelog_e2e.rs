@@ -1,0 +1,144 @@
+//! Changelogs on a real Apache Kafka broker (docs/scale-out.md, "State
+//! per partition"): each stage partition's state, produced to its
+//! compacted changelog topics, restores into an empty directory as the
+//! same state; a state that holds its changelogs resumes from its
+//! checkpoint and applies only what came after, deletions included.
+
+#[path = "common/broker.rs"]
+mod broker;
+
+use std::path::Path;
+use std::time::Duration;
+
+use broker::{generated, unique, Broker};
+use pretext::config::Config;
+use pretext::engine::partitioned::partition_dir;
+use pretext::engine::routing::Stage;
+use pretext::engine::Engine;
+use pretext::live::changelog::{restore, ChangelogWriter};
+use pretext::live::internal_topics::ensure;
+use pretext::replay::{replay, ReplayOptions};
+use pretext::state::changelog::snapshot;
+use pretext::state::{Cf, Change, Store};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A fresh group on `broker` with `partitions` partitions, its internal
+/// topics created.
+fn config(broker: &Broker, partitions: u32) -> Config {
+    let mut c = Config::default();
+    c.kafka.brokers = broker.addr.clone();
+    c.kafka.group_id = unique("changelog");
+    c.scale.partitions = partitions;
+    ensure(&c, TIMEOUT).unwrap();
+    c
+}
+
+/// A partitioned replay of a generated stream: the states to ship.
+fn replayed(config: &Config, dir: &Path, partitions: u32) -> std::path::PathBuf {
+    let input = dir.join("events.jsonl");
+    let lines = generated(dir, 6000, 11);
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let state = dir.join("replayed");
+    let opts = ReplayOptions {
+        inputs: vec![input],
+        output: Some(dir.join("triggers.jsonl")),
+        state_dir: Some(state.clone()),
+        quiet: true,
+        partitions,
+        ..ReplayOptions::default()
+    };
+    replay(config, &opts).unwrap();
+    state
+}
+
+#[test]
+fn every_partition_restored_from_its_changelogs_is_the_state_that_wrote_them() {
+    let broker = Broker::start();
+    let partitions = 2;
+    let config = config(&broker, partitions);
+    let dir = tempfile::tempdir().unwrap();
+    let state = replayed(&config, dir.path(), partitions);
+    let writer = ChangelogWriter::new(&config).unwrap();
+    for stage in Stage::ALL {
+        for p in 0..partitions {
+            let what = format!("{} partition {p}", stage.name());
+            let source = Engine::open(&partition_dir(&state, stage, p), &config).unwrap();
+            let changes = snapshot(source.store(), stage.stores()).unwrap();
+            assert!(changes.len() > 100, "{what}: a state worth shipping");
+            writer.send(stage, p as i32, &changes, TIMEOUT).unwrap();
+
+            let target = dir.path().join(format!("restored-{}-{p}", stage.name()));
+            let mut store = Store::open(&target).unwrap();
+            let restored = restore(&config, stage, p as i32, &mut store, &target, TIMEOUT).unwrap();
+            assert_eq!(restored.records, changes.len() as u64, "{what}");
+            for &cf in stage.stores() {
+                assert!(
+                    store.committed(cf).unwrap() == source.store().committed(cf).unwrap(),
+                    "{what}: {} differs",
+                    cf.name()
+                );
+            }
+            // Everything held: a second restore applies nothing.
+            let again = restore(&config, stage, p as i32, &mut store, &target, TIMEOUT).unwrap();
+            assert_eq!(again.records, 0, "{what}: resumed at its checkpoint");
+        }
+    }
+}
+
+fn link(i: usize, value: &str) -> Change {
+    Change {
+        cf: Cf::Links,
+        key: format!("ck-{i:04}").into_bytes(),
+        value: Some(value.as_bytes().to_vec()),
+    }
+}
+
+#[test]
+fn a_restore_resumes_from_its_checkpoint_and_applies_deletions() {
+    let broker = Broker::start();
+    let config = config(&broker, 3);
+    let writer = ChangelogWriter::new(&config).unwrap();
+    let first: Vec<Change> = (0..100).map(|i| link(i, "C1")).collect();
+    writer.send(Stage::Identity, 1, &first, TIMEOUT).unwrap();
+    // Another partition's changes are not this partition's state.
+    writer
+        .send(Stage::Identity, 2, &[link(500, "C9")], TIMEOUT)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("p1");
+    let mut store = Store::open(&target).unwrap();
+    let r = restore(&config, Stage::Identity, 1, &mut store, &target, TIMEOUT).unwrap();
+    assert_eq!(r.records, 100);
+    assert!(
+        r.bytes >= 100 * (7 + 2),
+        "keys and values counted: {}",
+        r.bytes
+    );
+
+    let mut second: Vec<Change> = (0..10)
+        .map(|i| Change {
+            value: None,
+            ..link(i, "")
+        })
+        .collect();
+    second.push(link(10, "C2"));
+    writer.send(Stage::Identity, 1, &second, TIMEOUT).unwrap();
+    let r = restore(&config, Stage::Identity, 1, &mut store, &target, TIMEOUT).unwrap();
+    assert_eq!(r.records, 11, "only what came after the checkpoint");
+
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = (10..100)
+        .map(|i| {
+            let c = link(i, if i == 10 { "C2" } else { "C1" });
+            (c.key, c.value.unwrap())
+        })
+        .collect();
+    assert_eq!(store.committed(Cf::Links).unwrap(), expected);
+
+    // From scratch, the whole history gives the same state.
+    let fresh_dir = dir.path().join("fresh");
+    let mut fresh = Store::open(&fresh_dir).unwrap();
+    restore(&config, Stage::Identity, 1, &mut fresh, &fresh_dir, TIMEOUT).unwrap();
+    assert_eq!(fresh.committed(Cf::Links).unwrap(), expected);
+}
