@@ -19,14 +19,14 @@ use rdkafka::ClientContext;
 
 use crate::config::Config;
 use crate::engine::routing::Stage;
-use crate::state::changelog::{apply, Checkpoint, CheckpointError};
+use crate::state::changelog::{Checkpoint, CheckpointError};
 use crate::state::{Cf, Change, StateError, Store};
 
 use super::topology::Topology;
 
-/// Uncommitted restored bytes after which the store commits, so that a
-/// large restore holds a bounded batch in memory.
-const RESTORE_COMMIT_BYTES: usize = 16 << 20;
+/// Restored bytes written to RocksDB at a time, so that a large restore
+/// holds a bounded batch in memory.
+const RESTORE_CHUNK_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangelogError {
@@ -269,48 +269,64 @@ fn read_to_end(
     restored: &mut Restored,
     deadline: Instant,
 ) -> Result<(), ReadError> {
+    let mut chunk = Chunk::default();
     while !reading.is_empty() {
         if Instant::now() >= deadline {
             return Err(ReadError::TimedOut);
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let Some(&(cf, _)) = reading.get(m.topic()) else {
-                    continue;
-                };
-                let key = m.key().ok_or_else(|| ChangelogError::Foreign {
-                    topic: m.topic().to_string(),
-                    partition,
-                    detail: format!("offset {} has no key", m.offset()),
-                })?;
-                let value = m.payload().map(<[u8]>::to_vec);
-                restored.records += 1;
-                restored.bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
-                apply(
-                    store,
-                    Change {
-                        cf,
-                        key: key.to_vec(),
-                        value,
-                    },
-                );
-                let (next, end) = (m.offset() + 1, reading[m.topic()].1);
-                checkpoint.next.insert(m.topic().to_string(), next);
-                if store.uncommitted_bytes() > RESTORE_COMMIT_BYTES {
-                    store.commit().map_err(ChangelogError::State)?;
-                }
-                // Asking the position is a lock per call: only at a
-                // changelog's end or now and then (a compacted end has no
-                // record; the idle poll below finds it).
-                if next >= end || restored.records % 8192 == 0 {
-                    finish_read(consumer, partition, reading, checkpoint)?;
-                }
-            }
-            Some(Err(e)) => return Err(kafka("read a changelog")(e).into()),
-            None => finish_read(consumer, partition, reading, checkpoint)?,
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            finish_read(consumer, partition, reading, checkpoint)?;
+            continue;
+        };
+        let m = m.map_err(kafka("read a changelog"))?;
+        let Some(&(cf, end)) = reading.get(m.topic()) else {
+            continue;
+        };
+        let key = m.key().ok_or_else(|| ChangelogError::Foreign {
+            topic: m.topic().to_string(),
+            partition,
+            detail: format!("offset {} has no key", m.offset()),
+        })?;
+        chunk.push(cf, key, m.payload(), restored);
+        let next = m.offset() + 1;
+        if chunk.bytes > RESTORE_CHUNK_BYTES {
+            chunk.write(store)?;
+        }
+        // Asking the position is a lock per call: only at a changelog's
+        // end or now and then (a compacted end has no record; the idle
+        // poll above finds it).
+        if next >= end || restored.records % 8192 == 0 {
+            finish_read(consumer, partition, reading, checkpoint)?;
         }
     }
+    chunk.write(store)?;
     Ok(())
+}
+
+/// Restored changes not yet written.
+#[derive(Default)]
+struct Chunk {
+    changes: Vec<Change>,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn push(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>, restored: &mut Restored) {
+        let size = key.len() + value.map_or(0, <[u8]>::len);
+        restored.records += 1;
+        restored.bytes += size as u64;
+        self.bytes += size;
+        self.changes.push(Change {
+            cf,
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        });
+    }
+
+    fn write(&mut self, store: &mut Store) -> Result<(), ChangelogError> {
+        self.bytes = 0;
+        Ok(store.write_changes(std::mem::take(&mut self.changes))?)
+    }
 }
 
 /// Drops from `reading` the changelogs whose position has reached their

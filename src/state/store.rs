@@ -483,6 +483,36 @@ impl Store {
         changes
     }
 
+    /// Writes `changes` straight to RocksDB in one write batch, after
+    /// committing what is pending: a restore's path, which neither reads
+    /// back nor needs the overlay. In order per key (the last write of a
+    /// key wins), sorted otherwise, as the memtable likes.
+    pub fn write_changes(&mut self, mut changes: Vec<Change>) -> Result<(), StateError> {
+        self.commit()?;
+        // Stable: two writes of one key keep their order.
+        changes.sort_by(|a, b| (a.cf.index(), &a.key).cmp(&(b.cf.index(), &b.key)));
+        let mut batch = WriteBatch::default();
+        for Change { cf, key, value } in changes {
+            let handle = self.handle(cf);
+            match &value {
+                Some(v) => batch.put_cf(handle, &key, v),
+                None => batch.delete_cf(handle, &key),
+            }
+            if cf.resident() {
+                let resident = &mut self.resident[cf.index()];
+                match value {
+                    Some(v) => resident.insert(key, v),
+                    None => resident.remove(&key),
+                };
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| self.write_error(e))
+    }
+
     /// Bytes of uncommitted writes, so callers can bound a batch.
     pub fn uncommitted_bytes(&self) -> usize {
         self.overlay_bytes
