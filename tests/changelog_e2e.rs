@@ -13,9 +13,12 @@ use std::time::Duration;
 use broker::{generated, unique, Broker};
 use pretext::config::Config;
 use pretext::engine::partitioned::partition_dir;
+use pretext::engine::partitioned::Partitioned;
 use pretext::engine::routing::Stage;
 use pretext::engine::Engine;
-use pretext::live::changelog::{restore, ChangelogWriter};
+use pretext::engine::Outputs;
+use pretext::event::Event;
+use pretext::live::changelog::{commit_shipped, restore, restore_partitions, ChangelogWriter};
 use pretext::live::internal_topics::ensure;
 use pretext::replay::{replay, ReplayOptions};
 use pretext::state::changelog::snapshot;
@@ -141,4 +144,87 @@ fn a_restore_resumes_from_its_checkpoint_and_applies_deletions() {
     let mut fresh = Store::open(&fresh_dir).unwrap();
     restore(&config, Stage::Identity, 1, &mut fresh, &fresh_dir, TIMEOUT).unwrap();
     assert_eq!(fresh.committed(Cf::Links).unwrap(), expected);
+}
+
+fn events(dir: &Path) -> Vec<Event> {
+    generated(dir, 8000, 12)
+        .iter()
+        .filter_map(|l| pretext::decode::decode(l.as_bytes(), usize::MAX).ok())
+        .collect()
+}
+
+/// Applies `events`, then ends the input and fires what is pending.
+fn run(engine: &mut Partitioned, events: &[Event], end: bool) -> Outputs {
+    let mut out = Outputs::default();
+    for e in events {
+        engine.apply(e, &mut out).unwrap();
+    }
+    if end {
+        engine.end_of_input(&mut out).unwrap();
+        engine.flush(&mut out).unwrap();
+    }
+    out
+}
+
+/// An instance runs the first half of a stream, shipping each commit to
+/// the changelogs, and is gone (its disk with it); another, on an empty
+/// disk, restores every partition from the changelogs and runs the second
+/// half. Together they fire what one instance that never moved fires, and
+/// leave its state. A third, on the first one's disk, resumes from its
+/// checkpoints: nothing to restore.
+#[test]
+fn partitions_moved_to_an_empty_instance_restore_and_go_on_as_if_never_moved() {
+    let broker = Broker::start();
+    let partitions = 3;
+    let config = config(&broker, partitions);
+    let dir = tempfile::tempdir().unwrap();
+    let events = events(dir.path());
+    let (first, second) = events.split_at(events.len() / 2);
+    let writer = ChangelogWriter::new(&config).unwrap();
+
+    let gone = dir.path().join("gone");
+    let mut a = Partitioned::open(&gone, &config, partitions).unwrap();
+    let mut fired = run(&mut a, first, false);
+    commit_shipped(&writer, &mut a, TIMEOUT).unwrap();
+    drop(a);
+
+    let moved = dir.path().join("moved");
+    let restored = restore_partitions(&config, &moved, partitions, TIMEOUT).unwrap();
+    assert!(restored.records > 1000, "restored {restored:?}");
+    let mut b = Partitioned::open(&moved, &config, partitions).unwrap();
+    let after = run(&mut b, second, true);
+    fired.triggers.extend(after.triggers);
+    fired.conversions.extend(after.conversions);
+    b.commit().unwrap();
+
+    let never = dir.path().join("never-moved");
+    let mut c = Partitioned::open(&never, &config, partitions).unwrap();
+    let whole = run(&mut c, &events, true);
+    c.commit().unwrap();
+    assert!(whole.triggers.len() > 50, "a stream that fires");
+    assert_eq!(fired, whole, "the triggers and conversions of a move");
+    for stage in Stage::ALL {
+        for (p, (moved, never)) in b
+            .partitions(stage)
+            .iter()
+            .zip(c.partitions(stage))
+            .enumerate()
+        {
+            for &cf in stage.stores() {
+                let (m, n) = (
+                    moved.store().committed(cf).unwrap(),
+                    never.store().committed(cf).unwrap(),
+                );
+                assert!(
+                    m == n,
+                    "{} {p} {}: the moved state differs",
+                    stage.name(),
+                    cf.name()
+                );
+            }
+        }
+    }
+
+    let resumed = restore_partitions(&config, &gone, partitions, TIMEOUT).unwrap();
+    assert_eq!(resumed.records, 0, "the first disk holds what it shipped");
 }

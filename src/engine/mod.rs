@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::event::{Body, Event, Millis, Purchase, View};
 use crate::state::keys::str_key;
 use crate::state::store::{Entries, Gate};
-use crate::state::{Cf, StateError, StateSize, Store};
+use crate::state::{Cf, Change, StateError, StateSize, Store};
 use crate::trigger::{Conversion, Trigger};
 use routing::{Route, Stage};
 use wire::{CustomerRecord, Forget, Origin};
@@ -345,6 +345,20 @@ impl Engine {
     /// atomic RocksDB write batch.
     pub fn commit(&mut self, offsets: &[SourceOffset]) -> Result<(), EngineError> {
         self.stage_commit(offsets);
+        self.store.commit()?;
+        Ok(())
+    }
+
+    /// The first half of `commit`, for a caller that ships the batch
+    /// elsewhere before it lands (a changelog): adds the offsets and the
+    /// engine's meta to the batch and returns every change in it.
+    pub fn prepare_commit(&mut self, offsets: &[SourceOffset]) -> Vec<Change> {
+        self.stage_commit(offsets);
+        self.store.pending_changes()
+    }
+
+    /// The second half: writes the prepared batch.
+    pub fn commit_prepared(&mut self) -> Result<(), EngineError> {
         self.store.commit()?;
         Ok(())
     }

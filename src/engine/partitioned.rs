@@ -193,6 +193,15 @@ impl Partitioned {
         }
     }
 
+    /// Every partition's engine, with its stage and number: for a caller
+    /// that commits each its own way (its changelog first).
+    pub fn each_partition(&mut self) -> impl Iterator<Item = (Stage, u32, &mut Engine)> {
+        let identity = self.identity.iter_mut().enumerate();
+        let customer = self.customer.iter_mut().enumerate();
+        let identity = identity.map(|(p, e)| (Stage::Identity, p as u32, e));
+        identity.chain(customer.map(|(p, e)| (Stage::Customer, p as u32, e)))
+    }
+
     fn engines(&self) -> impl Iterator<Item = &Engine> {
         self.identity.iter().chain(&self.customer)
     }

@@ -18,7 +18,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use crate::config::Config;
+use crate::engine::partitioned::{partition_dir, Partitioned};
 use crate::engine::routing::Stage;
+use crate::engine::EngineError;
 use crate::state::changelog::{Checkpoint, CheckpointError};
 use crate::state::{Cf, Change, StateError, Store};
 
@@ -58,6 +60,8 @@ pub enum ChangelogError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
 }
 
@@ -65,25 +69,34 @@ fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ChangelogError {
     move |source| ChangelogError::Kafka { what, source }
 }
 
-/// Remembers the first delivery failure of a batch of changes.
+/// What the deliveries of a batch of changes said: the first failure,
+/// and the next offset after the last record acknowledged per changelog.
 #[derive(Default)]
-struct Failures {
-    first: Mutex<Option<ChangelogError>>,
+struct Acks {
+    first_failure: Mutex<Option<ChangelogError>>,
+    next: Mutex<BTreeMap<String, i64>>,
 }
 
-impl ClientContext for Failures {}
+impl ClientContext for Acks {}
 
-impl ProducerContext for Failures {
+impl ProducerContext for Acks {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, m)) = result {
-            let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
-            first.get_or_insert_with(|| ChangelogError::Delivery {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                error: error.clone(),
-            });
+        match result {
+            Ok(m) => {
+                let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+                let at = next.entry(m.topic().to_string()).or_insert(0);
+                *at = (*at).max(m.offset() + 1);
+            }
+            Err((error, m)) => {
+                let mut first = self.first_failure.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert_with(|| ChangelogError::Delivery {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    error: error.clone(),
+                });
+            }
         }
     }
 }
@@ -92,7 +105,7 @@ impl ProducerContext for Failures {
 /// batch acknowledged by all in-sync replicas before `send` returns, so the
 /// state may commit it.
 pub struct ChangelogWriter {
-    producer: BaseProducer<Failures>,
+    producer: BaseProducer<Acks>,
     topology: Topology,
     /// Each store's changelog name, made once.
     topics: BTreeMap<(Stage, Cf), String>,
@@ -109,7 +122,7 @@ impl ChangelogWriter {
             .set("acks", "all")
             .set("linger.ms", "5");
         let producer = cc
-            .create_with_context(Failures::default())
+            .create_with_context(Acks::default())
             .map_err(kafka("create the changelog producer"))?;
         let topology = Topology::from_config(config);
         let topics = Stage::ALL
@@ -129,14 +142,15 @@ impl ChangelogWriter {
     }
 
     /// Sends `changes` of `stage`'s partition `partition` and waits until
-    /// every one is acknowledged (or `timeout`).
+    /// every one is acknowledged (or `timeout`); returns, for each
+    /// changelog written, the offset after its last record.
     pub fn send(
         &self,
         stage: Stage,
         partition: i32,
         changes: &[Change],
         timeout: Duration,
-    ) -> Result<(), ChangelogError> {
+    ) -> Result<BTreeMap<String, i64>, ChangelogError> {
         for change in changes {
             let topic = &self.topics[&(stage, change.cf)];
             let mut record = BaseRecord::to(topic)
@@ -150,11 +164,13 @@ impl ChangelogWriter {
         self.producer
             .flush(timeout)
             .map_err(kafka("flush the changelog producer"))?;
-        let failed = self.producer.context().first.lock().map(|mut f| f.take());
-        match failed.unwrap_or_else(|p| p.into_inner().take()) {
-            Some(error) => Err(error),
-            None => Ok(()),
+        let acks = self.producer.context();
+        let failed = acks.first_failure.lock().map(|mut f| f.take());
+        if let Some(error) = failed.unwrap_or_else(|p| p.into_inner().take()) {
+            return Err(error);
         }
+        let next = acks.next.lock().map(|mut n| std::mem::take(&mut *n));
+        Ok(next.unwrap_or_else(|p| std::mem::take(&mut *p.into_inner())))
     }
 
     /// Enqueues a record, serving delivery reports while the queue is full.
@@ -240,7 +256,8 @@ pub fn restore(
             ReadError::Other(e) => e,
         })?;
     }
-    store.commit()?;
+    // Loaded without the WAL: on disk before the checkpoint says so.
+    store.flush()?;
     checkpoint.write(dir)?;
     restored.elapsed = started.elapsed();
     Ok(restored)
@@ -325,7 +342,7 @@ impl Chunk {
 
     fn write(&mut self, store: &mut Store) -> Result<(), ChangelogError> {
         self.bytes = 0;
-        Ok(store.write_changes(std::mem::take(&mut self.changes))?)
+        Ok(store.load_changes(std::mem::take(&mut self.changes))?)
     }
 }
 
@@ -367,4 +384,48 @@ fn restore_consumer(config: &Config) -> Result<BaseConsumer, ChangelogError> {
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed");
     cc.create().map_err(kafka("create the restore consumer"))
+}
+
+/// Commits every partition of `partitioned`, each batch's changes shipped
+/// to its changelogs (and acknowledged) before its state writes them, then
+/// its checkpoint.
+pub fn commit_shipped(
+    writer: &ChangelogWriter,
+    partitioned: &mut Partitioned,
+    timeout: Duration,
+) -> Result<(), ChangelogError> {
+    for (stage, p, engine) in partitioned.each_partition() {
+        let changes = engine.prepare_commit(&[]);
+        let shipped = writer.send(stage, p as i32, &changes, timeout)?;
+        engine.commit_prepared()?;
+        // The state now holds the changelogs up to what was shipped.
+        let dir = engine.store().path();
+        let mut checkpoint = Checkpoint::read(dir)?;
+        checkpoint.next.extend(shipped);
+        checkpoint.write(dir)?;
+    }
+    Ok(())
+}
+
+/// Restores every stage partition's state under `dir` (laid out as
+/// `Partitioned` lays it out) from its changelogs: what an instance does
+/// for the partitions it is assigned, before processing them.
+pub fn restore_partitions(
+    config: &Config,
+    dir: &Path,
+    partitions: u32,
+    timeout: Duration,
+) -> Result<Restored, ChangelogError> {
+    let mut total = Restored::default();
+    for stage in Stage::ALL {
+        for p in 0..partitions {
+            let pdir = partition_dir(dir, stage, p);
+            let mut store = Store::open(&pdir)?;
+            let r = restore(config, stage, p as i32, &mut store, &pdir, timeout)?;
+            total.records += r.records;
+            total.bytes += r.bytes;
+            total.elapsed += r.elapsed;
+        }
+    }
+    Ok(total)
 }

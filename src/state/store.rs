@@ -483,11 +483,14 @@ impl Store {
         changes
     }
 
-    /// Writes `changes` straight to RocksDB in one write batch, after
-    /// committing what is pending: a restore's path, which neither reads
-    /// back nor needs the overlay. In order per key (the last write of a
-    /// key wins), sorted otherwise, as the memtable likes.
-    pub fn write_changes(&mut self, mut changes: Vec<Change>) -> Result<(), StateError> {
+    /// Bulk-loads `changes` straight into RocksDB in one write batch,
+    /// after committing what is pending: a restore's path, which neither
+    /// reads back nor needs the overlay. In order per key (the last write
+    /// of a key wins), sorted otherwise, as the memtable likes. Without the
+    /// WAL, as RocksDB advises for bulk loads: what was loaded is durable
+    /// only once `flush` returns (a restore flushes before it writes its
+    /// checkpoint; a crash before that restores again).
+    pub fn load_changes(&mut self, mut changes: Vec<Change>) -> Result<(), StateError> {
         self.commit()?;
         // Stable: two writes of one key keep their order.
         changes.sort_by(|a, b| (a.cf.index(), &a.key).cmp(&(b.cf.index(), &b.key)));
@@ -507,9 +510,19 @@ impl Store {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync);
+        wo.disable_wal(true);
         self.db
             .write_opt(batch, &wo)
+            .map_err(|e| self.write_error(e))
+    }
+
+    /// Flushes every family's memtable to disk: what `load_changes` wrote
+    /// is durable once this returns.
+    pub fn flush(&mut self) -> Result<(), StateError> {
+        self.wait_landed()?;
+        let handles: Vec<_> = Cf::ALL.iter().map(|&cf| self.handle(cf)).collect();
+        self.db
+            .flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())
             .map_err(|e| self.write_error(e))
     }
 
