@@ -131,26 +131,6 @@ fn rss_mib(pid: u32) -> u64 {
         .map_or(0, |kib| kib / 1024)
 }
 
-/// CPU seconds (user + system) a process has used, and those of its
-/// waited-for children, from /proc (clock ticks of 1/100 s, Linux's
-/// `USER_HZ`). Where the two cores go is what bounds run/replay here.
-fn cpu_s(pid: &str) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which may hold spaces: state is the
-    // 3rd field, utime the 14th, stime 15th, cutime 16th, cstime 17th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    if f.len() < 4 {
-        return (0.0, 0.0);
-    }
-    ((f[0] + f[1]) / 100.0, (f[2] + f[3]) / 100.0)
-}
-
 /// Seconds for a plain consumer to read `n` messages from offset 0,
 /// touching every payload.
 fn raw_consumer(bootstrap: &str, topic: &str, n: usize) -> f64 {
@@ -185,7 +165,7 @@ fn raw_consumer(bootstrap: &str, topic: &str, n: usize) -> f64 {
 /// to exit.
 fn replay(input: &Path, dir: &Path) -> f64 {
     let state = dir.join(unique("replay-state"));
-    let children_before = cpu_s("self").1;
+    let children_before = common::cpu_s("self").1;
     let start = Instant::now();
     let status = Command::new(env!("CARGO_BIN_EXE_pretext"))
         .args(["replay", "--output", "/dev/null", "--input"])
@@ -197,7 +177,7 @@ fn replay(input: &Path, dir: &Path) -> f64 {
         .expect("run pretext replay");
     let secs = start.elapsed().as_secs_f64();
     assert!(status.success(), "pretext replay failed");
-    let cpu = cpu_s("self").1 - children_before;
+    let cpu = common::cpu_s("self").1 - children_before;
     println!(
         "pretext replay: {secs:.2} s, CPU {cpu:.2} s ({:.2} cores)",
         cpu / secs
@@ -255,8 +235,8 @@ fn pretext_run(
     let pid = pretext.child.id().to_string();
     let broker_pid = broker.pid().map(|p| p.to_string());
     let cpu_at = || {
-        let broker = broker_pid.as_deref().map_or(0.0, |p| cpu_s(p).0);
-        (cpu_s(&pid).0, broker)
+        let broker = broker_pid.as_deref().map_or(0.0, |p| common::cpu_s(p).0);
+        (common::cpu_s(&pid).0, broker)
     };
     let cpu_before = cpu_at();
     let start = Instant::now();

@@ -42,3 +42,25 @@ pub fn generate(dir: &Path, events: u64, customers: u64, days: u64) -> PathBuf {
     pretext::gen::run(&gen.args).expect("generate events");
     input
 }
+
+/// CPU seconds (user + system) a process has used, and those of its
+/// waited-for children, from /proc (clock ticks of 1/100 s, Linux's
+/// `USER_HZ`). Where the two cores go is what bounds run/replay here.
+// Each bench compiles its own copy of this module; not all measure CPU.
+#[allow(dead_code)]
+pub fn cpu_s(pid: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces: state is the
+    // 3rd field, utime the 14th, stime 15th, cutime 16th, cstime 17th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if f.len() < 4 {
+        return (0.0, 0.0);
+    }
+    ((f[0] + f[1]) / 100.0, (f[2] + f[3]) / 100.0)
+}
