@@ -388,14 +388,16 @@ fn restore_consumer(config: &Config) -> Result<BaseConsumer, ChangelogError> {
 
 /// Commits every partition of `partitioned`, each batch's changes shipped
 /// to its changelogs (and acknowledged) before its state writes them, then
-/// its checkpoint.
+/// its checkpoint. Returns the number of changes shipped.
 pub fn commit_shipped(
     writer: &ChangelogWriter,
     partitioned: &mut Partitioned,
     timeout: Duration,
-) -> Result<(), ChangelogError> {
+) -> Result<u64, ChangelogError> {
+    let mut shipped_changes = 0;
     for (stage, p, engine) in partitioned.each_partition() {
         let changes = engine.prepare_commit(&[]);
+        shipped_changes += changes.len() as u64;
         let shipped = writer.send(stage, p as i32, &changes, timeout)?;
         engine.commit_prepared()?;
         // The state now holds the changelogs up to what was shipped.
@@ -404,7 +406,7 @@ pub fn commit_shipped(
         checkpoint.next.extend(shipped);
         checkpoint.write(dir)?;
     }
-    Ok(())
+    Ok(shipped_changes)
 }
 
 /// Restores every stage partition's state under `dir` (laid out as

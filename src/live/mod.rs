@@ -28,6 +28,7 @@ pub mod offsets;
 pub mod pipeline;
 mod sink;
 mod source;
+pub mod standby;
 mod topics;
 pub mod topology;
 pub mod txn;
