@@ -18,7 +18,6 @@ mod broker;
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use broker::{metric_sum, unique, write_config, Broker, Pretext, Topics};
@@ -165,24 +164,11 @@ fn raw_consumer(bootstrap: &str, topic: &str, n: usize) -> f64 {
 /// to exit.
 fn replay(input: &Path, dir: &Path) -> f64 {
     let state = dir.join(unique("replay-state"));
-    let children_before = common::cpu_s("self").1;
-    let start = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(["replay", "--output", "/dev/null", "--input"])
-        .arg(input)
-        .arg("--state-dir")
-        .arg(&state)
-        .stderr(Stdio::null())
-        .status()
-        .expect("run pretext replay");
-    let secs = start.elapsed().as_secs_f64();
-    assert!(status.success(), "pretext replay failed");
-    let cpu = common::cpu_s("self").1 - children_before;
+    let (secs, cpu) = common::timed_replay(input, &state, &[]);
     println!(
         "pretext replay: {secs:.2} s, CPU {cpu:.2} s ({:.2} cores)",
         cpu / secs
     );
-    let _ = std::fs::remove_dir_all(&state);
     secs
 }
 

@@ -11,8 +11,6 @@
 //! 1,000,000 and 100,000).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
 mod common;
 
@@ -43,20 +41,6 @@ fn main() {
 /// Wall and CPU seconds of one `pretext replay --flush` into a fresh state.
 fn replay(dir: &Path, input: &Path, partitions: u32, round: u32) -> (f64, f64) {
     let state = dir.join(format!("state-{partitions}-{round}"));
-    let before = common::cpu_s("self").1;
-    let started = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(["replay", "--quiet", "--flush", "--output", "/dev/null"])
-        .args(["--partitions", &partitions.to_string()])
-        .arg("--input")
-        .arg(input)
-        .arg("--state-dir")
-        .arg(&state)
-        .stderr(Stdio::null())
-        .status()
-        .expect("run pretext replay");
-    assert!(status.success(), "pretext replay --partitions {partitions}");
-    let wall = started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&state);
-    (wall, common::cpu_s("self").1 - before)
+    let n = partitions.to_string();
+    common::timed_replay(input, &state, &["--quiet", "--flush", "--partitions", &n])
 }

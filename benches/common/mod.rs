@@ -64,3 +64,27 @@ pub fn cpu_s(pid: &str) -> (f64, f64) {
     }
     ((f[0] + f[1]) / 100.0, (f[2] + f[3]) / 100.0)
 }
+
+/// Wall and CPU seconds of one `pretext replay` child process of `input`
+/// into the fresh state directory `state` (removed after), triggers to
+/// /dev/null, with `args` added, from process start to exit.
+#[allow(dead_code)]
+pub fn timed_replay(input: &Path, state: &Path, args: &[&str]) -> (f64, f64) {
+    let children_before = cpu_s("self").1;
+    let start = std::time::Instant::now();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["replay", "--output", "/dev/null"])
+        .args(args)
+        .arg("--input")
+        .arg(input)
+        .arg("--state-dir")
+        .arg(state)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run pretext replay");
+    let secs = start.elapsed().as_secs_f64();
+    assert!(status.success(), "pretext replay {args:?} failed");
+    let cpu = cpu_s("self").1 - children_before;
+    let _ = std::fs::remove_dir_all(state);
+    (secs, cpu)
+}
