@@ -464,3 +464,76 @@ fn erase_reaches_the_cookies_in_every_identity_partition() {
 fn partition_of_c1(partitions: u32) -> u32 {
     pretext::engine::routing::partition_for(b"C1", partitions as i32) as u32
 }
+
+/// What `inspect` answers about a subject of a replayed state.
+fn inspect(
+    state: &Path,
+    partitions: u32,
+    customer: Option<&str>,
+    cookie: Option<&str>,
+) -> Option<Value> {
+    let args = pretext::cli::inspect::InspectArgs {
+        state_dir: state.to_path_buf(),
+        config: None,
+        customer: customer.map(String::from),
+        cookie: cookie.map(String::from),
+        limit: 20,
+        partitions,
+    };
+    pretext::cli::inspect::inspect(&args)
+        .ok()
+        .map(|json| serde_json::from_str(&json).unwrap())
+}
+
+/// Questions about a partitioned state go to the partition that owns the
+/// subject (a cookie: its identity partition, then, linked, its customer's
+/// partition), as scale-out forwards them; the answers are the one
+/// engine's, but for a category only another partition's views named.
+#[test]
+fn questions_to_a_partitioned_state_get_the_one_engines_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generated(dir.path(), 9);
+    let config = Config::default();
+    let one = replay_with(&config, &input, 1, dir.path());
+    let split = replay_with(&config, &input, 3, dir.path());
+    let (mut customers, mut linked, mut anonymous) = (0, 0, 0);
+    for c in 0..60 {
+        let crm = format!("C{c:06}");
+        let cookies = (0..3).map(|j| format!("ck_{c:06}_{j}"));
+        let questions =
+            std::iter::once((Some(crm.clone()), None)).chain(cookies.map(|k| (None, Some(k))));
+        for (customer, cookie) in questions {
+            let ask = |state: &Path, n| inspect(state, n, customer.as_deref(), cookie.as_deref());
+            let (a, b) = (ask(&one.state, 1), ask(&split.state, 3));
+            let what = format!("{customer:?} {cookie:?}");
+            assert_eq!(
+                a.is_some(),
+                b.is_some(),
+                "{what}: known to one, not the other"
+            );
+            let (Some(a), Some(mut b)) = (a, b) else {
+                continue;
+            };
+            for (pa, pb) in a["products"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(b["products"].as_array_mut().unwrap())
+            {
+                if pb["category"].is_null() {
+                    pb["category"] = pa["category"].clone();
+                }
+            }
+            assert_eq!(a, b, "{what}");
+            match (&customer, a["crm_id"].is_null()) {
+                (Some(_), _) => customers += 1,
+                (None, false) => linked += 1,
+                (None, true) => anonymous += 1,
+            }
+        }
+    }
+    assert!(
+        customers > 10 && linked > 10 && anonymous > 5,
+        "{customers} {linked} {anonymous}"
+    );
+}

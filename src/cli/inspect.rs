@@ -11,8 +11,10 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args};
 
 use crate::config::Config;
-use crate::engine::query::{Queries, Subject, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::state::Reader;
+use crate::engine::partitioned::partition_dir;
+use crate::engine::query::{CookieHop, Queries, Subject, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::engine::routing::{partition_for, Stage};
+use crate::state::{Reader, Snapshot, StateError};
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("subject").required(true).args(["customer", "cookie"])))]
@@ -35,6 +37,11 @@ pub struct InspectArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_LIMIT as u64))]
     pub limit: u64,
+    /// The state of `replay --partitions N`: the question goes to the
+    /// partition that owns the subject, as scale-out forwards it.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub partitions: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,24 +97,30 @@ pub fn inspect(args: &InspectArgs) -> Result<String, InspectError> {
         (None, Some(cookie_id)) => Subject::Cookie(cookie_id.clone()),
         (None, None) => return Err(InspectError::NoSubject),
     };
-    let dir = &args.state_dir;
-    if !is_state(dir) {
-        return Err(InspectError::NoState(dir.clone()));
-    }
-    let read_err = |source| InspectError::Read {
-        dir: dir.clone(),
-        source,
-    };
-    let scratch = tempfile::Builder::new()
-        .prefix("pretext-inspect")
-        .tempdir()
-        .map_err(InspectError::Scratch)?;
-    let reader = Reader::open_secondary(dir, scratch.path()).map_err(read_err)?;
     let queries = Queries::from_config(&config);
-    let answer = queries
-        .answer(&reader.snapshot(), &subject, args.limit as usize)
-        .map_err(read_err)?;
-    drop(reader); // before its scratch directory goes
+    let limit = args.limit as usize;
+    let answer = if args.partitions > 1 {
+        let owner = |stage, key: &str| {
+            let p = partition_for(key.as_bytes(), args.partitions as i32) as u32;
+            partition_dir(&args.state_dir, stage, p)
+        };
+        let customer = |crm_id: &str, via: Option<&str>| {
+            let dir = owner(Stage::Customer, crm_id);
+            on_state(&dir, |s| queries.customer_answer(s, crm_id, via, limit))
+        };
+        match &subject {
+            Subject::Customer(crm_id) => customer(crm_id, None)?,
+            Subject::Cookie(cookie_id) => {
+                let dir = owner(Stage::Identity, cookie_id);
+                match on_state(&dir, |s| queries.cookie_hop(s, cookie_id, limit))? {
+                    CookieHop::Customer(crm_id) => customer(&crm_id, Some(cookie_id))?,
+                    CookieHop::Answered(answer) => answer,
+                }
+            }
+        }
+    } else {
+        on_state(&args.state_dir, |s| queries.answer(s, &subject, limit))?
+    };
     match answer {
         Some(a) => Ok(a.to_json()),
         None => Err(InspectError::Unknown(match subject {
@@ -117,7 +130,29 @@ pub fn inspect(args: &InspectArgs) -> Result<String, InspectError> {
     }
 }
 
-/// Whether `dir` holds a RocksDB database (its `CURRENT` file).
+/// Runs `ask` on a snapshot of the state at `dir`, read beside the process
+/// that may be writing it (a RocksDB secondary).
+fn on_state<T>(
+    dir: &Path,
+    ask: impl FnOnce(&Snapshot<'_>) -> Result<T, StateError>,
+) -> Result<T, InspectError> {
+    if !is_state(dir) {
+        return Err(InspectError::NoState(dir.to_path_buf()));
+    }
+    let read_err = |source| InspectError::Read {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("pretext-inspect")
+        .tempdir()
+        .map_err(InspectError::Scratch)?;
+    let reader = Reader::open_secondary(dir, scratch.path()).map_err(read_err)?;
+    let answer = ask(&reader.snapshot()).map_err(read_err);
+    drop(reader); // before its scratch directory goes
+    answer
+}
+
 fn is_state(dir: &Path) -> bool {
     dir.join("CURRENT").is_file()
 }

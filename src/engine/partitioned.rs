@@ -96,13 +96,15 @@ impl Partitioned {
         Ok(outcome)
     }
 
-    /// The end of a replay: every customer partition's watermark becomes
-    /// the highest event time of the whole input, as one engine's would.
+    /// The end of a replay: every partition's watermark becomes the
+    /// highest event time of the whole input, as one engine's would (the
+    /// customer partitions fire what is then due; the identity partitions
+    /// answer queries as of it).
     pub fn end_of_input(&mut self, sink: &mut dyn TriggerSink) -> Result<(), EngineError> {
         let Some(max) = self.max_event_ts() else {
             return Ok(());
         };
-        for engine in &mut self.customer {
+        for engine in self.customer.iter_mut().chain(&mut self.identity) {
             engine.advance_watermark(max, sink)?;
         }
         Ok(())

@@ -50,7 +50,24 @@ pub struct Answer {
     pub products: Vec<ProductAnswer>,
 }
 
+/// What a cookie's identity partition makes of a question about it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CookieHop {
+    /// Linked: the customer's partition answers.
+    Customer(String),
+    /// Not linked: the answer from its kept events, or nothing known.
+    Answered(Option<Answer>),
+}
+
 impl Answer {
+    /// A customer's answer, as asked about one of its cookies.
+    fn for_cookie(self, cookie_id: &str) -> Answer {
+        Answer {
+            cookie_id: Some(cookie_id.to_string()),
+            ..self
+        }
+    }
+
     pub fn to_json(&self) -> String {
         // Plain strings and finite numbers: serializing cannot fail.
         serde_json::to_string(self).unwrap_or_default()
@@ -136,19 +153,66 @@ impl Queries {
         w: Millis,
         limit: usize,
     ) -> Result<Option<Answer>, StateError> {
-        let key = str_key(cookie_id);
-        if let Some(link) = load::<Link>(state, Cf::Links, &key)? {
-            let answer = self.customer(state, &link.crm_id, w, limit)?;
-            return Ok(answer.map(|a| Answer {
-                cookie_id: Some(cookie_id.to_string()),
-                ..a
-            }));
+        match self.resolve_cookie(state, cookie_id, w, limit)? {
+            CookieHop::Customer(crm_id) => {
+                let answer = self.customer(state, &crm_id, w, limit)?;
+                Ok(answer.map(|a| a.for_cookie(cookie_id)))
+            }
+            CookieHop::Answered(answer) => Ok(answer),
         }
-        let Some(kept) = load::<KeptEvents>(state, Cf::Anon, &key)? else {
+    }
+
+    /// Scaled out, on the partition of the cookie's identity stage: where
+    /// the question goes next (the customer the cookie is linked to, whose
+    /// partition answers), or the answer from its kept events.
+    pub fn cookie_hop(
+        &self,
+        state: &Snapshot<'_>,
+        cookie_id: &str,
+        limit: usize,
+    ) -> Result<CookieHop, StateError> {
+        match watermark(state, &self.params)? {
+            Some(w) => self.resolve_cookie(state, cookie_id, w, limit),
+            None => Ok(CookieHop::Answered(None)),
+        }
+    }
+
+    /// Scaled out, on the partition of the customer's stage: the answer
+    /// about `crm_id`, as of that partition's watermark; asked about a
+    /// cookie linked to it, `via_cookie` names the cookie.
+    pub fn customer_answer(
+        &self,
+        state: &Snapshot<'_>,
+        crm_id: &str,
+        via_cookie: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Answer>, StateError> {
+        let Some(w) = watermark(state, &self.params)? else {
             return Ok(None);
         };
+        let answer = self.customer(state, crm_id, w, limit)?;
+        Ok(answer.map(|a| match via_cookie {
+            Some(cookie_id) => a.for_cookie(cookie_id),
+            None => a,
+        }))
+    }
+
+    fn resolve_cookie(
+        &self,
+        state: &Snapshot<'_>,
+        cookie_id: &str,
+        w: Millis,
+        limit: usize,
+    ) -> Result<CookieHop, StateError> {
+        let key = str_key(cookie_id);
+        if let Some(link) = load::<Link>(state, Cf::Links, &key)? {
+            return Ok(CookieHop::Customer(link.crm_id));
+        }
+        let Some(kept) = load::<KeptEvents>(state, Cf::Anon, &key)? else {
+            return Ok(CookieHop::Answered(None));
+        };
         if kept.events.is_empty() {
-            return Ok(None);
+            return Ok(CookieHop::Answered(None));
         }
         let mut products = Vec::new();
         for (product_id, interest) in kept_interests(&kept) {
@@ -156,7 +220,7 @@ impl Queries {
                 products.push(p);
             }
         }
-        Ok(Some(Answer {
+        Ok(CookieHop::Answered(Some(Answer {
             cookie_id: Some(cookie_id.to_string()),
             crm_id: None,
             group: None,
@@ -164,7 +228,7 @@ impl Queries {
             channels: None,
             cookie_ids: None,
             products: top(products, limit),
-        }))
+        })))
     }
 
     /// A product's figures at `w`, or `None` without a view in the lookback.
