@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::mpsc::SyncSender;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -275,8 +276,8 @@ impl From<ChangelogError> for ReadError {
 }
 
 /// Applies records until every changelog in `reading` is read up to the
-/// offset it ended at. A compacted changelog has gaps, so the end is told
-/// by the consumer's position, not by the last offset seen.
+/// offset it ended at: this thread consumes, a second one loads the
+/// chunks into RocksDB meanwhile.
 fn read_to_end(
     consumer: &BaseConsumer,
     partition: i32,
@@ -285,6 +286,43 @@ fn read_to_end(
     checkpoint: &mut Checkpoint,
     restored: &mut Restored,
     deadline: Instant,
+) -> Result<(), ReadError> {
+    std::thread::scope(|scope| {
+        // One chunk loading, one filling: a bounded restore.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Change>>(1);
+        let loader = std::thread::Builder::new()
+            .name("pretext-restore".into())
+            .spawn_scoped(scope, move || -> Result<(), StateError> {
+                for chunk in rx {
+                    store.load_changes(chunk)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| ChangelogError::State(StateError::Spawn(e)))?;
+        let read = consume(
+            consumer, partition, reading, checkpoint, restored, deadline, &tx,
+        );
+        drop(tx);
+        let loaded = loader
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        // A loader that failed hung up: its error is the cause.
+        loaded.map_err(ChangelogError::State)?;
+        read
+    })
+}
+
+/// Consumes records into chunks for the loader until every changelog in
+/// `reading` is read to its end. A compacted changelog has gaps, so the
+/// end is told by the consumer's position, not by the last offset seen.
+fn consume(
+    consumer: &BaseConsumer,
+    partition: i32,
+    reading: &mut BTreeMap<String, (Cf, i64)>,
+    checkpoint: &mut Checkpoint,
+    restored: &mut Restored,
+    deadline: Instant,
+    loader: &SyncSender<Vec<Change>>,
 ) -> Result<(), ReadError> {
     let mut chunk = Chunk::default();
     while !reading.is_empty() {
@@ -306,8 +344,8 @@ fn read_to_end(
         })?;
         chunk.push(cf, key, m.payload(), restored);
         let next = m.offset() + 1;
-        if chunk.bytes > RESTORE_CHUNK_BYTES {
-            chunk.write(store)?;
+        if chunk.bytes > RESTORE_CHUNK_BYTES && !chunk.send(loader) {
+            return Ok(()); // the loader failed: its error is reported
         }
         // Asking the position is a lock per call: only at a changelog's
         // end or now and then (a compacted end has no record; the idle
@@ -316,11 +354,11 @@ fn read_to_end(
             finish_read(consumer, partition, reading, checkpoint)?;
         }
     }
-    chunk.write(store)?;
+    chunk.send(loader);
     Ok(())
 }
 
-/// Restored changes not yet written.
+/// Restored changes not yet handed to the loader.
 #[derive(Default)]
 struct Chunk {
     changes: Vec<Change>,
@@ -340,9 +378,10 @@ impl Chunk {
         });
     }
 
-    fn write(&mut self, store: &mut Store) -> Result<(), ChangelogError> {
+    /// Hands the chunk to the loader; false when the loader is gone.
+    fn send(&mut self, loader: &SyncSender<Vec<Change>>) -> bool {
         self.bytes = 0;
-        Ok(store.load_changes(std::mem::take(&mut self.changes))?)
+        loader.send(std::mem::take(&mut self.changes)).is_ok()
     }
 }
 
