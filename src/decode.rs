@@ -82,7 +82,7 @@ fn reject(reason: Reason, error: impl Into<String>) -> Rejection {
 }
 
 /// The longest id, in characters (Unicode scalar values), not bytes.
-const MAX_ID_CHARS: usize = 128;
+pub(crate) const MAX_ID_CHARS: usize = 128;
 
 /// Decodes one message (a replay line without its newline) of at most
 /// `max_bytes` bytes.

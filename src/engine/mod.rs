@@ -95,6 +95,14 @@ pub enum EngineError {
     },
 }
 
+/// Pads the dedup id of a resolved record past the longest event id
+/// (`decode::MAX_ID_CHARS`, checked by a test below).
+const RECORD_ID_PAD: &str = concat!(
+    "................................................................",
+    "................................................................",
+    "."
+);
+
 pub struct Engine {
     store: Store,
     params: Params,
@@ -223,9 +231,9 @@ impl Engine {
         sink: &mut dyn TriggerSink,
     ) -> Result<Outcome, EngineError> {
         let origin = &record.origin;
-        // NUL cannot occur in an event id (the decoder refuses control
-        // characters), so no event's id collides with a record's.
-        let id = format!("{}\0{}", origin.event_id, origin.seq);
+        // Longer than any event id the decoder lets in (at most 128
+        // characters), so that no event's id is a record's.
+        let id = format!("{}\0{}\0{RECORD_ID_PAD}", origin.event_id, origin.seq);
         let crm_id = record.resolved.crm_id();
         if let Some(refused) = self.admit(&id, origin.event_ts, Some(crm_id))? {
             return Ok(refused);
@@ -635,5 +643,13 @@ fn check_fingerprint(store: &mut Store, dir: &Path, current: &str) -> Result<(),
             store.commit()?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_resolved_records_dedup_id_is_longer_than_any_event_id() {
+        assert!(super::RECORD_ID_PAD.chars().count() > crate::decode::MAX_ID_CHARS);
     }
 }
