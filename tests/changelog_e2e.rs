@@ -22,7 +22,7 @@ use pretext::live::changelog::{commit_shipped, restore, restore_partitions, Chan
 use pretext::live::internal_topics::ensure;
 use pretext::live::standby::Standby;
 use pretext::replay::{replay, ReplayOptions};
-use pretext::state::changelog::snapshot;
+use pretext::state::changelog::{snapshot, Checkpoint};
 use pretext::state::{Cf, Change, Store};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -138,6 +138,20 @@ fn a_restore_resumes_from_its_checkpoint_and_applies_deletions() {
             (c.key, c.value.unwrap())
         })
         .collect();
+    assert_eq!(store.committed(Cf::Links).unwrap(), expected);
+
+    // A checkpoint past the changelog's end (the topic re-created) is
+    // refused, naming the changelog, and the state is left as it was.
+    let topic = format!("{}.identity-links-changelog", config.kafka.group_id);
+    let mut ahead = Checkpoint::read(&target).unwrap();
+    ahead.next.insert(topic.clone(), 1_000);
+    ahead.write(&target).unwrap();
+    let err = restore(&config, Stage::Identity, 1, &mut store, &target, TIMEOUT).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("{topic}[1]")) && text.contains("1000"),
+        "{text}"
+    );
     assert_eq!(store.committed(Cf::Links).unwrap(), expected);
 
     // From scratch, the whole history gives the same state.

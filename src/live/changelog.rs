@@ -52,6 +52,21 @@ pub enum ChangelogError {
         partition: i32,
         timeout: Duration,
     },
+    /// The state holds more than the changelog does: the changelog was
+    /// deleted and created again (or truncated), so the state is not the
+    /// changelog's any more. Remove the partition's state directory and
+    /// restore it from nothing.
+    #[error(
+        "changelog {topic}[{partition}] ends at offset {end}, but the state's checkpoint \
+         says it holds up to {held}: the changelog was re-created or truncated; remove the \
+         partition's state directory to restore it from the changelog"
+    )]
+    AheadOfChangelog {
+        topic: String,
+        partition: i32,
+        held: i64,
+        end: i64,
+    },
     #[error("changelog {topic}[{partition}] has a record of another store's kind: {detail}")]
     Foreign {
         topic: String,
@@ -216,7 +231,8 @@ pub fn restore(
     let topology = Topology::from_config(config);
     let consumer = restore_consumer(config)?;
     let mut checkpoint = Checkpoint::read(dir)?;
-    // Each changelog to read: its store and the offset it ends at now.
+    // Each changelog to read: its store and the offset it ends at now. A
+    // checkpoint past a changelog's end is refused, not trusted.
     let mut reading: BTreeMap<String, (Cf, i64)> = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     for &cf in stage.stores() {
@@ -224,7 +240,16 @@ pub fn restore(
         let (low, high) = consumer
             .fetch_watermarks(&topic, partition, timeout)
             .map_err(kafka("read a changelog's offsets"))?;
-        let from = checkpoint.next_of(&topic).max(low);
+        let held = checkpoint.next_of(&topic);
+        if held > high {
+            return Err(ChangelogError::AheadOfChangelog {
+                topic,
+                partition,
+                held,
+                end: high,
+            });
+        }
+        let from = held.max(low);
         if from < high {
             assignment
                 .add_partition_offset(&topic, partition, Offset::Offset(from))
