@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::event::{Event, Millis};
-use crate::state::StateSize;
 
 use super::routing::{partition_for, route, Route, Stage};
 use super::wire::{CustomerRecord, Forget};
@@ -143,12 +142,6 @@ impl Partitioned {
             stats.add_decisions(engine.stats());
         }
         stats
-    }
-
-    pub fn state_size(&self) -> StateSize {
-        self.engines()
-            .map(Engine::state_size)
-            .fold(StateSize::default(), |a, b| a + b)
     }
 
     /// The partitions of a stage, for audits and tests.

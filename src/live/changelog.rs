@@ -122,7 +122,6 @@ impl ProducerContext for Acks {
 /// state may commit it.
 pub struct ChangelogWriter {
     producer: BaseProducer<Acks>,
-    topology: Topology,
     /// Each store's changelog name, made once.
     topics: BTreeMap<(Stage, Cf), String>,
 }
@@ -146,15 +145,7 @@ impl ChangelogWriter {
             .flat_map(|stage| stage.stores().iter().map(move |&cf| (stage, cf)))
             .map(|(stage, cf)| ((stage, cf), topology.changelog_topic(stage, cf)))
             .collect();
-        Ok(ChangelogWriter {
-            producer,
-            topology,
-            topics,
-        })
-    }
-
-    pub fn topology(&self) -> &Topology {
-        &self.topology
+        Ok(ChangelogWriter { producer, topics })
     }
 
     /// Sends `changes` of `stage`'s partition `partition` and waits until

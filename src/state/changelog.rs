@@ -23,14 +23,6 @@ use super::{Cf, StateError};
 /// The checkpoint's file in a partition's state directory.
 const CHECKPOINT_FILE: &str = "changelog.checkpoint";
 
-/// Applies one change of a changelog to the store (uncommitted).
-pub fn apply(store: &mut Store, change: Change) {
-    match change.value {
-        Some(value) => store.put(change.cf, change.key, value),
-        None => store.delete(change.cf, change.key),
-    }
-}
-
 /// Every committed entry of `stores` as a change: a state's whole content,
 /// as a changelog that starts from it would carry it.
 pub fn snapshot(store: &Store, stores: &[Cf]) -> Result<Vec<Change>, StateError> {
@@ -174,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn applying_a_snapshot_copies_a_state() {
+    fn loading_a_snapshot_copies_a_state() {
         let dir = tempfile::tempdir().unwrap();
         let mut from = Store::open(&dir.path().join("a")).unwrap();
         from.put(Cf::Links, b"k".to_vec(), b"v".to_vec());
@@ -182,11 +174,10 @@ mod tests {
         from.commit().unwrap();
         let mut to = Store::open(&dir.path().join("b")).unwrap();
         let stores = [Cf::Links, Cf::Timers, Cf::Anon];
-        for c in snapshot(&from, &stores).unwrap() {
-            apply(&mut to, c);
-        }
-        apply(&mut to, change(Cf::Anon, "gone", None));
-        to.commit().unwrap();
+        let mut changes = snapshot(&from, &stores).unwrap();
+        changes.push(change(Cf::Anon, "gone", None));
+        to.load_changes(changes).unwrap();
+        to.flush().unwrap();
         for cf in stores {
             assert_eq!(to.committed(cf).unwrap(), from.committed(cf).unwrap());
         }

@@ -156,17 +156,6 @@ pub struct StateSize {
     pub keys: u64,
 }
 
-impl std::ops::Add for StateSize {
-    type Output = StateSize;
-
-    fn add(self, other: StateSize) -> StateSize {
-        StateSize {
-            bytes: self.bytes + other.bytes,
-            keys: self.keys + other.keys,
-        }
-    }
-}
-
 /// What an overlay entry costs besides its bytes (hash slot, vector headers,
 /// allocator rounding), so that `uncommitted_bytes` tracks memory.
 const ENTRY_OVERHEAD: usize = 64;
