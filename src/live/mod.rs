@@ -26,6 +26,7 @@ pub mod idle;
 pub mod internal_topics;
 pub mod offsets;
 pub mod pipeline;
+mod scaled;
 mod sink;
 mod source;
 pub mod standby;
@@ -119,6 +120,8 @@ pub enum LiveError {
     },
     #[error(transparent)]
     InternalTopics(#[from] InternalTopicError),
+    #[error(transparent)]
+    Changelog(Box<changelog::ChangelogError>),
     #[error(
         "scale.partitions = {partitions}: the internal topics are ready, but live mode does \
          not run partitioned yet (docs/scale-out.md, \"Not built yet\"); set \
@@ -279,9 +282,10 @@ fn run_pipeline(config: Config, health: Health, stop: &Arc<Stop>) -> Result<(), 
             existing = ensured.existing.len(),
             "internal topics ready"
         );
-        return Err(LiveError::PartitionedNotBuilt {
-            partitions: config.scale.partitions,
-        });
+        if !topics::ensure_output_topics(&config, stop)? {
+            return Ok(());
+        }
+        return scaled::run(config, health, stop);
     }
     let engine = Engine::open(&config.state.dir, &config)?;
     health.queries.open(engine.store().reader());

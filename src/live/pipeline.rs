@@ -318,7 +318,14 @@ fn apply_decoded<'m>(
             }
             Err(rejection) => out.produced.dead_letters.push(DeadLetterOut {
                 key: m.key.clone(),
-                json: dead_letter(m, rejection.reason, &rejection.error),
+                json: dead_letter(
+                    &m.topic,
+                    m.partition,
+                    m.offset,
+                    &m.payload,
+                    rejection.reason,
+                    &rejection.error,
+                ),
                 reason: rejection.reason,
                 topic: m.topic.clone(),
                 partition: m.partition,
@@ -813,14 +820,22 @@ fn unwithheld(e: EngineError) -> LiveError {
     }
 }
 
-fn dead_letter(m: &InputMessage, reason: Reason, error: &str) -> String {
-    let payload = truncated(&m.payload, DEAD_LETTER_PAYLOAD_MAX);
+/// The dead letter of the message at `topic`, `partition`, `offset`.
+pub(super) fn dead_letter(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+    reason: Reason,
+    error: &str,
+) -> String {
+    let payload = truncated(payload, DEAD_LETTER_PAYLOAD_MAX);
     DeadLetter {
         error,
         reason,
-        topic: &m.topic,
-        partition: m.partition,
-        offset: m.offset,
+        topic,
+        partition,
+        offset,
         payload,
     }
     .to_json()

@@ -1,0 +1,497 @@
+//! Live mode scaled out (`scale.partitions > 1`, docs/scale-out.md): each
+//! instance is a member of the group that reads the input topics and both
+//! repartition topics. Each batch, in one pass over its messages:
+//!
+//! - input messages are routed (`topology::destinations`) to their stage's
+//!   repartition topic, unchanged, or dead-lettered;
+//! - `<group>.by-cookie` partitions feed identity-stage partitions, whose
+//!   resolved records go to `<group>.by-customer`;
+//! - `<group>.by-customer` partitions feed customer-stage partitions,
+//!   which fire triggers and conversions, and send erase's forgets back to
+//!   `<group>.by-cookie`.
+//!
+//! Then the batch is committed: each stage partition's state changes go to
+//! its changelogs, and with everything the batch produced and the input
+//! offsets they make one Kafka transaction (`kafka.exactly_once`), or are
+//! acknowledged before the offsets are committed (at least once); the
+//! local RocksDB state follows. A partition assigned to this instance is
+//! restored from its changelogs before anything of it is applied, which
+//! reads nothing when the local state is current.
+
+mod group;
+mod producer;
+mod tasks;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+use tracing::info;
+
+use crate::config::Config;
+use crate::decode::{decode, Reason};
+use crate::engine::wire::{CustomerRecord, Forget, RecordKind};
+use crate::engine::{EngineStats, SourceOffset};
+use crate::http::Health;
+use crate::state::Cf;
+use crate::trigger::Group as TriggerGroup;
+
+use super::events::{DeadLettered, SkippedBelowPosition};
+use super::pipeline::{dead_letter, Clock, DeadLetterOut, Produced, Stop, SystemClock};
+use super::topology::{Stage, Topology};
+use super::LiveError;
+
+use group::{Group, Polled};
+use producer::ScaledProducer;
+use tasks::{Task, Tasks};
+
+/// Runs an instance of the scaled-out topology until `stop`.
+pub fn run(config: Config, health: Health, stop: &Stop) -> Result<(), LiveError> {
+    let group = Group::new(&config, health.assigned.clone(), health.metrics.clone())?;
+    let producer = ScaledProducer::new(&config)?;
+    health.state_open.store(true, Ordering::Release);
+    let mut scaled = Scaled::new(config, group, producer, SystemClock::new(), health);
+    scaled.run(stop)
+}
+
+struct Scaled<C> {
+    config: Config,
+    topology: Topology,
+    inputs: BTreeSet<String>,
+    changelogs: BTreeMap<(Stage, Cf), String>,
+    group: Group,
+    producer: ScaledProducer,
+    tasks: Tasks,
+    clock: C,
+    health: Health,
+    /// Events as the router read them (each once, a promotion too).
+    routed: EngineStats,
+}
+
+/// What one batch makes besides its records to the stages.
+#[derive(Default)]
+struct BatchOut {
+    produced: Produced,
+    /// The next offset of each partition read.
+    next: BTreeMap<(String, i32), i64>,
+}
+
+impl<C: Clock> Scaled<C> {
+    fn new(
+        config: Config,
+        group: Group,
+        producer: ScaledProducer,
+        clock: C,
+        health: Health,
+    ) -> Scaled<C> {
+        let topology = Topology::from_config(&config);
+        let changelogs = Stage::ALL
+            .into_iter()
+            .flat_map(|stage| stage.stores().iter().map(move |&cf| (stage, cf)))
+            .map(|(stage, cf)| ((stage, cf), topology.changelog_topic(stage, cf)))
+            .collect();
+        Scaled {
+            inputs: config.topics.inputs.iter().cloned().collect(),
+            topology,
+            changelogs,
+            group,
+            producer,
+            tasks: Tasks::default(),
+            clock,
+            health,
+            routed: EngineStats::default(),
+            config,
+        }
+    }
+
+    fn run(&mut self, stop: &Stop) -> Result<(), LiveError> {
+        let (max, wait) = (
+            self.config.kafka.batch_max_messages,
+            self.config.kafka.batch_max_wait.std(),
+        );
+        while !stop.is_requested() {
+            self.open_assigned()?;
+            let batch = self.group.next_batch(max, wait, stop)?;
+            self.process(&batch)?;
+            self.hand_over_revoked();
+        }
+        info!("stopping: the last batch is committed");
+        Ok(())
+    }
+
+    /// Opens (restoring what the local state lacks) every stage partition
+    /// assigned since the last batch.
+    fn open_assigned(&mut self) -> Result<(), LiveError> {
+        for (topic, partition) in self.group.take_assigned() {
+            if let Some(stage) = self.stage_of(&topic) {
+                self.tasks
+                    .open(&self.config, stage, partition, &self.clock)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn hand_over_revoked(&mut self) {
+        let revoked = self.group.pending_revoke();
+        if revoked.is_empty() {
+            return;
+        }
+        for (topic, partition) in revoked {
+            if let Some(stage) = self.stage_of(&topic) {
+                self.tasks.close(stage, partition);
+            }
+        }
+        self.group.finish_revoke();
+    }
+
+    fn stage_of(&self, topic: &str) -> Option<Stage> {
+        Stage::ALL
+            .into_iter()
+            .find(|&s| self.topology.repartition_topic(s) == topic)
+    }
+
+    /// Applies a batch and commits it (with what idle partitions fired).
+    fn process(&mut self, batch: &[Polled]) -> Result<(), LiveError> {
+        let started = self.clock.mono();
+        let mut out = BatchOut::default();
+        for m in batch {
+            out.next
+                .insert((m.topic.clone(), m.partition), m.offset + 1);
+            if self.inputs.contains(&m.topic) {
+                self.route(m, &mut out.produced)?;
+            } else if let Some(stage) = self.stage_of(&m.topic) {
+                self.apply(stage, m, &mut out.produced)?;
+            }
+        }
+        self.settle_and_advance(&mut out.produced)?;
+        self.send_output(&out.produced)?;
+        self.commit(&out.next)?;
+        let metrics = &self.health.metrics;
+        for d in &out.produced.dead_letters {
+            DeadLettered {
+                reason: d.reason,
+                topic: &d.topic,
+                partition: d.partition,
+                offset: d.offset,
+            }
+            .emit(metrics);
+        }
+        if !batch.is_empty() {
+            let took = self.clock.mono().saturating_sub(started);
+            metrics.batch_duration.observe(took.as_secs_f64());
+        }
+        self.observe();
+        Ok(())
+    }
+
+    /// The router: an input event to its stage's partition (every customer
+    /// partition for a promotion), as it arrived; a bad one to the dead
+    /// letters.
+    fn route(&mut self, m: &Polled, produced: &mut Produced) -> Result<(), LiveError> {
+        let event = match decode(&m.payload, self.config.input.max_message_bytes) {
+            Ok(event) => event,
+            Err(rejection) => {
+                produced
+                    .dead_letters
+                    .push(dead_letter_out(m, rejection.reason, &rejection.error));
+                return Ok(());
+            }
+        };
+        self.routed.count_event(event.body.type_name());
+        let to = self.topology.destinations(&event);
+        for p in to.partitions {
+            self.producer.send(
+                to.topic,
+                Some(p),
+                Some(to.key.as_bytes()),
+                Some(&m.payload),
+                Some(RecordKind::Event),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A record of a stage's repartition topic, to its partition.
+    fn apply(
+        &mut self,
+        stage: Stage,
+        m: &Polled,
+        produced: &mut Produced,
+    ) -> Result<(), LiveError> {
+        let (mono, wall) = (self.clock.mono(), self.clock.wall_ms());
+        let max_bytes = self.config.input.max_message_bytes;
+        let task = self
+            .tasks
+            .open(&self.config, stage, m.partition, &self.clock)?;
+        task.idle.input_at(mono);
+        if task.already_applied(m.offset) {
+            SkippedBelowPosition {
+                topic: &m.topic,
+                partition: m.partition,
+                offset: m.offset,
+            }
+            .emit(&self.health.metrics);
+            return Ok(());
+        }
+        task.next = m.offset + 1;
+        task.touched = true;
+        let mut stage_out = StageOut {
+            producer: &mut self.producer,
+            topology: &self.topology,
+            produced,
+        };
+        let applied = stage_out
+            .apply(task, m, max_bytes)
+            .map_err(|e| at_message(m, e))?;
+        if applied {
+            if let Some(ts) = task.engine.max_event_ts() {
+                task.idle.applied(ts, wall);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires what each customer partition has due: after the records of an
+    /// event are all in, and the idle advance.
+    fn settle_and_advance(&mut self, produced: &mut Produced) -> Result<(), LiveError> {
+        let (mono, wall) = (self.clock.mono(), self.clock.wall_ms());
+        for task in self.tasks.iter_mut() {
+            if task.unsettled.take().is_some() {
+                task.engine.settle(produced)?;
+            }
+            if task.stage == Stage::Customer {
+                if let Some(to) = task.idle.target(mono, wall) {
+                    task.engine.advance_watermark(to, produced)?;
+                    task.touched = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_output(&mut self, produced: &Produced) -> Result<(), LiveError> {
+        let topics = &self.config.topics;
+        for t in &produced.triggers {
+            // Holdout triggers never reach the triggers topic.
+            let topic = match t.group {
+                TriggerGroup::Treated => &topics.triggers,
+                TriggerGroup::Holdout => &topics.holdout,
+            };
+            let json = t.to_json();
+            let key = Some(t.crm_id.as_bytes());
+            self.producer
+                .send(topic, None, key, Some(json.as_bytes()), None)?;
+        }
+        for c in &produced.conversions {
+            let json = c.to_json();
+            let key = Some(c.crm_id.as_bytes());
+            self.producer
+                .send(&topics.conversions, None, key, Some(json.as_bytes()), None)?;
+        }
+        for d in &produced.dead_letters {
+            let payload = Some(d.json.as_bytes());
+            self.producer
+                .send(&topics.dead_letter, None, d.key.as_deref(), payload, None)?;
+        }
+        Ok(())
+    }
+
+    /// Ships each touched partition's changes to its changelogs, ends the
+    /// batch (its transaction, or every acknowledgement), then writes the
+    /// local states and their checkpoints, and (at least once) commits the
+    /// offsets to the group.
+    fn commit(&mut self, next: &BTreeMap<(String, i32), i64>) -> Result<(), LiveError> {
+        let offsets = self.group.offsets_after(next)?;
+        let mut shipped_any = false;
+        for task in self.tasks.iter_mut().filter(|t| t.touched) {
+            let position = SourceOffset {
+                topic: self.topology.repartition_topic(task.stage).to_string(),
+                partition: task.partition,
+                next_offset: task.next,
+            };
+            for change in task.engine.prepare_commit(&[position]) {
+                let topic = &self.changelogs[&(task.stage, change.cf)];
+                let key = Some(change.key.as_slice());
+                self.producer.send(
+                    topic,
+                    Some(task.partition),
+                    key,
+                    change.value.as_deref(),
+                    None,
+                )?;
+                shipped_any = true;
+            }
+        }
+        if !shipped_any && offsets.count() == 0 && self.nothing_touched() {
+            return Ok(());
+        }
+        let group = self.group.group_metadata();
+        let delivered = self.producer.finish(&offsets, group.as_ref())?;
+        for task in self.tasks.iter_mut().filter(|t| t.touched) {
+            task.engine.commit_prepared()?;
+            task.touched = false;
+            let shipped = task.engine.store().path().to_path_buf();
+            tasks::checkpoint(&shipped, shipped_of(&self.changelogs, task, &delivered))?;
+        }
+        if !self.config.kafka.exactly_once {
+            self.group.commit(&offsets)?;
+        }
+        self.group.mark_committed(&offsets);
+        Ok(())
+    }
+
+    fn nothing_touched(&self) -> bool {
+        self.tasks.iter().all(|t| !t.touched)
+    }
+
+    fn observe(&self) {
+        let m = &self.health.metrics;
+        let mut stats = self.routed.clone();
+        stats.add_decisions(&self.tasks.decisions());
+        m.observe_engine(&stats);
+        m.ready.set(i64::from(self.health.is_ready()));
+    }
+}
+
+/// A stage partition's view of the batch: where its records to the other
+/// stage and its triggers go.
+struct StageOut<'a> {
+    producer: &'a mut ScaledProducer,
+    topology: &'a Topology,
+    produced: &'a mut Produced,
+}
+
+impl StageOut<'_> {
+    /// Applies one record to `task`; returns whether an event was applied
+    /// (for the idle advance). A record the stage cannot read goes to the
+    /// dead letters, with what locates it.
+    fn apply(&mut self, task: &mut Task, m: &Polled, max_bytes: usize) -> Result<bool, StageError> {
+        match (task.stage, m.kind) {
+            (stage, Some(RecordKind::Event)) => {
+                let event = match decode(&m.payload, max_bytes) {
+                    Ok(event) => event,
+                    Err(r) => return Ok(self.reject(m, r.reason, &r.error)),
+                };
+                self.settle(task)?;
+                if stage == Stage::Identity {
+                    let (_, records) = task.engine.apply_at_identity(&event)?;
+                    for r in records {
+                        self.send(Stage::Customer, r.key(), &r.to_json(), RecordKind::Resolved)?;
+                    }
+                } else {
+                    let (_, forgets) = task.engine.apply_at_customer(&event, self.produced)?;
+                    for f in forgets {
+                        self.send(Stage::Identity, f.key(), &f.to_json(), RecordKind::Forget)?;
+                    }
+                }
+                Ok(true)
+            }
+            (Stage::Customer, Some(RecordKind::Resolved)) => {
+                let record = match CustomerRecord::from_json(&m.payload) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(self.reject(m, Reason::InvalidJson, &e.to_string())),
+                };
+                if task.unsettled.as_deref() != Some(record.origin.event_id.as_str()) {
+                    self.settle(task)?;
+                }
+                task.engine.apply_resolved(&record, self.produced)?;
+                task.unsettled = Some(record.origin.event_id);
+                Ok(true)
+            }
+            (Stage::Identity, Some(RecordKind::Forget)) => {
+                match Forget::from_json(&m.payload) {
+                    Ok(f) => task.engine.apply_forget(&f)?,
+                    Err(e) => return Ok(self.reject(m, Reason::InvalidJson, &e.to_string())),
+                }
+                Ok(false)
+            }
+            (stage, kind) => {
+                let error = format!(
+                    "a record of kind {:?} on the {} stage's topic (header pretext.record)",
+                    kind.map(RecordKind::as_str),
+                    stage.name()
+                );
+                Ok(self.reject(m, Reason::UnknownType, &error))
+            }
+        }
+    }
+
+    /// Fires what the records applied before made due.
+    fn settle(&mut self, task: &mut Task) -> Result<(), StageError> {
+        if task.unsettled.take().is_some() {
+            task.engine.settle(self.produced)?;
+        }
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        stage: Stage,
+        key: &str,
+        json: &[u8],
+        kind: RecordKind,
+    ) -> Result<(), StageError> {
+        let topic = self.topology.repartition_topic(stage);
+        let p = self.topology.partition_of(key);
+        self.producer
+            .send(topic, Some(p), Some(key.as_bytes()), Some(json), Some(kind))
+            .map_err(StageError::Live)
+    }
+
+    fn reject(&mut self, m: &Polled, reason: Reason, error: &str) -> bool {
+        self.produced
+            .dead_letters
+            .push(dead_letter_out(m, reason, error));
+        false
+    }
+}
+
+enum StageError {
+    Engine(crate::engine::EngineError),
+    Live(LiveError),
+}
+
+impl From<crate::engine::EngineError> for StageError {
+    fn from(e: crate::engine::EngineError) -> StageError {
+        StageError::Engine(e)
+    }
+}
+
+fn at_message(m: &Polled, e: StageError) -> LiveError {
+    match e {
+        StageError::Engine(source) => LiveError::Apply {
+            topic: m.topic.clone(),
+            partition: m.partition,
+            offset: m.offset,
+            source,
+        },
+        StageError::Live(e) => e,
+    }
+}
+
+/// The changelog offsets `delivered` holds of `task`'s partition.
+fn shipped_of(
+    changelogs: &BTreeMap<(Stage, Cf), String>,
+    task: &Task,
+    delivered: &BTreeMap<(String, i32), i64>,
+) -> BTreeMap<String, i64> {
+    task.stage
+        .stores()
+        .iter()
+        .filter_map(|cf| {
+            let topic = &changelogs[&(task.stage, *cf)];
+            let next = delivered.get(&(topic.clone(), task.partition))?;
+            Some((topic.clone(), *next))
+        })
+        .collect()
+}
+
+fn dead_letter_out(m: &Polled, reason: Reason, error: &str) -> DeadLetterOut {
+    DeadLetterOut {
+        key: m.key.clone(),
+        json: dead_letter(&m.topic, m.partition, m.offset, &m.payload, reason, error),
+        reason,
+        topic: m.topic.clone(),
+        partition: m.partition,
+        offset: m.offset,
+    }
+}

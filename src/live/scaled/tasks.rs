@@ -1,0 +1,164 @@
+//! The stage partitions an instance holds now: each its own engine over
+//! `<state.dir>/<stage>-<p>`, brought up to its changelogs' end when it is
+//! assigned (nothing to read when the local state is current), with its
+//! own position in its repartition topic, its own watermark and its own
+//! idle advance.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::config::Config;
+use crate::engine::partitioned::partition_dir;
+use crate::engine::{Engine, EngineStats};
+use crate::state::changelog::Checkpoint;
+use crate::state::Store;
+
+use super::super::changelog::{restore, ChangelogError};
+use super::super::idle::Idle;
+use super::super::pipeline::Clock;
+use super::super::topology::{Stage, Topology};
+use super::super::LiveError;
+
+/// How long a partition's restore may take. Kafka's default
+/// `max.poll.interval.ms` (5 minutes) bounds it in practice: the restore
+/// runs between two polls.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One stage partition held by this instance.
+pub struct Task {
+    pub stage: Stage,
+    pub partition: i32,
+    pub engine: Engine,
+    /// The next offset of its repartition partition the state has not
+    /// applied (what is below was applied before a crash or a move).
+    pub next: i64,
+    pub idle: Idle,
+    /// The origin (event id) of the resolved records applied since the
+    /// last settle: the partition fires once an event's records are in.
+    pub unsettled: Option<String>,
+    /// Applied something since the last commit.
+    pub touched: bool,
+}
+
+impl Task {
+    pub fn already_applied(&self, offset: i64) -> bool {
+        offset < self.next
+    }
+}
+
+#[derive(Default)]
+pub struct Tasks {
+    held: BTreeMap<(Stage, i32), Task>,
+    /// The decisions of the tasks given up, so the counters never go back.
+    closed: EngineStats,
+}
+
+impl Tasks {
+    /// The task of a stage partition, opened (and restored) if need be.
+    pub fn open(
+        &mut self,
+        config: &Config,
+        stage: Stage,
+        partition: i32,
+        clock: &dyn Clock,
+    ) -> Result<&mut Task, LiveError> {
+        if !self.held.contains_key(&(stage, partition)) {
+            let task = open_task(config, stage, partition, clock)?;
+            self.held.insert((stage, partition), task);
+        }
+        Ok(self
+            .held
+            .get_mut(&(stage, partition))
+            .expect("inserted above"))
+    }
+
+    /// Gives a partition up (revoked): its state stays on disk, to resume
+    /// from if it comes back.
+    pub fn close(&mut self, stage: Stage, partition: i32) {
+        if let Some(task) = self.held.remove(&(stage, partition)) {
+            self.closed.add_decisions(task.engine.stats());
+            info!(stage = stage.name(), partition, "stage partition given up");
+        }
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Task> {
+        self.held.values_mut()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Task> {
+        self.held.values()
+    }
+
+    /// Triggers, conversions and suppressions of every customer partition
+    /// this instance held, and the pending checks of those it holds.
+    pub fn decisions(&self) -> EngineStats {
+        let mut stats = self.closed.clone();
+        stats.pending_checks = 0;
+        for t in self.held.values().filter(|t| t.stage == Stage::Customer) {
+            stats.add_decisions(t.engine.stats());
+        }
+        stats
+    }
+}
+
+fn open_task(
+    config: &Config,
+    stage: Stage,
+    partition: i32,
+    clock: &dyn Clock,
+) -> Result<Task, LiveError> {
+    let dir = partition_dir(&config.state.dir, stage, partition as u32);
+    let restored = restore_dir(config, stage, partition, &dir)?;
+    let engine = Engine::open(&dir, config)?;
+    let topic = Topology::from_config(config)
+        .repartition_topic(stage)
+        .to_string();
+    let next = engine
+        .stored_offsets()?
+        .into_iter()
+        .find(|o| o.topic == topic && o.partition == partition)
+        .map_or(0, |o| o.next_offset);
+    info!(
+        stage = stage.name(),
+        partition,
+        restored_records = restored.records,
+        restored_bytes = restored.bytes,
+        elapsed_ms = restored.elapsed.as_millis() as u64,
+        next_offset = next,
+        "stage partition open"
+    );
+    let idle = Idle::new(config, engine.max_event_ts(), engine.watermark(), clock);
+    Ok(Task {
+        stage,
+        partition,
+        engine,
+        next,
+        idle,
+        unsettled: None,
+        touched: false,
+    })
+}
+
+fn restore_dir(
+    config: &Config,
+    stage: Stage,
+    partition: i32,
+    dir: &Path,
+) -> Result<super::super::changelog::Restored, LiveError> {
+    let mut store = Store::open(dir).map_err(|e| LiveError::Engine(e.into()))?;
+    restore(config, stage, partition, &mut store, dir, RESTORE_TIMEOUT).map_err(changelog_error)
+}
+
+/// The state of a partition now holds its changelogs up to `shipped`.
+pub fn checkpoint(dir: &Path, shipped: BTreeMap<String, i64>) -> Result<(), LiveError> {
+    let mut checkpoint = Checkpoint::read(dir).map_err(|e| changelog_error(e.into()))?;
+    checkpoint.next.extend(shipped);
+    checkpoint.write(dir).map_err(|e| changelog_error(e.into()))
+}
+
+fn changelog_error(e: ChangelogError) -> LiveError {
+    LiveError::Changelog(Box::new(e))
+}

@@ -1,0 +1,378 @@
+//! Scaled-out live mode on a real Apache Kafka broker (docs/scale-out.md):
+//! several `pretext run` processes in one group with `scale.partitions =
+//! 6`, under exactly-once, give the triggers of a single-instance replay,
+//! and their changelogs hold the state of a partitioned replay (every
+//! input applied once), through an instance added mid-stream and one
+//! killed with SIGKILL mid-stream.
+//!
+//! The stream is built so that the order in which the stages' records
+//! interleave cannot change a decision (docs/scale-out.md, "What equals
+//! the single instance"): the customers' day of activity (no promotion, no
+//! erase) with a check delay longer than that day, so that nothing is due
+//! until a last promotion, produced once everything else is applied,
+//! carries every partition's watermark past every check.
+
+#[path = "common/broker.rs"]
+mod broker;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use broker::{keyed, trigger_ids, unique, wait_for, write_config, Broker, Pretext, Topics};
+use pretext::config::Config;
+use pretext::engine::partitioned::partition_dir;
+use pretext::engine::routing::Stage;
+use pretext::live::changelog::restore_partitions;
+use pretext::state::{Cf, Store};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const PARTITIONS: u32 = 6;
+const DAY: i64 = 86_400_000;
+
+/// What every instance and the replays share: no lateness, no idle
+/// advance, a check three days after its view.
+const SETTINGS: [(&str, &str); 4] = [
+    ("PRETEXT__WATERMARK__ALLOWED_LATENESS", "0s"),
+    ("PRETEXT__WATERMARK__IDLE_TIMEOUT", "1h"),
+    ("PRETEXT__TRIGGERS__VIEWED_NOT_BOUGHT__DELAY", "3d"),
+    ("PRETEXT__KAFKA__EXACTLY_ONCE", "true"),
+];
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A day of 500 customers' activity that began ten days ago, without
+/// promotions and erases, then one promotion five days after its start.
+fn stream(dir: &Path, events: usize, seed: u64) -> (Vec<String>, String) {
+    let start = (now_ms() - 10 * DAY) / 60_000 * 60_000;
+    let out = dir.join("gen.jsonl");
+    let status = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["gen", "--customers", "500", "--days", "1", "--start"])
+        .arg(pretext::time::format_ts(start))
+        .args(["--events", &events.to_string(), "--seed", &seed.to_string()])
+        .arg("--output")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let day: Vec<String> = std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains(r#""type":"promotion""#) && !l.contains(r#""type":"erase""#))
+        .map(String::from)
+        .collect();
+    let promotion = format!(
+        r#"{{"type":"promotion","event_id":"last-promotion","ts":{},"product_id":"P00001","discount_pct":20}}"#,
+        start + 5 * DAY
+    );
+    (day, promotion)
+}
+
+/// `pretext replay` of `lines` with the shared settings (and
+/// `--partitions` if given) into `state`: the trigger lines.
+fn replay(dir: &Path, lines: &[String], state: &Path, partitions: Option<u32>) -> Vec<String> {
+    let input = dir.join("replay-input.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pretext"));
+    cmd.arg("replay").envs(SETTINGS).arg("--input").arg(&input);
+    cmd.arg("--state-dir").arg(state);
+    if let Some(n) = partitions {
+        cmd.args(["--partitions", &n.to_string()]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// One deployment: its config file and its instances' directories.
+struct Deployment {
+    broker: Broker,
+    topics: Topics,
+    group: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Deployment {
+    fn new() -> Deployment {
+        let broker = Broker::start();
+        let topics = Topics::create(&broker);
+        let group = unique("scale");
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = write_config(dir.path(), &broker.addr, &topics, &group);
+        // A killed instance's open transaction is aborted this soon, so
+        // that its partitions' next owner can read past it.
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "[kafka.producer]\n\"transaction.timeout.ms\" = \"10000\"\n[scale]\npartitions = {PARTITIONS}\n"
+        ));
+        std::fs::write(&config, text).unwrap();
+        Deployment {
+            broker,
+            topics,
+            group,
+            dir,
+            config,
+        }
+    }
+
+    fn state(&self, instance: usize) -> PathBuf {
+        self.dir.path().join(format!("state-{instance}"))
+    }
+
+    /// Starts instance `i`: its own state, its static member id.
+    fn start(&self, i: usize) -> Pretext {
+        let state = self.state(i);
+        let id = format!("pretext-{i}");
+        let mut env = SETTINGS.to_vec();
+        let state_text = state.display().to_string();
+        env.push(("PRETEXT__STATE__DIR", &state_text));
+        env.push(("PRETEXT__SCALE__INSTANCE_ID", &id));
+        let log = self.dir.path().join(format!("pretext-{i}.log"));
+        let p = Pretext::start_with_env(&self.config, &state, &log, &env);
+        p.wait_ready();
+        p
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("pretext-{i}.log")))
+            .unwrap_or_default()
+    }
+
+    fn produce(&self, lines: &[String]) {
+        self.broker.produce(&self.topics.input, &keyed(lines));
+    }
+
+    /// Waits until the group has committed everything of the input and
+    /// repartition topics (nothing left to route or apply).
+    fn wait_drained(&self, instances: &[usize]) {
+        let topics = [
+            (self.topics.input.clone(), 1),
+            (format!("{}.by-cookie", self.group), PARTITIONS as i32),
+            (format!("{}.by-customer", self.group), PARTITIONS as i32),
+        ];
+        let reader: BaseConsumer = self
+            .broker
+            .client()
+            .set("group.id", &self.group)
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let mut last_lag = i64::MAX;
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let lag = group_lag(&reader, &topics);
+            if lag == 0 {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = instances.iter().map(|&i| tail(&self.log(i), 20)).collect();
+                panic!("the group still lags by {lag}:\n{}", logs.join("\n----\n"));
+            }
+            if lag != last_lag {
+                eprintln!("group lag {lag}");
+                last_lag = lag;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The trigger ids on the triggers topic, once `expected` many arrived
+    /// (or a minute passed).
+    fn trigger_ids(&self, expected: usize) -> BTreeSet<String> {
+        let lines: Vec<String> = self
+            .broker
+            .consume(&self.topics.triggers, expected, Duration::from_secs(60))
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        trigger_ids(&lines)
+    }
+
+    /// Every partition restored from the changelogs into a fresh
+    /// directory: the state the group committed.
+    fn restored(&self) -> PathBuf {
+        let mut config = Config::default();
+        config.kafka.brokers = self.broker.addr.clone();
+        config.kafka.group_id = self.group.clone();
+        config.scale.partitions = PARTITIONS;
+        let dir = self.dir.path().join("restored");
+        restore_partitions(&config, &dir, PARTITIONS, Duration::from_secs(60)).unwrap();
+        dir
+    }
+}
+
+/// The sum over `topics` of (last stable offset − committed offset).
+fn group_lag(reader: &BaseConsumer, topics: &[(String, i32)]) -> i64 {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
+            tpl.add_partition(topic, p);
+        }
+    }
+    let Ok(committed) = reader.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return i64::MAX;
+    };
+    let mut lag = 0;
+    for e in committed.elements() {
+        let Ok((_, high)) =
+            reader.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+        else {
+            return i64::MAX;
+        };
+        let at = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        lag += (high - at).max(0);
+    }
+    lag
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Each stage partition's committed state (its changelogs', restored)
+/// equals the partitioned replay's, store by store; `meta` aside (offsets
+/// and positions differ by design).
+fn assert_same_partition_states(restored: &Path, replayed: &Path) {
+    for stage in Stage::ALL {
+        for p in 0..PARTITIONS {
+            let live = Store::open(&partition_dir(restored, stage, p)).unwrap();
+            let want = Store::open(&partition_dir(replayed, stage, p)).unwrap();
+            for &cf in stage.stores().iter().filter(|&&cf| cf != Cf::Meta) {
+                let comparable =
+                    |s| order_free(cf, pretext::engine::comparable_entries(s, cf).unwrap());
+                let (a, b) = (comparable(&live), comparable(&want));
+                assert!(
+                    a == b,
+                    "{} partition {p}, {}: {} entries from the changelogs, {} replayed",
+                    stage.name(),
+                    cf.name(),
+                    a.len(),
+                    b.len()
+                );
+            }
+        }
+    }
+}
+
+/// A customer's cookies and a customer's views of a product are lists in
+/// the order their records arrived, which across identity partitions is
+/// the order of nobody's choosing: those values are compared as multisets
+/// of bytes, which a reordering keeps and a lost or doubled element
+/// changes.
+fn order_free(cf: Cf, mut entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if matches!(cf, Cf::Customers | Cf::Interest) {
+        entries.iter_mut().for_each(|(_, v)| v.sort_unstable());
+    }
+    entries
+}
+
+/// The replays the group must match: (trigger ids of one engine, the
+/// partitioned replay's state directory).
+fn expected(d: &Deployment, all: &[String]) -> (BTreeSet<String>, PathBuf) {
+    let one = trigger_ids(&replay(
+        d.dir.path(),
+        all,
+        &d.dir.path().join("replay-one"),
+        None,
+    ));
+    let split_state = d.dir.path().join("replay-split");
+    let split = trigger_ids(&replay(d.dir.path(), all, &split_state, Some(PARTITIONS)));
+    assert_eq!(
+        one, split,
+        "the stream is one where partitioning changes nothing"
+    );
+    assert!(one.len() > 50, "a stream that fires: {}", one.len());
+    (one, split_state)
+}
+
+#[test]
+fn three_instances_give_the_triggers_and_state_of_one_replay() {
+    let d = Deployment::new();
+    let (day, promotion) = stream(d.dir.path(), 4000, 7);
+    let mut all = day.clone();
+    all.push(promotion.clone());
+    let (want, split_state) = expected(&d, &all);
+
+    let instances: Vec<Pretext> = (0..3).map(|i| d.start(i)).collect();
+    d.produce(&day);
+    d.wait_drained(&[0, 1, 2]);
+    d.produce(std::slice::from_ref(&promotion));
+    d.wait_drained(&[0, 1, 2]);
+    let got = d.trigger_ids(want.len());
+    assert_eq!(got, want, "the trigger ids of a single-instance replay");
+    for p in instances {
+        assert!(p.terminate().success());
+    }
+    assert_same_partition_states(&d.restored(), &split_state);
+    // Every instance held some partitions.
+    for i in 0..3 {
+        let held = std::fs::read_dir(d.state(i)).map_or(0, |r| r.count());
+        assert!(
+            held > 0,
+            "instance {i} held no partition:\n{}",
+            tail(&d.log(i), 20)
+        );
+    }
+}
+
+#[test]
+fn an_instance_added_and_one_killed_mid_stream_change_nothing() {
+    let d = Deployment::new();
+    let (day, promotion) = stream(d.dir.path(), 6000, 8);
+    let mut all = day.clone();
+    all.push(promotion.clone());
+    let (want, split_state) = expected(&d, &all);
+
+    let (first, rest) = day.split_at(day.len() / 3);
+    let a = d.start(0);
+    let b = d.start(1);
+    d.produce(first);
+    // Added while the first third flows: it takes partitions over.
+    wait_for("the group to route some", Duration::from_secs(60), || {
+        let routed: f64 = [&a, &b]
+            .iter()
+            .filter_map(|p| p.metrics())
+            .map(|m| broker::metric_sum(&m, "pretext_events_total"))
+            .sum();
+        (routed > 0.0).then_some(())
+    });
+    let c = d.start(2);
+    d.produce(rest);
+    std::thread::sleep(Duration::from_secs(2));
+    b.kill9();
+    eprintln!("instance 1 killed");
+    d.wait_drained(&[0, 2]);
+    d.produce(std::slice::from_ref(&promotion));
+    d.wait_drained(&[0, 2]);
+    let got = d.trigger_ids(want.len());
+    assert_eq!(got, want, "the trigger ids of a single-instance replay");
+    assert!(a.terminate().success());
+    assert!(c.terminate().success());
+    assert_same_partition_states(&d.restored(), &split_state);
+    let taken = std::fs::read_dir(d.state(2)).map_or(0, |r| r.count());
+    assert!(
+        taken > 0,
+        "the added instance took no partition:\n{}",
+        tail(&d.log(2), 20)
+    );
+}
