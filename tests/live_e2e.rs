@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use broker::{
     assert_same_state, by_customer, free_port, generated, http_get, keyed, metric_sum, replay_with,
-    t0, trigger_ids, unique, wait_for, write_config, Broker, Interloper, Pretext, Topics, EXACT,
+    t0, trigger_ids, unique, wait_for, without_ansi, write_config, Broker, Interloper, Pretext,
+    Topics, EXACT,
 };
 use serde_json::{json, Value};
 
@@ -562,25 +563,6 @@ fn use_cooperative_protocol(config: &std::path::Path) {
         "[kafka.client]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
     );
     std::fs::write(config, text).unwrap();
-}
-
-/// Log text without terminal colour codes.
-fn without_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ parameters m
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The trap of contract v1, against the broker: pretext idles on empty

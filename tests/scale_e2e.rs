@@ -101,6 +101,8 @@ fn replay(dir: &Path, lines: &[String], state: &Path, partitions: Option<u32>) -
 
 /// One deployment: its config file and its instances' directories.
 struct Deployment {
+    /// `PRETEXT__…` settings of this test's instances beside `SETTINGS`.
+    extra: Vec<(&'static str, &'static str)>,
     broker: Broker,
     topics: Topics,
     group: String,
@@ -109,7 +111,7 @@ struct Deployment {
 }
 
 impl Deployment {
-    fn new() -> Deployment {
+    fn new(extra: &[(&'static str, &'static str)]) -> Deployment {
         let broker = Broker::start();
         let topics = Topics::create(&broker);
         let group = unique("scale");
@@ -123,6 +125,7 @@ impl Deployment {
         ));
         std::fs::write(&config, text).unwrap();
         Deployment {
+            extra: extra.to_vec(),
             broker,
             topics,
             group,
@@ -140,12 +143,21 @@ impl Deployment {
         let state = self.state(i);
         let id = format!("pretext-{i}");
         let mut env = SETTINGS.to_vec();
+        env.extend(self.extra.iter().copied());
         let state_text = state.display().to_string();
         env.push(("PRETEXT__STATE__DIR", &state_text));
         env.push(("PRETEXT__SCALE__INSTANCE_ID", &id));
         let log = self.dir.path().join(format!("pretext-{i}.log"));
         let p = Pretext::start_with_env(&self.config, &state, &log, &env);
-        p.wait_ready();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while broker::http_get(&p.http, "/readyz").map(|r| r.0) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "instance {i} not ready within 90 s:\n{}",
+                tail(&self.log(i), 30)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         p
     }
 
@@ -158,21 +170,34 @@ impl Deployment {
         self.broker.produce(&self.topics.input, &keyed(lines));
     }
 
-    /// Waits until the group has committed everything of the input and
-    /// repartition topics (nothing left to route or apply).
-    fn wait_drained(&self, instances: &[usize]) {
-        let topics = [
+    fn internal_topics(&self) -> [(String, i32); 3] {
+        [
             (self.topics.input.clone(), 1),
             (format!("{}.by-cookie", self.group), PARTITIONS as i32),
             (format!("{}.by-customer", self.group), PARTITIONS as i32),
-        ];
-        let reader: BaseConsumer = self
-            .broker
+        ]
+    }
+
+    fn reader(&self) -> BaseConsumer {
+        self.broker
             .client()
             .set("group.id", &self.group)
             .set("isolation.level", "read_committed")
             .create()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// What the group has not committed of its input and repartition
+    /// topics.
+    fn lag(&self) -> i64 {
+        group_lag(&self.reader(), &self.internal_topics())
+    }
+
+    /// Waits until the group has committed everything of the input and
+    /// repartition topics (nothing left to route or apply).
+    fn wait_drained(&self, instances: &[usize]) {
+        let topics = self.internal_topics();
+        let reader = self.reader();
         let mut last_lag = i64::MAX;
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
@@ -244,6 +269,16 @@ fn group_lag(reader: &BaseConsumer, topics: &[(String, i32)]) -> i64 {
     lag
 }
 
+/// The most records any partition's restore read, from the logs.
+fn most_restored(logs: &str) -> u64 {
+    broker::without_ansi(logs)
+        .lines()
+        .filter_map(|l| l.split("restored_records=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -307,7 +342,7 @@ fn expected(d: &Deployment, all: &[String]) -> (BTreeSet<String>, PathBuf) {
 
 #[test]
 fn three_instances_give_the_triggers_and_state_of_one_replay() {
-    let d = Deployment::new();
+    let d = Deployment::new(&[]);
     let (day, promotion) = stream(d.dir.path(), 4000, 7);
     let mut all = day.clone();
     all.push(promotion.clone());
@@ -337,7 +372,9 @@ fn three_instances_give_the_triggers_and_state_of_one_replay() {
 
 #[test]
 fn an_instance_added_and_one_killed_mid_stream_change_nothing() {
-    let d = Deployment::new();
+    // Small batches (a transaction each): the stream takes long enough
+    // to be joined and killed in the middle of.
+    let d = Deployment::new(&[("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "20")]);
     let (day, promotion) = stream(d.dir.path(), 6000, 8);
     let mut all = day.clone();
     all.push(promotion.clone());
@@ -357,10 +394,21 @@ fn an_instance_added_and_one_killed_mid_stream_change_nothing() {
         (routed > 0.0).then_some(())
     });
     let c = d.start(2);
+    let lag = d.lag();
+    eprintln!("instance 2 ready with the group {lag} records behind");
+    assert!(
+        lag > 0,
+        "added after everything was applied: not mid-stream"
+    );
     d.produce(rest);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
+    let lag = d.lag();
     b.kill9();
-    eprintln!("instance 1 killed");
+    eprintln!("instance 1 killed with the group {lag} records behind");
+    assert!(
+        lag > 0,
+        "killed after everything was applied: not mid-stream"
+    );
     d.wait_drained(&[0, 2]);
     d.produce(std::slice::from_ref(&promotion));
     d.wait_drained(&[0, 2]);
@@ -369,6 +417,13 @@ fn an_instance_added_and_one_killed_mid_stream_change_nothing() {
     assert!(a.terminate().success());
     assert!(c.terminate().success());
     assert_same_partition_states(&d.restored(), &split_state);
+    // The killed instance's partitions went on elsewhere, from their
+    // changelogs.
+    let restored = most_restored(&(d.log(0) + &d.log(2)));
+    assert!(
+        restored > 0,
+        "no partition was restored from its changelogs"
+    );
     let taken = std::fs::read_dir(d.state(2)).map_or(0, |r| r.count());
     assert!(
         taken > 0,

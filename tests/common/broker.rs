@@ -1039,3 +1039,22 @@ pub fn env_number(name: &str) -> Option<u64> {
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
     )
 }
+
+/// Log text without terminal colour codes.
+pub fn without_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
