@@ -309,56 +309,6 @@ fn a_standby_takes_over_restoring_only_the_tail() {
     assert_eq!(fired, run(&mut never, &events, true));
 }
 
-/// Every changelog of every partition, compacted as Kafka will compact it:
-/// the latest value of each key, tombstones dropped.
-fn latest_values(config: &Config) -> Vec<(String, Vec<u8>, Vec<u8>)> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    use std::collections::BTreeMap;
-    let topology = pretext::live::topology::Topology::from_config(config);
-    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", unique("latest"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let (mut tpl, mut left) = (TopicPartitionList::new(), 0);
-    for stage in Stage::ALL {
-        for &cf in stage.stores() {
-            let topic = topology.changelog_topic(stage, cf);
-            for p in 0..config.scale.partitions as i32 {
-                left += consumer.fetch_watermarks(&topic, p, TIMEOUT).unwrap().1;
-                tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                    .unwrap();
-            }
-        }
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut latest = BTreeMap::new();
-    while left > 0 {
-        let Some(m) = consumer.poll(TIMEOUT) else {
-            panic!("changelogs end early")
-        };
-        let m = m.unwrap();
-        left -= 1;
-        let key = (
-            m.topic().to_string(),
-            m.partition(),
-            m.key().unwrap().to_vec(),
-        );
-        latest.insert(key, m.payload().map(<[u8]>::to_vec));
-    }
-    latest
-        .into_iter()
-        .filter_map(|((topic, _, key), value)| Some((topic, key, value?)))
-        .collect()
-}
-
-fn holds(bytes: &[u8], needle: &[u8]) -> bool {
-    bytes.windows(needle.len()).any(|w| w == needle)
-}
-
 /// An erased customer whose cookies hash to several identity partitions:
 /// once the erase's commit is shipped, no changelog's latest value (what
 /// compaction keeps, what a restore rebuilds) names the customer or its
@@ -391,11 +341,11 @@ fn an_erase_leaves_nothing_of_the_customer_in_any_changelog() {
     )));
     run(&mut engine, &events, false);
     commit_shipped(&writer, &mut engine, TIMEOUT).unwrap();
-    let before = latest_values(&config);
+    let before = broker::changelog_latest_values(&config);
     assert!(
         before
             .iter()
-            .any(|(_, k, v)| holds(k, b"CUST-ERASED") || holds(v, b"CUST-ERASED")),
+            .any(|(_, k, v)| broker::holds(k, b"CUST-ERASED") || broker::holds(v, b"CUST-ERASED")),
         "the customer is in the changelogs before the erase"
     );
 
@@ -405,10 +355,10 @@ fn an_erase_leaves_nothing_of_the_customer_in_any_changelog() {
     ));
     run(&mut engine, &[erase], false);
     commit_shipped(&writer, &mut engine, TIMEOUT).unwrap();
-    for (topic, key, value) in latest_values(&config) {
+    for (topic, key, value) in broker::changelog_latest_values(&config) {
         for needle in [&b"CUST-ERASED"[..], b"ck-erased"] {
             assert!(
-                !holds(&key, needle) && !holds(&value, needle),
+                !broker::holds(&key, needle) && !broker::holds(&value, needle),
                 "{topic} still names {}",
                 String::from_utf8_lossy(needle)
             );

@@ -229,13 +229,19 @@ impl Deployment {
         trigger_ids(&lines)
     }
 
-    /// Every partition restored from the changelogs into a fresh
-    /// directory: the state the group committed.
-    fn restored(&self) -> PathBuf {
+    /// The settings that name the group's internal topics.
+    fn group_config(&self) -> Config {
         let mut config = Config::default();
         config.kafka.brokers = self.broker.addr.clone();
         config.kafka.group_id = self.group.clone();
         config.scale.partitions = PARTITIONS;
+        config
+    }
+
+    /// Every partition restored from the changelogs into a fresh
+    /// directory: the state the group committed.
+    fn restored(&self) -> PathBuf {
+        let config = self.group_config();
         let dir = self.dir.path().join("restored");
         restore_partitions(&config, &dir, PARTITIONS, Duration::from_secs(60)).unwrap();
         dir
@@ -430,4 +436,85 @@ fn an_instance_added_and_one_killed_mid_stream_change_nothing() {
         "the added instance took no partition:\n{}",
         tail(&d.log(2), 20)
     );
+}
+
+/// An erased customer whose cookies hash to several identity partitions,
+/// held by other instances than its customer partition: once the erase is
+/// applied, no instance's state and no changelog's latest value (what
+/// compaction keeps, what a restore rebuilds) names the customer or its
+/// cookies.
+#[test]
+fn an_erase_leaves_nothing_of_the_customer_on_any_instance_or_changelog() {
+    let d = Deployment::new(&[]);
+    let cookies: Vec<String> = (0..10).map(|i| format!("ck-erased-{i}")).collect();
+    let spread: BTreeSet<i32> = cookies
+        .iter()
+        .map(|c| pretext::engine::routing::partition_for(c.as_bytes(), PARTITIONS as i32))
+        .collect();
+    assert!(spread.len() > 2, "cookies in several identity partitions");
+    let t0 = now_ms() - DAY;
+    let mut lines = Vec::new();
+    for (i, cookie) in cookies.iter().enumerate() {
+        let ts = t0 + i as i64 * 60_000;
+        lines.push(format!(
+            r#"{{"type":"identify","event_id":"i{i}","ts":{ts},"cookie_id":"{cookie}","crm_id":"CUST-ERASED"}}"#
+        ));
+        lines.push(format!(
+            r#"{{"type":"add_to_cart","event_id":"v{i}","ts":{},"cookie_id":"{cookie}","product_id":"P{i}","category":"bags"}}"#,
+            ts + 1
+        ));
+    }
+    lines.push(format!(
+        r#"{{"type":"consent","event_id":"c","ts":{},"crm_id":"CUST-ERASED","email":true}}"#,
+        t0 + 11 * 60_000
+    ));
+    let instances: Vec<Pretext> = (0..2).map(|i| d.start(i)).collect();
+    d.produce(&lines);
+    d.wait_drained(&[0, 1]);
+    let config = d.group_config();
+    let names = |(_, k, v): &(String, Vec<u8>, Vec<u8>)| {
+        broker::holds(k, b"CUST-ERASED") || broker::holds(v, b"CUST-ERASED")
+    };
+    assert!(
+        broker::changelog_latest_values(&config).iter().any(names),
+        "the customer is in the changelogs before the erase"
+    );
+
+    d.produce(&[format!(
+        r#"{{"type":"erase","event_id":"x","ts":{},"crm_id":"CUST-ERASED"}}"#,
+        t0 + 12 * 60_000
+    )]);
+    d.wait_drained(&[0, 1]);
+    for p in instances {
+        assert!(p.terminate().success());
+    }
+    let needles = [&b"CUST-ERASED"[..], b"ck-erased"];
+    for (topic, key, value) in broker::changelog_latest_values(&config) {
+        for needle in needles {
+            assert!(
+                !broker::holds(&key, needle) && !broker::holds(&value, needle),
+                "{topic} still names {}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    for i in 0..2 {
+        for dir in std::fs::read_dir(d.state(i)).unwrap() {
+            let dir = dir.unwrap().path();
+            let store = Store::open(&dir).unwrap();
+            for cf in Cf::ALL {
+                for (key, value) in store.committed(cf).unwrap() {
+                    for needle in needles {
+                        assert!(
+                            !broker::holds(&key, needle) && !broker::holds(&value, needle),
+                            "{} {} still names {}",
+                            dir.display(),
+                            cf.name(),
+                            String::from_utf8_lossy(needle)
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1058,3 +1058,73 @@ pub fn without_ansi(text: &str) -> String {
     }
     out
 }
+
+/// Every changelog of every partition of `config`'s group, compacted as
+/// Kafka will compact it: the latest committed value of each key,
+/// tombstones dropped. (topic, key, value).
+pub fn changelog_latest_values(
+    config: &pretext::config::Config,
+) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    use pretext::engine::routing::Stage;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let timeout = Duration::from_secs(30);
+    let topology = pretext::live::topology::Topology::from_config(config);
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", unique("latest"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::BTreeMap::new();
+    for stage in Stage::ALL {
+        for &cf in stage.stores() {
+            let topic = topology.changelog_topic(stage, cf);
+            for p in 0..config.scale.partitions as i32 {
+                let (_, end) = consumer.fetch_watermarks(&topic, p, timeout).unwrap();
+                ends.insert((topic.clone(), p), end);
+                tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                    .unwrap();
+            }
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut latest = std::collections::BTreeMap::new();
+    // To each partition's end by position: transaction markers take
+    // offsets no message is handed out at.
+    let read_all = |consumer: &BaseConsumer| {
+        let positions = consumer.position().unwrap();
+        positions.elements().iter().all(|e| {
+            let end = ends[&(e.topic().to_string(), e.partition())];
+            end == 0 || matches!(e.offset(), Offset::Offset(o) if o >= end)
+        })
+    };
+    let deadline = Instant::now() + timeout;
+    while !read_all(&consumer) {
+        assert!(
+            Instant::now() < deadline,
+            "changelogs not read to their end"
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let key = (
+                m.topic().to_string(),
+                m.partition(),
+                m.key().unwrap().to_vec(),
+            );
+            latest.insert(key, m.payload().map(<[u8]>::to_vec));
+        }
+    }
+    latest
+        .into_iter()
+        .filter_map(|((topic, _, key), value)| Some((topic, key, value?)))
+        .collect()
+}
+
+/// Whether `needle` occurs in `bytes`.
+pub fn holds(bytes: &[u8], needle: &[u8]) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle)
+}

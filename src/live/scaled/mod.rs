@@ -23,7 +23,9 @@ mod producer;
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tracing::info;
 
@@ -65,7 +67,18 @@ struct Scaled<C> {
     health: Health,
     /// Events as the router read them (each once, a promotion too).
     routed: EngineStats,
+    /// Partition directories not held, since when (`Tasks::clean`).
+    unheld: BTreeMap<PathBuf, Duration>,
+    last_clean: Option<Duration>,
 }
+
+/// How long a partition's state may stay on disk once another instance
+/// holds it (a previous run's, or one that could not be deleted at the
+/// hand-over): long enough for a restart to find its partitions again,
+/// short enough that an erased customer's data does not linger.
+const CLEANUP_DELAY: Duration = Duration::from_secs(600);
+/// How often the state directory is scanned for such partitions.
+const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
 /// What one batch makes besides its records to the stages.
 #[derive(Default)]
@@ -99,6 +112,8 @@ impl<C: Clock> Scaled<C> {
             clock,
             health,
             routed: EngineStats::default(),
+            unheld: BTreeMap::new(),
+            last_clean: None,
             config,
         }
     }
@@ -113,6 +128,7 @@ impl<C: Clock> Scaled<C> {
             let batch = self.group.next_batch(max, wait, stop)?;
             self.process(&batch)?;
             self.hand_over_revoked();
+            self.clean();
         }
         info!("stopping: the last batch is committed");
         Ok(())
@@ -141,6 +157,19 @@ impl<C: Clock> Scaled<C> {
             }
         }
         self.group.finish_revoke();
+    }
+
+    fn clean(&mut self) {
+        let now = self.clock.mono();
+        if self
+            .last_clean
+            .is_some_and(|t| now.saturating_sub(t) < CLEANUP_EVERY)
+        {
+            return;
+        }
+        self.last_clean = Some(now);
+        let dir = &self.config.state.dir;
+        self.tasks.clean(dir, &mut self.unheld, now, CLEANUP_DELAY);
     }
 
     fn stage_of(&self, topic: &str) -> Option<Stage> {

@@ -4,11 +4,11 @@
 //! own position in its repartition topic, its own watermark and its own
 //! idle advance.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::engine::partitioned::partition_dir;
@@ -75,13 +75,65 @@ impl Tasks {
             .expect("inserted above"))
     }
 
-    /// Gives a partition up (revoked): its state stays on disk, to resume
-    /// from if it comes back.
+    /// Gives a partition up (revoked: another instance owns it now) and
+    /// deletes its state here: the owner's copy is the partition's, and an
+    /// erase applied there must not survive in a stale copy here. Should
+    /// the partition come back, it is restored from its changelogs.
     pub fn close(&mut self, stage: Stage, partition: i32) {
-        if let Some(task) = self.held.remove(&(stage, partition)) {
-            self.closed.add_decisions(task.engine.stats());
-            info!(stage = stage.name(), partition, "stage partition given up");
+        let Some(task) = self.held.remove(&(stage, partition)) else {
+            return;
+        };
+        self.closed.add_decisions(task.engine.stats());
+        let dir = task.engine.store().path().to_path_buf();
+        drop(task);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => info!(
+                stage = stage.name(),
+                partition, "stage partition handed over"
+            ),
+            Err(e) => warn!(
+                stage = stage.name(),
+                partition,
+                dir = %dir.display(),
+                error = %e,
+                "stage partition handed over; its local state could not be deleted"
+            ),
         }
+    }
+
+    /// Deletes the state directories of stage partitions this instance
+    /// has not held for `after` (a previous run's, moved elsewhere since);
+    /// `unheld` remembers since when each was seen unheld.
+    pub fn clean(
+        &self,
+        state_dir: &Path,
+        unheld: &mut BTreeMap<PathBuf, Duration>,
+        now: Duration,
+        after: Duration,
+    ) {
+        let Ok(entries) = std::fs::read_dir(state_dir) else {
+            return;
+        };
+        let held: BTreeSet<PathBuf> = self
+            .held
+            .values()
+            .map(|t| t.engine.store().path().to_path_buf())
+            .collect();
+        let mut seen = BTreeMap::new();
+        for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+            if held.contains(&dir) || !is_partition_dir(&dir) {
+                continue;
+            }
+            let since = unheld.get(&dir).copied().unwrap_or(now);
+            if now.saturating_sub(since) < after {
+                seen.insert(dir, since);
+            } else if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(dir = %dir.display(), error = %e, "cannot delete an unheld partition's state");
+            } else {
+                info!(dir = %dir.display(), "deleted the state of a partition held elsewhere");
+            }
+        }
+        *unheld = seen;
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Task> {
@@ -102,6 +154,18 @@ impl Tasks {
         }
         stats
     }
+}
+
+/// `identity-<p>` or `customer-<p>`, as `partition_dir` names them.
+fn is_partition_dir(dir: &Path) -> bool {
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    Stage::ALL.iter().any(|s| {
+        name.strip_prefix(s.name())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|p| p.parse::<u32>().is_ok())
+    })
 }
 
 fn open_task(
