@@ -851,6 +851,13 @@ pub struct Scale {
     /// across restarts (the pod name); empty: dynamic membership. Read
     /// only when `partitions > 1`.
     pub instance_id: String,
+    /// `host:port` at which the other instances reach this one's HTTP
+    /// server, to forward it the queries about the partitions it holds
+    /// (the Kafka Streams `application.server`). Empty: `http.listen`,
+    /// unless that listens on every interface (0.0.0.0, [::]), which is no
+    /// address to reach: then queries about partitions held elsewhere
+    /// answer 503.
+    pub advertised_http: String,
 }
 
 impl Default for Scale {
@@ -859,6 +866,7 @@ impl Default for Scale {
             partitions: 1,
             standby_replicas: 0,
             instance_id: String::new(),
+            advertised_http: String::new(),
         }
     }
 }
@@ -883,6 +891,14 @@ impl Scale {
             return Err(invalid(
                 "scale.standby_replicas",
                 "needs scale.partitions > 1: a single partition has no changelog to tail",
+            ));
+        }
+        let advertised = self.advertised_http.trim();
+        let port = advertised.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+        if !advertised.is_empty() && !matches!(port, Some(Ok(p)) if p > 0) {
+            return Err(invalid(
+                "scale.advertised_http",
+                format!("expected host:port, got {advertised:?}"),
             ));
         }
         // Kafka checks a group.instance.id as it checks a topic name; an
