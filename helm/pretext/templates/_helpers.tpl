@@ -45,6 +45,14 @@ app.kubernetes.io/name: {{ include "pretext.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+The headless Service governing the StatefulSet: pod <name>-<ordinal> is
+<name>-<ordinal>.<this>.<namespace>.svc.
+*/}}
+{{- define "pretext.headlessName" -}}
+{{- printf "%s-headless" (include "pretext.fullname" .) }}
+{{- end }}
+
 {{- define "pretext.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "pretext.fullname" .) .Values.serviceAccount.name }}
