@@ -1247,17 +1247,11 @@ fn keys_of(toml_text: &str) -> BTreeSet<String> {
     keys
 }
 
-/// Keys pretext reads (src/config.rs) that config/default.toml does not
-/// document yet; the ConfigMap sets them all the same. Drop a key from here
-/// once default.toml has it.
-const NOT_YET_IN_DEFAULT_TOML: [&str; 1] = ["scale.advertised_http"];
-
 #[test]
 fn the_configmap_sets_every_key_of_the_default_configuration() {
     // Loading fills a missing key with its default, so the keys are
     // compared too: each is the chart's to set.
-    let mut want = keys_of(&read("config/default.toml"));
-    want.extend(NOT_YET_IN_DEFAULT_TOML.map(String::from));
+    let want = keys_of(&read("config/default.toml"));
     for case in cases() {
         let (toml, _) = rendered_config(&render(case));
         assert_eq!(keys_of(&toml), want, "{}", case.name);

@@ -3,6 +3,8 @@
 //! assigned and the state is open, else 503), and, when `http.query_token`
 //! is set, the queries of contract section 9 (`query`).
 
+mod forward;
+pub mod placement;
 pub mod query;
 
 use std::future::Future;

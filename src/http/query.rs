@@ -21,8 +21,12 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::engine::query::{Queries, Subject, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::engine::query::{Answer, CookieHop, Queries, Subject, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::engine::routing::Stage;
 use crate::state::Reader;
+
+use super::forward::{self, segment, HOPS_HEADER, MAX_HOPS};
+use super::placement::Placement;
 
 /// What the query routes need: the token (as a digest: the plain token is
 /// not kept here), the scoring settings, and the state once it is open.
@@ -32,6 +36,9 @@ pub struct QueryState {
     token_digest: Option<[u8; 32]>,
     queries: Arc<Queries>,
     reader: Arc<OnceLock<Reader>>,
+    /// Scaled out: the partitions held here and their owners elsewhere,
+    /// in place of `reader`.
+    placement: Arc<OnceLock<Arc<Placement>>>,
     /// Queries computed at once: at most half the cores, so that a flood
     /// of queries queues here rather than taking the pipeline's CPU.
     running: Arc<Semaphore>,
@@ -53,6 +60,7 @@ impl QueryState {
             token_digest: token.is_set().then(|| digest(token.expose().as_bytes())),
             queries: Arc::new(Queries::from_config(config)),
             reader: Arc::new(OnceLock::new()),
+            placement: Arc::new(OnceLock::new()),
             running: Arc::new(Semaphore::new(query_threads())),
         }
     }
@@ -61,6 +69,12 @@ impl QueryState {
     /// 503. The first reader stays: a pipeline opens its state once.
     pub fn open(&self, reader: Reader) {
         let _ = self.reader.set(reader);
+    }
+
+    /// Scaled out: serves queries from the partitions `placement` holds,
+    /// forwarding the others to their owners.
+    pub fn place(&self, placement: Arc<Placement>) {
+        let _ = self.placement.set(placement);
     }
 
     pub fn enabled(&self) -> bool {
@@ -139,34 +153,208 @@ async fn lookup(
         Ok(n) => n,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let subject = subject(id);
+    if let Some(placement) = q.placement.get().cloned() {
+        let asked = Asked {
+            limit,
+            authorization: headers.get(header::AUTHORIZATION).cloned(),
+            hops: hops(headers),
+        };
+        return scaled::lookup(&q, &placement, subject, &asked).await;
+    }
     let Some(reader) = q.reader.get().cloned() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the state is not open yet");
     };
-    let queries = Arc::clone(&q.queries);
-    let subject = subject(id);
-    // The semaphore is never closed.
-    let Ok(_permit) = q.running.acquire().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
-    };
-    let answered = tokio::task::spawn_blocking(move || {
-        let snapshot = reader.snapshot();
-        queries.answer(&snapshot, &subject, limit)
-    })
-    .await;
+    let answered = q
+        .compute(move |queries| queries.answer(&reader.snapshot(), &subject, limit))
+        .await;
+    answer_response(answered)
+}
+
+impl QueryState {
+    /// Runs `query` on a blocking thread, at most `running` at once.
+    async fn compute<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Queries) -> Result<T, crate::state::StateError> + Send + 'static,
+    ) -> Result<T, Response> {
+        let queries = Arc::clone(&self.queries);
+        // The semaphore is never closed.
+        let Ok(_permit) = self.running.acquire().await else {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is stopping",
+            ));
+        };
+        match tokio::task::spawn_blocking(move || query(&queries)).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => {
+                warn!(error = %e, "query failed");
+                Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the state could not be read",
+                ))
+            }
+            Err(_) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "the query failed")),
+        }
+    }
+}
+
+fn answer_response(answered: Result<Option<Answer>, Response>) -> Response {
     match answered {
-        Ok(Ok(Some(answer))) => json(StatusCode::OK, answer.to_json()),
-        Ok(Ok(None)) => error(
+        Ok(Some(answer)) => json(StatusCode::OK, answer.to_json()),
+        Ok(None) => error(
             StatusCode::NOT_FOUND,
             "no state for this id (never seen, or erased)",
         ),
-        Ok(Err(e)) => {
-            warn!(error = %e, "query failed");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the state could not be read",
-            )
+        Err(response) => response,
+    }
+}
+
+/// What a query asked besides its subject, passed on when it is forwarded.
+struct Asked {
+    limit: usize,
+    authorization: Option<HeaderValue>,
+    /// Times it was forwarded to get here.
+    hops: u8,
+}
+
+fn hops(headers: &HeaderMap) -> u8 {
+    headers
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Queries of a scaled-out instance: a cookie's identity partition
+/// resolves it to its customer, whose customer partition answers; either
+/// may be here or at the instance the group assigned it to.
+mod scaled {
+    use super::*;
+
+    pub(super) async fn lookup(
+        q: &QueryState,
+        placement: &Placement,
+        subject: Subject,
+        asked: &Asked,
+    ) -> Response {
+        match subject {
+            Subject::Customer(crm_id) => customer(q, placement, crm_id, None, asked).await,
+            Subject::Cookie(cookie_id) => cookie(q, placement, cookie_id, asked).await,
         }
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the query failed"),
+    }
+
+    async fn cookie(
+        q: &QueryState,
+        placement: &Placement,
+        cookie_id: String,
+        asked: &Asked,
+    ) -> Response {
+        let p = placement.partition_of(&cookie_id);
+        let Some(reader) = placement.local(Stage::Identity, p) else {
+            let path = format!("/v1/cookies/{}?limit={}", segment(&cookie_id), asked.limit);
+            return forward(placement, Stage::Identity, p, &path, asked).await;
+        };
+        let (id, limit) = (cookie_id.clone(), asked.limit);
+        let hop = q
+            .compute(move |queries| queries.cookie_hop(&reader.snapshot(), &id, limit))
+            .await;
+        match hop {
+            Ok(CookieHop::Answered(answer)) => answer_response(Ok(answer)),
+            Ok(CookieHop::Customer(crm_id)) => {
+                customer(q, placement, crm_id, Some(cookie_id), asked).await
+            }
+            Err(response) => response,
+        }
+    }
+
+    async fn customer(
+        q: &QueryState,
+        placement: &Placement,
+        crm_id: String,
+        via_cookie: Option<String>,
+        asked: &Asked,
+    ) -> Response {
+        let p = placement.partition_of(&crm_id);
+        if let Some(reader) = placement.local(Stage::Customer, p) {
+            let limit = asked.limit;
+            let answered = q
+                .compute(move |queries| {
+                    queries.customer_answer(
+                        &reader.snapshot(),
+                        &crm_id,
+                        via_cookie.as_deref(),
+                        limit,
+                    )
+                })
+                .await;
+            return answer_response(answered);
+        }
+        let path = format!("/v1/customers/{}?limit={}", segment(&crm_id), asked.limit);
+        let (status, body) = match forwarded(placement, Stage::Customer, p, &path, asked).await {
+            Ok(answer) => answer,
+            Err(response) => return response,
+        };
+        match (status, via_cookie) {
+            // The customer's answer, asked about one of its cookies: the
+            // cookie first, as the contract orders the fields.
+            (StatusCode::OK, Some(cookie_id)) => match body.strip_prefix('{') {
+                Some(rest) => {
+                    let cookie = serde_json::Value::from(cookie_id).to_string();
+                    json(status, format!("{{\"cookie_id\":{cookie},{rest}"))
+                }
+                None => json(status, body),
+            },
+            _ => json(status, body),
+        }
+    }
+
+    async fn forward(
+        placement: &Placement,
+        stage: Stage,
+        p: i32,
+        path: &str,
+        asked: &Asked,
+    ) -> Response {
+        match forwarded(placement, stage, p, path, asked).await {
+            Ok((status, body)) => json(status, body),
+            Err(response) => response,
+        }
+    }
+
+    /// The answer of the owner of `stage`'s partition `p`, or the 503 that
+    /// says why there is none (the partition is moving, or its owner is
+    /// unreachable: asking again soon is right either way).
+    async fn forwarded(
+        placement: &Placement,
+        stage: Stage,
+        p: i32,
+        path: &str,
+        asked: &Asked,
+    ) -> Result<(StatusCode, String), Response> {
+        let unavailable = |why: String| error(StatusCode::SERVICE_UNAVAILABLE, &why);
+        if asked.hops >= MAX_HOPS {
+            return Err(unavailable(format!(
+                "{} partition {p} is moving between instances: ask again",
+                stage.name()
+            )));
+        }
+        let Some(owner) = placement.owner(stage, p) else {
+            return Err(unavailable(format!(
+                "{} partition {p} has no reachable owner now (moving, or its instance \
+                 advertises no address): ask again",
+                stage.name()
+            )));
+        };
+        let auth = asked.authorization.as_ref();
+        forward::get(&owner, path, auth, asked.hops + 1)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "forwarding a query failed");
+                unavailable(format!(
+                    "the owner of {} partition {p} did not answer",
+                    stage.name()
+                ))
+            })
     }
 }
 

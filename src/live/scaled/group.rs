@@ -32,6 +32,7 @@ use super::super::events::{classify, ConsumerError, Rebalance};
 use super::super::pipeline::Stop;
 use super::super::topology::{Stage, Topology};
 use super::super::LiveError;
+use super::directory::{advertised, CLIENT_ID_PREFIX};
 
 /// How long reading the group's committed offsets may take.
 const GROUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -196,6 +197,11 @@ impl Group {
             .set("isolation.level", "read_committed");
         if !config.scale.instance_id.is_empty() {
             cc.set("group.instance.id", &config.scale.instance_id);
+        }
+        // The other instances find this one's HTTP server in the group's
+        // description (`directory`).
+        if let Some(addr) = advertised(config) {
+            cc.set("client.id", format!("{CLIENT_ID_PREFIX}{addr}"));
         }
         let context = GroupContext {
             inputs: config.topics.inputs.iter().cloned().collect(),

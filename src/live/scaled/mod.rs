@@ -18,6 +18,7 @@
 //! restored from its changelogs before anything of it is applied, which
 //! reads nothing when the local state is current.
 
+mod directory;
 mod group;
 mod producer;
 mod tasks;
@@ -25,6 +26,7 @@ mod tasks;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::info;
@@ -33,6 +35,7 @@ use crate::config::Config;
 use crate::decode::{decode, Reason};
 use crate::engine::wire::{CustomerRecord, Forget, RecordKind};
 use crate::engine::{EngineStats, SourceOffset};
+use crate::http::placement::Placement;
 use crate::http::Health;
 use crate::state::Cf;
 use crate::trigger::Group as TriggerGroup;
@@ -42,16 +45,21 @@ use super::pipeline::{dead_letter, Clock, DeadLetterOut, Produced, Stop, SystemC
 use super::topology::{Stage, Topology};
 use super::LiveError;
 
+use directory::Directory;
 use group::{Group, Polled};
 use producer::ScaledProducer;
 use tasks::{Task, Tasks};
 
 /// Runs an instance of the scaled-out topology until `stop`.
 pub fn run(config: Config, health: Health, stop: &Stop) -> Result<(), LiveError> {
+    let placement = Arc::new(Placement::new(config.scale.partitions));
+    health.queries.place(placement.clone());
+    let _directory = Directory::start(&config, placement.clone())?;
     let group = Group::new(&config, health.assigned.clone(), health.metrics.clone())?;
     let producer = ScaledProducer::new(&config)?;
     health.state_open.store(true, Ordering::Release);
-    let mut scaled = Scaled::new(config, group, producer, SystemClock::new(), health);
+    let tasks = Tasks::new(placement);
+    let mut scaled = Scaled::new(config, group, producer, tasks, SystemClock::new(), health);
     scaled.run(stop)
 }
 
@@ -93,6 +101,7 @@ impl<C: Clock> Scaled<C> {
         config: Config,
         group: Group,
         producer: ScaledProducer,
+        tasks: Tasks,
         clock: C,
         health: Health,
     ) -> Scaled<C> {
@@ -108,7 +117,7 @@ impl<C: Clock> Scaled<C> {
             changelogs,
             group,
             producer,
-            tasks: Tasks::default(),
+            tasks,
             clock,
             health,
             routed: EngineStats::default(),
@@ -287,11 +296,11 @@ impl<C: Clock> Scaled<C> {
             if task.unsettled.take().is_some() {
                 task.engine.settle(produced)?;
             }
-            if task.stage == Stage::Customer {
-                if let Some(to) = task.idle.target(mono, wall) {
-                    task.engine.advance_watermark(to, produced)?;
-                    task.touched = true;
-                }
+            // Both stages: the customer partitions fire what is due, the
+            // identity partitions answer their cookies as of the clock.
+            if let Some(to) = task.idle.target(mono, wall) {
+                task.engine.advance_watermark(to, produced)?;
+                task.touched = true;
             }
         }
         Ok(())

@@ -4,8 +4,10 @@
 //! own position in its repartition topic, its own watermark and its own
 //! idle advance.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -13,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::engine::partitioned::partition_dir;
 use crate::engine::{Engine, EngineStats};
+use crate::http::placement::Placement;
 use crate::state::changelog::Checkpoint;
 use crate::state::Store;
 
@@ -49,14 +52,24 @@ impl Task {
     }
 }
 
-#[derive(Default)]
 pub struct Tasks {
     held: BTreeMap<(Stage, i32), Task>,
+    /// What queries read: the partitions held, as they are opened and
+    /// given up.
+    placement: Arc<Placement>,
     /// The decisions of the tasks given up, so the counters never go back.
     closed: EngineStats,
 }
 
 impl Tasks {
+    pub fn new(placement: Arc<Placement>) -> Tasks {
+        Tasks {
+            held: BTreeMap::new(),
+            placement,
+            closed: EngineStats::default(),
+        }
+    }
+
     /// The task of a stage partition, opened (and restored) if need be.
     pub fn open(
         &mut self,
@@ -65,14 +78,15 @@ impl Tasks {
         partition: i32,
         clock: &dyn Clock,
     ) -> Result<&mut Task, LiveError> {
-        if !self.held.contains_key(&(stage, partition)) {
-            let task = open_task(config, stage, partition, clock)?;
-            self.held.insert((stage, partition), task);
+        match self.held.entry((stage, partition)) {
+            Entry::Occupied(held) => Ok(held.into_mut()),
+            Entry::Vacant(vacant) => {
+                let task = open_task(config, stage, partition, clock)?;
+                self.placement
+                    .hold(stage, partition, task.engine.store().reader());
+                Ok(vacant.insert(task))
+            }
         }
-        Ok(self
-            .held
-            .get_mut(&(stage, partition))
-            .expect("inserted above"))
     }
 
     /// Gives a partition up (revoked: another instance owns it now) and
@@ -83,6 +97,7 @@ impl Tasks {
         let Some(task) = self.held.remove(&(stage, partition)) else {
             return;
         };
+        self.placement.release(stage, partition);
         self.closed.add_decisions(task.engine.stats());
         let dir = task.engine.store().path().to_path_buf();
         drop(task);
