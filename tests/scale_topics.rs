@@ -213,27 +213,31 @@ fn pretext_run_exits_2_naming_a_wrong_internal_topic() {
 }
 
 #[test]
-fn pretext_run_creates_the_internal_topics_then_says_partitioned_mode_is_not_built() {
+fn pretext_run_creates_the_internal_topics_then_runs_partitioned() {
     let broker = Broker::start();
     let topics = Topics::create(&broker);
     let group = unique("scale-run");
     let dir = tempfile::tempdir().unwrap();
     let (config, state_dir) = write_config(dir.path(), &broker.addr, &topics, &group);
     let log = dir.path().join("pretext.log");
-    let mut p = Pretext::start_with_env(
+    let p = Pretext::start_with_env(
         &config,
         &state_dir,
         &log,
         &[("PRETEXT__SCALE__PARTITIONS", "2")],
     );
-    let status = p.exit_within(TIMEOUT).expect("pretext exits");
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(status.code(), Some(2), "{text}");
-    assert!(text.contains("does not run partitioned yet"), "{text}");
+    p.wait_ready();
     assert_eq!(
         described(&broker, &format!("{group}.customer-timers-changelog")),
         (2, "compact".to_string())
     );
+    assert_eq!(
+        described(&broker, &format!("{group}.by-cookie")),
+        (2, "delete".to_string())
+    );
+    let status = p.terminate();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
 }
 
 /// Every message of `topic`: (key, partition, payload), read by a plain

@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::decode::{decode, Reason};
@@ -52,6 +52,13 @@ use tasks::{Task, Tasks};
 
 /// Runs an instance of the scaled-out topology until `stop`.
 pub fn run(config: Config, health: Health, stop: &Stop) -> Result<(), LiveError> {
+    if config.scale.standby_replicas > 0 {
+        warn!(
+            standby_replicas = config.scale.standby_replicas,
+            "scale.standby_replicas: live mode runs no standby yet (docs/scale-out.md, \
+             \"Not built yet\"); a partition that moves is restored from its changelogs"
+        );
+    }
     let placement = Arc::new(Placement::new(config.scale.partitions));
     health.queries.place(placement.clone());
     let _directory = Directory::start(&config, placement.clone())?;
