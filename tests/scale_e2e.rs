@@ -604,3 +604,51 @@ fn an_erase_leaves_nothing_of_the_customer_on_any_instance_or_changelog() {
         }
     }
 }
+
+/// A restart within the session timeout moves no partition (static
+/// membership): the other instance sees no rebalance, and the restarted
+/// one resumes every partition from its own disk, restoring nothing.
+#[test]
+fn a_restart_within_the_session_timeout_moves_no_partition() {
+    let d = Deployment::new(&[]);
+    let (day, _) = stream(d.dir.path(), 2000, 9);
+    let (first, rest) = day.split_at(day.len() / 2);
+    let a = d.start(0);
+    let b = d.start(1);
+    d.produce(first);
+    d.wait_drained(&[0, 1]);
+    let rebalances = |i: usize| {
+        broker::without_ansi(&d.log(i))
+            .lines()
+            .filter(|l| l.contains("partitions assigned") || l.contains("partitions revoked"))
+            .count()
+    };
+    let seen_by_b = rebalances(1);
+    let before_restart = broker::without_ansi(&d.log(0)).len();
+    assert!(a.terminate().success());
+    let a = d.start(0);
+    d.produce(rest);
+    d.wait_drained(&[0, 1]);
+    assert_eq!(
+        rebalances(1),
+        seen_by_b,
+        "the other instance saw a rebalance:\n{}",
+        tail(&d.log(1), 20)
+    );
+    let second_run = broker::without_ansi(&d.log(0))[before_restart..].to_string();
+    let opened = second_run
+        .lines()
+        .filter(|l| l.contains("stage partition open"))
+        .count();
+    assert!(
+        opened > 0,
+        "the restarted instance opened no partition:\n{second_run}"
+    );
+    assert_eq!(
+        most_restored(&second_run),
+        0,
+        "a partition was restored:\n{second_run}"
+    );
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
