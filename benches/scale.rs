@@ -166,13 +166,7 @@ fn main() {
 /// partitions` (a fresh group, fresh states) on the input until the group
 /// has drained it, then stops them and deletes the group's internal
 /// topics, so that no run pays for an earlier one's partitions.
-fn run(
-    dir: &Path,
-    broker: &Broker,
-    topics: &Topics,
-    partitions: u32,
-    instances: usize,
-) -> Run {
+fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances: usize) -> Run {
     let sub = dir.join(unique("run"));
     std::fs::create_dir_all(&sub).expect("run dir");
     let group = unique("bench");

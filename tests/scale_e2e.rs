@@ -652,3 +652,29 @@ fn a_restart_within_the_session_timeout_moves_no_partition() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
+
+/// Each partition's idle advance: a customer's view, then no more input;
+/// its partition's watermark follows the clock from the view's time and
+/// the check fires, with no later event to move it.
+#[test]
+fn an_idle_partition_fires_its_due_check() {
+    let d = Deployment::new(&[
+        ("PRETEXT__WATERMARK__IDLE_TIMEOUT", "1s"),
+        ("PRETEXT__TRIGGERS__VIEWED_NOT_BOUGHT__DELAY", "3s"),
+    ]);
+    let instances: Vec<Pretext> = (0..2).map(|i| d.start(i)).collect();
+    let ts = now_ms() - DAY;
+    d.produce(&[format!(
+        r#"{{"type":"product_view","event_id":"v1","ts":{ts},"cookie_id":"ck-idle","crm_id":"C-IDLE","product_id":"P1","category":"coats"}}"#
+    )]);
+    let got = d
+        .broker
+        .consume(&d.topics.triggers, 1, Duration::from_secs(60));
+    assert_eq!(got.len(), 1, "one trigger, fired by the idle advance");
+    let trigger: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(trigger["crm_id"], "C-IDLE");
+    assert_eq!(trigger["type"], "viewed_not_bought");
+    for p in instances {
+        assert!(p.terminate().success());
+    }
+}
