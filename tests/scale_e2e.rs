@@ -678,3 +678,46 @@ fn an_idle_partition_fires_its_due_check() {
         assert!(p.terminate().success());
     }
 }
+
+/// Standby replicas: with one copy of each partition, the instance that
+/// takes a killed instance's partitions over already has them, tailed from
+/// their changelogs, and restores nothing.
+#[test]
+fn a_standby_copy_makes_a_takeover_restore_nothing() {
+    let d = Deployment::new(&[EXACTLY_ONCE, ("PRETEXT__SCALE__STANDBY_REPLICAS", "1")]);
+    let (day, _) = stream(d.dir.path(), 2000, 10);
+    let a = d.start(0);
+    let b = d.start(1);
+    d.produce(&day);
+    d.wait_drained(&[0, 1]);
+    // Each instance holds its partitions and a copy of every other one.
+    wait_for(
+        "a copy of every partition on instance 1",
+        Duration::from_secs(60),
+        || {
+            let dirs = std::fs::read_dir(d.state(1)).ok()?.count();
+            (dirs == 2 * PARTITIONS as usize).then_some(())
+        },
+    );
+    // The copies' last round has read everything committed.
+    std::thread::sleep(Duration::from_secs(3));
+    let before_kill = broker::without_ansi(&d.log(1)).len();
+    a.kill9();
+    d.produce(&[format!(
+        r#"{{"type":"consent","event_id":"after-kill","ts":{},"crm_id":"C-AFTER","email":true}}"#,
+        now_ms() - DAY
+    )]);
+    d.wait_drained(&[1]);
+    let takeover = broker::without_ansi(&d.log(1))[before_kill..].to_string();
+    let opened = takeover
+        .lines()
+        .filter(|l| l.contains("stage partition open"))
+        .count();
+    assert!(opened > 0, "instance 1 took nothing over:\n{takeover}");
+    assert_eq!(
+        most_restored(&takeover),
+        0,
+        "a takeover restored records:\n{takeover}"
+    );
+    assert!(b.terminate().success());
+}

@@ -69,7 +69,7 @@ impl Directory {
             .spawn(move || {
                 while !stopped.load(Ordering::Acquire) {
                     match client.fetch_group_list(Some(&group), DESCRIBE_TIMEOUT) {
-                        Ok(list) => placement.set_owners(owners(&list, &topology)),
+                        Ok(list) => placement.set_owners(owners(&list, &topology), members(&list)),
                         Err(e) => debug!(error = %e, "cannot describe the group"),
                     }
                     let mut slept = Duration::ZERO;
@@ -94,6 +94,16 @@ impl Drop for Directory {
             let _ = thread.join();
         }
     }
+}
+
+/// The addresses the group's members advertise.
+fn members(list: &GroupList) -> Vec<String> {
+    list.groups()
+        .iter()
+        .flat_map(|g| g.members())
+        .filter_map(|m| m.client_id().strip_prefix(CLIENT_ID_PREFIX))
+        .map(String::from)
+        .collect()
 }
 
 /// The stage partitions each advertising member holds.

@@ -21,6 +21,7 @@
 mod directory;
 mod group;
 mod producer;
+mod standbys;
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,15 +49,15 @@ use super::LiveError;
 use directory::Directory;
 use group::{Group, Polled};
 use producer::ScaledProducer;
+use standbys::Standbys;
 use tasks::{Task, Tasks};
 
 /// Runs an instance of the scaled-out topology until `stop`.
 pub fn run(config: Config, health: Health, stop: &Stop) -> Result<(), LiveError> {
-    if config.scale.standby_replicas > 0 {
+    if config.scale.standby_replicas > 0 && directory::advertised(&config).is_none() {
         warn!(
-            standby_replicas = config.scale.standby_replicas,
-            "scale.standby_replicas: live mode runs no standby yet (docs/scale-out.md, \
-             \"Not built yet\"); a partition that moves is restored from its changelogs"
+            "scale.standby_replicas: this instance advertises no address (scale.advertised_http), \
+             so it has no place on the ring of standbys and keeps no copy"
         );
     }
     let placement = Arc::new(Placement::new(config.scale.partitions));
@@ -65,9 +66,24 @@ pub fn run(config: Config, health: Health, stop: &Stop) -> Result<(), LiveError>
     let group = Group::new(&config, health.assigned.clone(), health.metrics.clone())?;
     let producer = ScaledProducer::new(&config)?;
     health.state_open.store(true, Ordering::Release);
-    let tasks = Tasks::new(placement);
-    let mut scaled = Scaled::new(config, group, producer, tasks, SystemClock::new(), health);
+    let parts = Parts {
+        group,
+        producer,
+        tasks: Tasks::new(placement.clone()),
+        standbys: Standbys::new(&config),
+        placement,
+    };
+    let mut scaled = Scaled::new(config, parts, SystemClock::new(), health);
     scaled.run(stop)
+}
+
+/// What an instance runs with besides its configuration.
+struct Parts {
+    group: Group,
+    producer: ScaledProducer,
+    tasks: Tasks,
+    standbys: Standbys,
+    placement: Arc<Placement>,
 }
 
 struct Scaled<C> {
@@ -78,6 +94,8 @@ struct Scaled<C> {
     group: Group,
     producer: ScaledProducer,
     tasks: Tasks,
+    standbys: Standbys,
+    placement: Arc<Placement>,
     clock: C,
     health: Health,
     /// Events as the router read them (each once, a promotion too).
@@ -104,14 +122,7 @@ struct BatchOut {
 }
 
 impl<C: Clock> Scaled<C> {
-    fn new(
-        config: Config,
-        group: Group,
-        producer: ScaledProducer,
-        tasks: Tasks,
-        clock: C,
-        health: Health,
-    ) -> Scaled<C> {
+    fn new(config: Config, parts: Parts, clock: C, health: Health) -> Scaled<C> {
         let topology = Topology::from_config(&config);
         let changelogs = Stage::ALL
             .into_iter()
@@ -122,9 +133,11 @@ impl<C: Clock> Scaled<C> {
             inputs: config.topics.inputs.iter().cloned().collect(),
             topology,
             changelogs,
-            group,
-            producer,
-            tasks,
+            group: parts.group,
+            producer: parts.producer,
+            tasks: parts.tasks,
+            standbys: parts.standbys,
+            placement: parts.placement,
             clock,
             health,
             routed: EngineStats::default(),
@@ -144,6 +157,7 @@ impl<C: Clock> Scaled<C> {
             let batch = self.group.next_batch(max, wait, stop)?;
             self.process(&batch)?;
             self.hand_over_revoked();
+            self.refresh_standbys()?;
             self.clean();
         }
         info!("stopping: the last batch is committed");
@@ -155,6 +169,7 @@ impl<C: Clock> Scaled<C> {
     fn open_assigned(&mut self) -> Result<(), LiveError> {
         for (topic, partition) in self.group.take_assigned() {
             if let Some(stage) = self.stage_of(&topic) {
+                self.standbys.release(stage, partition);
                 self.tasks
                     .open(&self.config, stage, partition, &self.clock)?;
             }
@@ -185,7 +200,16 @@ impl<C: Clock> Scaled<C> {
         }
         self.last_clean = Some(now);
         let dir = &self.config.state.dir;
-        self.tasks.clean(dir, &mut self.unheld, now, CLEANUP_DELAY);
+        let copies = self.standbys.dirs(dir);
+        self.tasks
+            .clean(dir, &copies, &mut self.unheld, now, CLEANUP_DELAY);
+    }
+
+    fn refresh_standbys(&mut self) -> Result<(), LiveError> {
+        let held = self.tasks.held();
+        let now = self.clock.mono();
+        self.standbys
+            .refresh(&self.config, &self.placement, &held, now)
     }
 
     fn stage_of(&self, topic: &str) -> Option<Stage> {
@@ -264,6 +288,7 @@ impl<C: Clock> Scaled<C> {
     ) -> Result<(), LiveError> {
         let (mono, wall) = (self.clock.mono(), self.clock.wall_ms());
         let max_bytes = self.config.input.max_message_bytes;
+        self.standbys.release(stage, m.partition);
         let task = self
             .tasks
             .open(&self.config, stage, m.partition, &self.clock)?;

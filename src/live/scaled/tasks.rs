@@ -122,6 +122,7 @@ impl Tasks {
     pub fn clean(
         &self,
         state_dir: &Path,
+        keep: &BTreeSet<PathBuf>,
         unheld: &mut BTreeMap<PathBuf, Duration>,
         now: Duration,
         after: Duration,
@@ -136,7 +137,7 @@ impl Tasks {
             .collect();
         let mut seen = BTreeMap::new();
         for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
-            if held.contains(&dir) || !is_partition_dir(&dir) {
+            if held.contains(&dir) || keep.contains(&dir) || !is_partition_dir(&dir) {
                 continue;
             }
             let since = unheld.get(&dir).copied().unwrap_or(now);
@@ -149,6 +150,11 @@ impl Tasks {
             }
         }
         *unheld = seen;
+    }
+
+    /// The stage partitions held.
+    pub fn held(&self) -> BTreeSet<(Stage, i32)> {
+        self.held.keys().copied().collect()
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Task> {
