@@ -46,9 +46,10 @@ const PARTITIONS: u32 = 6;
 /// idle_timeout` short, a stage partition waiting on a rebalance would
 /// fire, on the wall clock, checks the one instance fires later or not at
 /// all within the run).
-const SETTINGS: [(&str, &str); 3] = [
+const SETTINGS: [(&str, &str); 4] = [
     ("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "20000"),
     ("PRETEXT__LOG__LEVEL", "warn"),
+    ("PRETEXT__LOG__FORMAT", "json"),
     ("PRETEXT__WATERMARK__IDLE_TIMEOUT", "1h"),
 ];
 
@@ -63,6 +64,8 @@ struct Run {
     /// Summed over the instances, from process start to readiness.
     startup_cpu_s: f64,
     broker_cpu_s: f64,
+    /// Instances that exited mid-run and were started again.
+    crashes: usize,
 }
 
 fn main() {
@@ -105,13 +108,14 @@ fn main() {
             let shares: Vec<String> = run.per_instance.iter().map(|c| format!("{c:.2}")).collect();
             println!(
                 "round {round}, {label}: {:.2} s, CPU {:.2} s ({}; {:.0} events per CPU-second), \
-                 start-up CPU {:.2} s, broker CPU {:.2} s",
+                 start-up CPU {:.2} s, broker CPU {:.2} s, {} crash(es)",
                 run.wall_s,
                 run.cpu_s,
                 shares.join(" + "),
                 n as f64 / run.cpu_s,
                 run.startup_cpu_s,
-                run.broker_cpu_s
+                run.broker_cpu_s,
+                run.crashes
             );
             runs[i].push(run);
         }
@@ -133,19 +137,20 @@ fn main() {
     println!();
     println!("{n} events, the least-CPU run of {rounds} per configuration:");
     println!(
-        "| configuration | wall s | pretext CPU-s | events per CPU-second | vs single | vs scaled 1 | start-up CPU-s | broker CPU-s |"
+        "| configuration | wall s | pretext CPU-s | events per CPU-second | vs single | vs scaled 1 | start-up CPU-s | broker CPU-s | crashes |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for ((label, _, _), r) in configs.iter().zip(&best) {
         println!(
-            "| {label} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {label} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
             r.wall_s,
             r.cpu_s,
             per_cpu(r),
             per_cpu(r) / single,
             per_cpu(r) / scaled_one,
             r.startup_cpu_s,
-            r.broker_cpu_s
+            r.broker_cpu_s,
+            r.crashes
         );
     }
     println!(
@@ -176,21 +181,19 @@ fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances:
         text.push_str(&format!("[scale]\npartitions = {partitions}\n"));
         std::fs::write(&config, text).expect("write config");
     }
-    let pretexts: Vec<Pretext> = (0..instances)
-        .map(|i| {
-            let state = sub.join(format!("state-{i}"));
-            let state_text = state.display().to_string();
-            let id = format!("bench-{i}");
-            let mut env = SETTINGS.to_vec();
-            env.push(("PRETEXT__STATE__DIR", &state_text));
-            if partitions > 1 {
-                env.push(("PRETEXT__SCALE__INSTANCE_ID", &id));
-            }
-            let log = sub.join(format!("pretext-{i}.log"));
-            Pretext::start_with_env(&config, &state, &log, &env)
-        })
-        .collect();
-    let pids: Vec<String> = pretexts.iter().map(|p| p.pid().to_string()).collect();
+    let start_instance = |i: usize| {
+        let state = sub.join(format!("state-{i}"));
+        let state_text = state.display().to_string();
+        let id = format!("bench-{i}");
+        let mut env = SETTINGS.to_vec();
+        env.push(("PRETEXT__STATE__DIR", &state_text));
+        if partitions > 1 {
+            env.push(("PRETEXT__SCALE__INSTANCE_ID", &id));
+        }
+        let log = sub.join(format!("pretext-{i}.log"));
+        Pretext::start_with_env(&config, &state, &log, &env)
+    };
+    let mut pretexts: Vec<Pretext> = (0..instances).map(start_instance).collect();
     let broker_pid = broker.pid().map(|p| p.to_string());
     let broker_cpu = || broker_pid.as_deref().map_or(0.0, |p| common::cpu_s(p).0);
 
@@ -199,12 +202,27 @@ fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances:
     let mut ready_cpu: Vec<Option<f64>> = vec![None; instances];
     let mut first: Option<(Instant, f64)> = None;
     let launched = Instant::now();
+    let mut restarts = 0;
     while ready_cpu.iter().any(Option::is_none) {
-        for (i, p) in pretexts.iter().enumerate() {
-            if ready_cpu[i].is_none()
-                && broker::http_get(&p.http, "/readyz").map(|r| r.0) == Some(200)
-            {
-                ready_cpu[i] = Some(common::cpu_s(&pids[i]).0);
+        for i in 0..instances {
+            if ready_cpu[i].is_some() {
+                continue;
+            }
+            // An instance that stops before it is ready (a start-up race
+            // with the broker) is started again, at most twice a run: what
+            // is measured begins at readiness.
+            if !pretexts[i].running() {
+                println!(
+                    "  instance {i} exited before it was ready; started again:\n{}",
+                    logs(&sub, instances)
+                );
+                restarts += 1;
+                assert!(restarts <= 2, "instances keep exiting before ready");
+                pretexts[i] = start_instance(i);
+                continue;
+            }
+            if broker::http_get(&pretexts[i].http, "/readyz").map(|r| r.0) == Some(200) {
+                ready_cpu[i] = Some(common::cpu_s(&pretexts[i].pid().to_string()).0);
                 first.get_or_insert_with(|| (Instant::now(), broker_cpu()));
             }
         }
@@ -216,6 +234,15 @@ fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances:
         std::thread::sleep(Duration::from_millis(10));
     }
     let (start, broker_before) = first.expect("an instance ready");
+    // Each instance's CPU before the measured window (its start-up), and
+    // that of its processes which exited within it.
+    let ready: Vec<f64> = ready_cpu
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
+    let mut base = ready.clone();
+    let mut spent = vec![0.0; instances];
+    let mut crashes = 0;
 
     let mut drained = vec![(topics.input.clone(), 1)];
     if partitions > 1 {
@@ -233,6 +260,26 @@ fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances:
         if group_lag(&reader, &drained) == 0 {
             break;
         }
+        // An instance that exits mid-run is started again, as its
+        // orchestrator would, and counted: its CPU until then (read from
+        // the bench's waited-for children) stays in the run's, and the
+        // new process's counts from its start.
+        for i in 0..instances {
+            let children_before = common::cpu_s("self").1;
+            if pretexts[i].running() {
+                continue;
+            }
+            spent[i] += common::cpu_s("self").1 - children_before - base[i];
+            base[i] = 0.0;
+            crashes += 1;
+            println!(
+                "  instance {i} exited mid-run, {:.1} s in; started again:\n{}",
+                start.elapsed().as_secs_f64(),
+                logs(&sub, instances)
+            );
+            assert!(crashes <= 10, "instances keep exiting");
+            pretexts[i] = start_instance(i);
+        }
         assert!(
             start.elapsed() < Duration::from_secs(900),
             "the group has not drained in 900 s:\n{}",
@@ -241,13 +288,12 @@ fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances:
         std::thread::sleep(Duration::from_millis(100));
     }
     let wall_s = start.elapsed().as_secs_f64();
-    let now: Vec<f64> = pids.iter().map(|p| common::cpu_s(p).0).collect();
-    let broker_cpu_s = broker_cpu() - broker_before;
-    let ready: Vec<f64> = ready_cpu
-        .into_iter()
-        .map(Option::unwrap_or_default)
+    let per_instance: Vec<f64> = pretexts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| spent[i] + common::cpu_s(&p.pid().to_string()).0 - base[i])
         .collect();
-    let per_instance: Vec<f64> = now.iter().zip(&ready).map(|(n, r)| n - r).collect();
+    let broker_cpu_s = broker_cpu() - broker_before;
 
     let metrics: Vec<String> = pretexts.iter().filter_map(Pretext::metrics).collect();
     let sum = |name: &str| -> f64 { metrics.iter().map(|m| metric_sum(m, name)).sum() };
@@ -261,6 +307,20 @@ fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances:
         sum("pretext_dead_letters_total"),
         sum("pretext_rebalances_total"),
     );
+    // Where each process's CPU went, its whole life (start-up included),
+    // by thread; threads that ended are in the total only.
+    for (i, p) in pretexts.iter().enumerate() {
+        let total = common::cpu_s(&p.pid().to_string()).0;
+        let shown: Vec<String> = threads_cpu(p.pid())
+            .into_iter()
+            .take(8)
+            .map(|(name, cpu)| format!("{name} {cpu:.2}"))
+            .collect();
+        println!(
+            "  instance {i} threads (CPU-s of {total:.2}): {}",
+            shown.join(", ")
+        );
+    }
     for (i, p) in pretexts.into_iter().enumerate() {
         let status = p.terminate();
         if !status.success() {
@@ -281,6 +341,7 @@ fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances:
         per_instance,
         startup_cpu_s: ready.iter().sum(),
         broker_cpu_s,
+        crashes,
     }
 }
 
@@ -340,22 +401,58 @@ fn delete_internal_topics(broker: &Broker, reader: &BaseConsumer, group: &str) {
 }
 
 /// The instances' log lines (warnings and errors at the bench's log
-/// level), the first 10 of each.
+/// level) counted by level, target and message, fields left out: one
+/// line per distinct message with its count, per instance.
 fn logs(dir: &Path, instances: usize) -> String {
     (0..instances)
         .filter_map(|i| {
             let text = std::fs::read_to_string(dir.join(format!("pretext-{i}.log"))).ok()?;
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            if lines.is_empty() {
+            let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let key = match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(v) => format!(
+                        "{} {}: {}",
+                        v["level"].as_str().unwrap_or("?"),
+                        v["target"].as_str().unwrap_or("?"),
+                        v["fields"]["message"].as_str().unwrap_or("?")
+                    ),
+                    // What main prints on exit is not a log record.
+                    Err(_) => line.to_string(),
+                };
+                *counts.entry(key).or_default() += 1;
+            }
+            if counts.is_empty() {
                 return None;
             }
-            let shown: Vec<String> = lines.iter().take(10).map(|l| format!("    {l}")).collect();
-            Some(format!(
-                "  instance {i} ({} lines):\n{}",
-                lines.len(),
-                shown.join("\n")
-            ))
+            let shown: Vec<String> = counts
+                .iter()
+                .map(|(k, n)| format!("    {n} x {}", k.chars().take(300).collect::<String>()))
+                .collect();
+            Some(format!("  instance {i}:\n{}", shown.join("\n")))
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// CPU seconds of a process's live threads by name (digits dropped, so
+/// `rdk:broker1` and `rdk:broker-1` count together), most first.
+fn threads_cpu(pid: u32) -> Vec<(String, f64)> {
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    for t in tasks.flatten() {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let name: String = name
+            .trim()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        let name = name.trim_end_matches(['-', ':', '#']).to_string();
+        *by.entry(name).or_default() += common::cpu_s(&format!("{pid}/task/{tid}")).0;
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
 }

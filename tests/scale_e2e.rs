@@ -163,6 +163,16 @@ impl Deployment {
         p
     }
 
+    /// SIGTERM to instance `i`, which must finish its batch and exit 0.
+    fn stop(&self, p: Pretext, i: usize) {
+        let status = p.terminate();
+        assert!(
+            status.success(),
+            "instance {i}: {status:?}\n{}",
+            tail(&self.log(i), 30)
+        );
+    }
+
     fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("pretext-{i}.log")))
             .unwrap_or_default()
@@ -447,8 +457,8 @@ fn three_instances_give_the_triggers_and_state_of_one_replay() {
     let got = d.trigger_ids(want.len());
     assert_eq!(got, want, "the trigger ids of a single-instance replay");
     assert_every_instance_answers(&instances, &day, &split_state);
-    for p in instances {
-        assert!(p.terminate().success());
+    for (i, p) in instances.into_iter().enumerate() {
+        d.stop(p, i);
     }
     assert_same_partition_states(&d.restored(), &split_state);
     // Every instance held some partitions.
@@ -506,8 +516,8 @@ fn an_instance_added_and_one_killed_mid_stream_change_nothing() {
     d.wait_drained(&[0, 2]);
     let got = d.trigger_ids(want.len());
     assert_eq!(got, want, "the trigger ids of a single-instance replay");
-    assert!(a.terminate().success());
-    assert!(c.terminate().success());
+    d.stop(a, 0);
+    d.stop(c, 2);
     assert_same_partition_states(&d.restored(), &split_state);
     // The killed instance's partitions went on elsewhere, from their
     // changelogs.
@@ -571,8 +581,8 @@ fn an_erase_leaves_nothing_of_the_customer_on_any_instance_or_changelog() {
         t0 + 12 * 60_000
     )]);
     d.wait_drained(&[0, 1]);
-    for p in instances {
-        assert!(p.terminate().success());
+    for (i, p) in instances.into_iter().enumerate() {
+        d.stop(p, i);
     }
     let needles = [&b"CUST-ERASED"[..], b"ck-erased"];
     for (topic, key, value) in broker::changelog_latest_values(&config) {
@@ -625,7 +635,7 @@ fn a_restart_within_the_session_timeout_moves_no_partition() {
     };
     let seen_by_b = rebalances(1);
     let before_restart = broker::without_ansi(&d.log(0)).len();
-    assert!(a.terminate().success());
+    d.stop(a, 0);
     let a = d.start(0);
     d.produce(rest);
     d.wait_drained(&[0, 1]);
@@ -649,8 +659,8 @@ fn a_restart_within_the_session_timeout_moves_no_partition() {
         0,
         "a partition was restored:\n{second_run}"
     );
-    assert!(a.terminate().success());
-    assert!(b.terminate().success());
+    d.stop(a, 0);
+    d.stop(b, 1);
 }
 
 /// Each partition's idle advance: a customer's view, then no more input;
@@ -674,8 +684,8 @@ fn an_idle_partition_fires_its_due_check() {
     let trigger: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
     assert_eq!(trigger["crm_id"], "C-IDLE");
     assert_eq!(trigger["type"], "viewed_not_bought");
-    for p in instances {
-        assert!(p.terminate().success());
+    for (i, p) in instances.into_iter().enumerate() {
+        d.stop(p, i);
     }
 }
 
@@ -719,5 +729,5 @@ fn a_standby_copy_makes_a_takeover_restore_nothing() {
         0,
         "a takeover restored records:\n{takeover}"
     );
-    assert!(b.terminate().success());
+    d.stop(b, 1);
 }

@@ -228,9 +228,7 @@ pub fn restore(
     let mut assignment = TopicPartitionList::new();
     for &cf in stage.stores() {
         let topic = topology.changelog_topic(stage, cf);
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, partition, timeout)
-            .map_err(kafka("read a changelog's offsets"))?;
+        let (low, high) = watermarks(&consumer, &topic, partition, deadline)?;
         let held = checkpoint.next_of(&topic);
         if held > high {
             return Err(ChangelogError::AheadOfChangelog {
@@ -278,6 +276,36 @@ pub fn restore(
     checkpoint.write(dir)?;
     restored.elapsed = started.elapsed();
     Ok(restored)
+}
+
+/// A changelog partition's low and high (last stable) offsets, asked
+/// again while the broker says it cannot tell yet (a topic just created
+/// has no leader for a moment) until `deadline`.
+fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    deadline: Instant,
+) -> Result<(i64, i64), ChangelogError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.fetch_watermarks(topic, partition, left.max(Duration::from_millis(100))) {
+            Ok(offsets) => return Ok(offsets),
+            Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(kafka("read a changelog's offsets")(e)),
+        }
+    }
+}
+
+/// An error the broker stops giving once leadership settles.
+fn is_transient(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::{LeaderNotAvailable, NotLeaderForPartition, UnknownTopicOrPartition};
+    matches!(
+        e.rdkafka_error_code(),
+        Some(LeaderNotAvailable | NotLeaderForPartition | UnknownTopicOrPartition)
+    )
 }
 
 enum ReadError {

@@ -55,7 +55,9 @@ impl Directory {
         for (k, v) in config.kafka.consumer_settings() {
             cc.set(k, v);
         }
-        cc.set("bootstrap.servers", &config.kafka.brokers);
+        // It only describes the group: no statistics to log.
+        cc.set("bootstrap.servers", &config.kafka.brokers)
+            .set("statistics.interval.ms", "0");
         let client: BaseConsumer = cc.create().map_err(|source| LiveError::Kafka {
             what: "create the client that describes the group",
             source,

@@ -68,7 +68,11 @@ pub struct GroupContext {
     closing: AtomicBool,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// Statistics (when `statistics.interval.ms` is passed through) are not
+    /// logged: librdkafka's default would log each at info.
+    fn stats(&self, _: rdkafka::statistics::Statistics) {}
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(

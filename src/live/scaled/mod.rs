@@ -74,7 +74,9 @@ pub fn run(config: Config, health: Health, stop: &Stop) -> Result<(), LiveError>
         placement,
     };
     let mut scaled = Scaled::new(config, parts, SystemClock::new(), health);
-    scaled.run(stop)
+    let result = scaled.run(stop);
+    scaled.close();
+    result
 }
 
 /// What an instance runs with besides its configuration.
@@ -145,6 +147,26 @@ impl<C: Clock> Scaled<C> {
             last_clean: None,
             config,
         }
+    }
+
+    /// Closes the parts in order, each step logged: the consumer (which
+    /// leaves the group, or, a static member, only disconnects), the
+    /// standby copies, the producer, then the partitions' states.
+    fn close(self) {
+        let Scaled {
+            group,
+            producer,
+            tasks,
+            standbys,
+            ..
+        } = self;
+        drop(group);
+        info!("consumer closed");
+        drop(standbys);
+        drop(producer);
+        info!("producer closed");
+        drop(tasks);
+        info!("partition states closed");
     }
 
     fn run(&mut self, stop: &Stop) -> Result<(), LiveError> {

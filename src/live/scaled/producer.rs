@@ -34,7 +34,10 @@ pub struct Reports {
     next: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    /// Statistics are not logged (librdkafka's default logs each at info).
+    fn stats(&self, _: rdkafka::statistics::Statistics) {}
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = ();
