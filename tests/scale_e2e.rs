@@ -457,6 +457,18 @@ fn three_instances_give_the_triggers_and_state_of_one_replay() {
     let got = d.trigger_ids(want.len());
     assert_eq!(got, want, "the trigger ids of a single-instance replay");
     assert_every_instance_answers(&instances, &day, &split_state);
+    // What the group committed of the repartition topics is deleted.
+    for suffix in ["by-cookie", "by-customer"] {
+        let topic = format!("{}.{suffix}", d.group);
+        wait_for(&format!("{topic} purged"), Duration::from_secs(60), || {
+            let reader = d.reader();
+            let purged = (0..PARTITIONS as i32).filter(|&p| {
+                let w = reader.fetch_watermarks(&topic, p, Duration::from_secs(5));
+                w.is_ok_and(|(low, _)| low > 0)
+            });
+            (purged.count() > 0).then_some(())
+        });
+    }
     for (i, p) in instances.into_iter().enumerate() {
         d.stop(p, i);
     }

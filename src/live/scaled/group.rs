@@ -390,6 +390,11 @@ impl Group {
         }
     }
 
+    /// The offsets this member committed, by partition.
+    pub fn committed(&self) -> &BTreeMap<(String, i32), i64> {
+        &self.committed
+    }
+
     pub fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
         self.consumer.group_metadata()
     }

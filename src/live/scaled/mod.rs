@@ -21,6 +21,7 @@
 mod directory;
 mod group;
 mod producer;
+mod purge;
 mod standbys;
 mod tasks;
 
@@ -49,6 +50,7 @@ use super::LiveError;
 use directory::Directory;
 use group::{Group, Polled};
 use producer::ScaledProducer;
+use purge::Purger;
 use standbys::Standbys;
 use tasks::{Task, Tasks};
 
@@ -72,6 +74,7 @@ pub fn run(config: Config, health: Health, stop: &Stop) -> Result<(), LiveError>
         tasks: Tasks::new(placement.clone()),
         standbys: Standbys::new(&config),
         placement,
+        purger: Purger::new(&config)?,
     };
     let mut scaled = Scaled::new(config, parts, SystemClock::new(), health);
     let result = scaled.run(stop);
@@ -86,6 +89,7 @@ struct Parts {
     tasks: Tasks,
     standbys: Standbys,
     placement: Arc<Placement>,
+    purger: Purger,
 }
 
 struct Scaled<C> {
@@ -98,6 +102,7 @@ struct Scaled<C> {
     tasks: Tasks,
     standbys: Standbys,
     placement: Arc<Placement>,
+    purger: Purger,
     clock: C,
     health: Health,
     /// Events as the router read them (each once, a promotion too).
@@ -140,6 +145,7 @@ impl<C: Clock> Scaled<C> {
             tasks: parts.tasks,
             standbys: parts.standbys,
             placement: parts.placement,
+            purger: parts.purger,
             clock,
             health,
             routed: EngineStats::default(),
@@ -181,6 +187,7 @@ impl<C: Clock> Scaled<C> {
             self.hand_over_revoked();
             self.refresh_standbys()?;
             self.clean();
+            self.purge();
         }
         info!("stopping: the last batch is committed");
         Ok(())
@@ -225,6 +232,12 @@ impl<C: Clock> Scaled<C> {
         let copies = self.standbys.dirs(dir);
         self.tasks
             .clean(dir, &copies, &mut self.unheld, now, CLEANUP_DELAY);
+    }
+
+    fn purge(&mut self) {
+        let repartition = Stage::ALL.map(|s| self.topology.repartition_topic(s));
+        let now = self.clock.mono();
+        self.purger.purge(self.group.committed(), &repartition, now);
     }
 
     fn refresh_standbys(&mut self) -> Result<(), LiveError> {
