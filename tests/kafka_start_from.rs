@@ -256,3 +256,40 @@ fn backfill_then_live_equals_a_replay_of_the_whole_log() {
     assert_same_triggers(&all, &expected);
     assert_same_state(&state, &whole);
 }
+
+/// Scaled out (`scale.partitions > 1`), an instance's router starts a
+/// fresh input partition at the time too: it reads the records stamped
+/// from it on, and none before.
+#[test]
+fn a_scaled_out_instance_started_at_a_time_reads_only_the_records_from_it() {
+    let broker = Broker::start();
+    let topics = Topics::create(&broker);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = two_days(dir.path());
+    produce_stamped(&broker, &topics.input, &lines);
+    let seam = lines[lines.len() / 2].0;
+    let from = lines.iter().position(|(ts, _)| *ts >= seam).unwrap();
+    let tail = lines.len() - from;
+    let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
+    let log = dir.path().join("pretext.log");
+    let seam_text = pretext::time::format_ts(seam);
+    let env = [
+        NO_IDLE,
+        ("PRETEXT__KAFKA__START_FROM", seam_text.as_str()),
+        ("PRETEXT__SCALE__PARTITIONS", "3"),
+    ];
+    let pretext = Pretext::start_with_env(&config, &state, &log, &env);
+    wait_for("the second day read", Duration::from_secs(60), || {
+        let m = pretext.metrics()?;
+        (messages_read(&m) >= tail as f64).then_some(())
+    });
+    // Time for anything read beyond it to show.
+    std::thread::sleep(Duration::from_secs(2));
+    let m = pretext.metrics().unwrap();
+    assert_eq!(
+        messages_read(&m),
+        tail as f64,
+        "read from the time on, and only that"
+    );
+    assert!(pretext.terminate().success());
+}

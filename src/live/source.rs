@@ -29,7 +29,7 @@ use super::txn::{GroupMetadata, GroupPosition, TxnRecord};
 use super::LiveError;
 
 /// How long the start of a new partition may wait for offsets-for-times.
-const OFFSETS_FOR_TIMES_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const OFFSETS_FOR_TIMES_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a metadata request (to tell which input topic is unknown) may
 /// take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -373,7 +373,10 @@ impl SourceContext {
     }
 }
 
-fn times_list(parts: &[(String, i32)], t: i64) -> Result<TopicPartitionList, KafkaError> {
+pub(super) fn times_list(
+    parts: &[(String, i32)],
+    t: i64,
+) -> Result<TopicPartitionList, KafkaError> {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition) in parts {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(t))?;
@@ -383,7 +386,11 @@ fn times_list(parts: &[(String, i32)], t: i64) -> Result<TopicPartitionList, Kaf
 
 /// The start offset offsets-for-times found: an offset, or the end when no
 /// record is stamped at or after the time (librdkafka answers -1, `End`).
-fn start_offset(found: &TopicPartitionList, topic: &str, partition: i32) -> Option<Offset> {
+pub(super) fn start_offset(
+    found: &TopicPartitionList,
+    topic: &str,
+    partition: i32,
+) -> Option<Offset> {
     let e = found.find_partition(topic, partition)?;
     if e.error().is_err() {
         return None;

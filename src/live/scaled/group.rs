@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 
 use super::super::events::{classify, ConsumerError, Rebalance};
 use super::super::pipeline::Stop;
+use super::super::source::{start_offset, times_list, OFFSETS_FOR_TIMES_TIMEOUT};
 use super::super::topology::{Stage, Topology};
 use super::super::LiveError;
 use super::directory::{advertised, CLIENT_ID_PREFIX};
@@ -65,6 +66,8 @@ pub struct GroupContext {
     /// The assignment was lost (the session expired): under exactly-once
     /// another instance may own it now, so this one stops.
     lost: AtomicBool,
+    /// A callback could not go on (no start offset for a partition).
+    fatal: Mutex<Option<String>>,
     closing: AtomicBool,
 }
 
@@ -113,8 +116,8 @@ impl GroupContext {
     /// `kafka.start_from` says; everything else at the committed offset
     /// (or the beginning of an internal topic).
     fn on_assign(&self, consumer: &BaseConsumer<GroupContext>, tpl: &mut TopicPartitionList) {
-        if matches!(self.start_from, StartFrom::Latest) {
-            self.start_new_inputs_at_end(consumer, tpl);
+        if self.start_from != StartFrom::Earliest {
+            self.start_new_inputs(consumer, tpl);
         }
         if let Err(e) = consumer.incremental_assign(tpl) {
             warn!(error = %e, "failed to assign partitions");
@@ -133,20 +136,51 @@ impl GroupContext {
         }
     }
 
-    fn start_new_inputs_at_end(
+    /// Input partitions the group has no offset for start at the end
+    /// (`latest`) or at the first record stamped at or after the time; if
+    /// the broker cannot tell, the instance stops (a guess would skip or
+    /// repeat history).
+    fn start_new_inputs(
         &self,
         consumer: &BaseConsumer<GroupContext>,
         tpl: &mut TopicPartitionList,
     ) {
-        let Ok(committed) = consumer.committed_offsets(tpl.clone(), GROUP_TIMEOUT) else {
-            warn!("cannot read the group's offsets: new input partitions start at the beginning");
-            return;
+        let fresh: Vec<(String, i32)> = match consumer.committed_offsets(tpl.clone(), GROUP_TIMEOUT)
+        {
+            Ok(committed) => committed
+                .elements()
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                .filter(|e| self.inputs.contains(e.topic()))
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect(),
+            Err(e) => return self.fail(format!("cannot read the group's offsets: {e}")),
         };
-        for e in committed.elements() {
-            let fresh = !matches!(e.offset(), Offset::Offset(_));
-            if fresh && self.inputs.contains(e.topic()) {
-                let _ = tpl.set_partition_offset(e.topic(), e.partition(), Offset::End);
-            }
+        let found = match self.start_from {
+            StartFrom::Time(t) if !fresh.is_empty() => match times_list(&fresh, t) {
+                Ok(query) => consumer.offsets_for_times(query, OFFSETS_FOR_TIMES_TIMEOUT),
+                Err(e) => Err(e),
+            },
+            _ => Ok(TopicPartitionList::new()),
+        };
+        for (topic, partition) in &fresh {
+            let offset = match (&self.start_from, &found) {
+                (StartFrom::Time(_), Ok(found)) => start_offset(found, topic, *partition),
+                (StartFrom::Time(_), Err(_)) => None,
+                _ => Some(Offset::End),
+            };
+            let Some(offset) = offset else {
+                return self.fail(format!(
+                    "cannot find the offset of {topic}[{partition}] at kafka.start_from"
+                ));
+            };
+            let _ = tpl.set_partition_offset(topic, *partition, offset);
+        }
+    }
+
+    fn fail(&self, error: String) {
+        if let Ok(mut fatal) = self.fatal.lock() {
+            fatal.get_or_insert(error);
         }
     }
 }
@@ -177,13 +211,6 @@ impl Group {
         assigned: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
     ) -> Result<Group, LiveError> {
-        if let StartFrom::Time(_) = config.kafka.start_from {
-            return Err(LiveError::Fatal {
-                error: "kafka.start_from = <time> is not supported with scale.partitions > 1 yet"
-                    .into(),
-                fix: "use \"earliest\" or \"latest\" (docs/scale-out.md, \"Not built yet\")".into(),
-            });
-        }
         let mut cc = ClientConfig::new();
         cc.set("max.partition.fetch.bytes", "8388608");
         for (k, v) in config.kafka.consumer_settings() {
@@ -216,6 +243,7 @@ impl Group {
             pending_revoke: Mutex::new(None),
             assigned: Mutex::new(Vec::new()),
             lost: AtomicBool::new(false),
+            fatal: Mutex::new(None),
             closing: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<GroupContext> =
@@ -282,6 +310,21 @@ impl Group {
     }
 
     fn check_lost(&self) -> Result<(), LiveError> {
+        let fatal = self
+            .consumer
+            .context()
+            .fatal
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take());
+        if let Some(error) = fatal {
+            return Err(LiveError::Fatal {
+                error,
+                fix: "check that the broker answers and kafka.start_from is a time the input \
+                      topics can look up"
+                    .into(),
+            });
+        }
         if self.consumer.context().lost.load(Ordering::Acquire) {
             return Err(LiveError::Fatal {
                 error: "the consumer lost its partitions: its session expired".into(),
