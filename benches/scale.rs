@@ -392,7 +392,9 @@ fn group_lag(reader: &BaseConsumer, topics: &[(String, i32)]) -> i64 {
 }
 
 /// The records written to the group's repartition topics and to its
-/// changelogs (the sum of their partitions' high watermarks): what the
+/// changelogs (the sum of their partitions' high watermarks: the topics
+/// are new, and scaled mode purges the repartition topics below the
+/// committed offsets, so the low watermarks say nothing): what the
 /// scaled deployment makes the broker store beside the input.
 fn internal_records(reader: &BaseConsumer, group: &str) -> String {
     let Ok(metadata) = reader.fetch_metadata(None, Duration::from_secs(10)) else {
@@ -411,7 +413,7 @@ fn internal_records(reader: &BaseConsumer, group: &str) -> String {
                     .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
                     .ok()
             })
-            .map(|(low, high)| high - low)
+            .map(|(_, high)| high)
             .sum();
         match rest {
             "by-cookie" => by_cookie += records,
