@@ -79,25 +79,15 @@ fn stream(dir: &Path, events: usize, seed: u64) -> (Vec<String>, String) {
 /// `pretext replay` of `lines` with the shared settings (and
 /// `--partitions` if given) into `state`: the trigger lines.
 fn replay(dir: &Path, lines: &[String], state: &Path, partitions: Option<u32>) -> Vec<String> {
-    let input = dir.join("replay-input.jsonl");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pretext"));
-    cmd.arg("replay").envs(SETTINGS).arg("--input").arg(&input);
-    cmd.arg("--state-dir").arg(state);
-    if let Some(n) = partitions {
-        cmd.args(["--partitions", &n.to_string()]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
+    let n = partitions.unwrap_or(1).to_string();
+    broker::replay_args(
+        lines,
+        dir,
+        Some(state),
+        false,
+        &SETTINGS,
+        &["--partitions", &n],
+    )
 }
 
 /// One deployment: its config file and its instances' directories.
@@ -742,4 +732,39 @@ fn a_standby_copy_makes_a_takeover_restore_nothing() {
         "a takeover restored records:\n{takeover}"
     );
     d.stop(b, 1);
+}
+
+/// A transaction aborted under a batch (as a rebalance does to one whose
+/// offsets carry a generation that moved on; injected here, every 5th)
+/// leaves nothing visible: the instance reads the batch again from its
+/// partitions' last commit, and the triggers and the state are a replay's.
+#[test]
+fn aborted_transactions_are_read_again_and_change_nothing() {
+    let d = Deployment::new(&[
+        EXACTLY_ONCE,
+        ("PRETEXT__KAFKA__BATCH_MAX_MESSAGES", "100"),
+        ("PRETEXT_ABORT_TXN_EVERY", "5"),
+    ]);
+    let (day, promotion) = stream(d.dir.path(), 3000, 11);
+    let mut all = day.clone();
+    all.push(promotion.clone());
+    let (want, split_state) = expected(&d, &all);
+    let instances: Vec<Pretext> = (0..2).map(|i| d.start(i)).collect();
+    d.produce(&day);
+    d.wait_drained(&[0, 1]);
+    d.produce(std::slice::from_ref(&promotion));
+    d.wait_drained(&[0, 1]);
+    let got = d.trigger_ids(want.len());
+    assert_eq!(got, want, "the trigger ids of a single-instance replay");
+    let aborted = (0..2)
+        .map(|i| d.log(i).matches("the batch is read again").count())
+        .sum::<usize>();
+    assert!(
+        aborted > 2,
+        "transactions were aborted and read again: {aborted}"
+    );
+    for (i, p) in instances.into_iter().enumerate() {
+        d.stop(p, i);
+    }
+    assert_same_partition_states(&d.restored(), &split_state);
 }

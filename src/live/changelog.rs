@@ -180,17 +180,25 @@ impl ChangelogWriter {
         Ok(next.unwrap_or_else(|p| std::mem::take(&mut *p.into_inner())))
     }
 
-    /// Enqueues a record, serving delivery reports while the queue is full.
-    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), ChangelogError> {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    self.producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
-                Err((error, _)) => return Err(kafka("enqueue a changelog record")(error)),
+    fn enqueue(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), ChangelogError> {
+        enqueue(&self.producer, record).map_err(kafka("enqueue a changelog record"))
+    }
+}
+
+/// Enqueues a record, serving delivery reports while the producer's queue
+/// is full.
+pub(super) fn enqueue<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                producer.poll(Duration::from_millis(10));
+                record = back;
             }
+            Err((error, _)) => return Err(error),
         }
     }
 }

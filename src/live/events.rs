@@ -140,6 +140,29 @@ impl SkippedBelowPosition<'_> {
     }
 }
 
+/// A run of messages of one partition below the position stored with the
+/// state, skipped in one batch (scaled out, a partition read again after
+/// a move or a crash): counted each, logged once.
+pub struct SkippedRun<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub first: i64,
+    pub count: u64,
+}
+
+impl SkippedRun<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.skipped_below_position.inc_by(self.count);
+        warn!(
+            topic = self.topic,
+            partition = self.partition,
+            first = self.first,
+            count = self.count,
+            "skipping messages below the position stored with the state"
+        );
+    }
+}
+
 /// What a consumer error is, and for a fatal one what to fix.
 pub fn classify(e: &KafkaError) -> (KafkaErrorKind, Option<&'static str>) {
     use RDKafkaErrorCode as C;

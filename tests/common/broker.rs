@@ -670,10 +670,22 @@ pub fn replay_with(
     flush: bool,
     env: &[(&str, &str)],
 ) -> Vec<String> {
+    replay_args(lines, dir, state_dir, flush, env, &[])
+}
+
+/// As `replay_with`, with more arguments to `pretext replay`.
+pub fn replay_args(
+    lines: &[String],
+    dir: &Path,
+    state_dir: Option<&Path>,
+    flush: bool,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Vec<String> {
     let input = dir.join("replay-input.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pretext"));
-    cmd.arg("replay").envs(env.iter().copied());
+    cmd.arg("replay").envs(env.iter().copied()).args(args);
     if flush {
         cmd.arg("--flush");
     }

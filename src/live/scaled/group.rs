@@ -28,7 +28,7 @@ use crate::config::{Config, StartFrom};
 use crate::engine::wire::{RecordKind, RECORD_HEADER};
 use crate::metrics::Metrics;
 
-use super::super::events::{classify, ConsumerError, Rebalance};
+use super::super::events::{classify, CommitFailed, ConsumerError, Rebalance};
 use super::super::pipeline::Stop;
 use super::super::source::{start_offset, times_list, OFFSETS_FOR_TIMES_TIMEOUT};
 use super::super::topology::{Stage, Topology};
@@ -377,17 +377,26 @@ impl Group {
     }
 
     /// At least once: the batch's offsets to the group, once its state and
-    /// output are acknowledged. Synchronous: a revoke follows.
-    pub fn commit(&self, offsets: &TopicPartitionList) -> Result<(), LiveError> {
+    /// output are acknowledged. Synchronous: a revoke follows. A commit the
+    /// group refuses because it is rebalancing (the member's generation
+    /// moved on) is not an error: the state holds the batch, and whoever
+    /// reads the partitions next skips what their states applied. Returns
+    /// whether the offsets were committed.
+    pub fn commit(&self, offsets: &TopicPartitionList) -> Result<bool, LiveError> {
         if offsets.count() == 0 {
-            return Ok(());
+            return Ok(true);
         }
-        self.consumer
-            .commit(offsets, CommitMode::Sync)
-            .map_err(|source| LiveError::Kafka {
+        match self.consumer.commit(offsets, CommitMode::Sync) {
+            Ok(()) => Ok(true),
+            Err(error) if is_rebalancing(&error) => {
+                CommitFailed { error: &error }.emit(&self.metrics);
+                Ok(false)
+            }
+            Err(source) => Err(LiveError::Kafka {
                 what: "commit offsets",
                 source,
-            })
+            }),
+        }
     }
 
     /// The offsets a batch commits: the next of each partition it read,
@@ -433,6 +442,19 @@ impl Group {
         }
     }
 
+    /// Reads these partitions again from these offsets.
+    pub fn rewind(&mut self, to: &BTreeMap<(String, i32), i64>) -> Result<(), LiveError> {
+        for ((topic, partition), &offset) in to {
+            self.consumer
+                .seek(topic, *partition, Offset::Offset(offset), GROUP_TIMEOUT)
+                .map_err(|source| LiveError::Kafka {
+                    what: "seek back to the batch read again",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// The offsets this member committed, by partition.
     pub fn committed(&self) -> &BTreeMap<(String, i32), i64> {
         &self.committed
@@ -452,6 +474,17 @@ impl Drop for Group {
             .store(true, Ordering::Release);
         self.finish_revoke();
     }
+}
+
+/// The group refused a commit because it is rebalancing.
+fn is_rebalancing(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{
+        IllegalGeneration, RebalanceInProgress, UnknownMemberId,
+    };
+    matches!(
+        e.rdkafka_error_code(),
+        Some(IllegalGeneration | RebalanceInProgress | UnknownMemberId)
+    )
 }
 
 fn polled(m: &rdkafka::message::BorrowedMessage<'_>) -> Polled {

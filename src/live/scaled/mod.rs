@@ -42,7 +42,7 @@ use crate::http::Health;
 use crate::state::Cf;
 use crate::trigger::Group as TriggerGroup;
 
-use super::events::{DeadLettered, SkippedBelowPosition};
+use super::events::{DeadLettered, SkippedRun};
 use super::pipeline::{dead_letter, Clock, DeadLetterOut, Produced, Stop, SystemClock};
 use super::topology::{Stage, Topology};
 use super::LiveError;
@@ -117,6 +117,8 @@ struct Scaled<C> {
 /// hand-over): long enough for a restart to find its partitions again,
 /// short enough that an erased customer's data does not linger.
 const CLEANUP_DELAY: Duration = Duration::from_secs(600);
+/// Aborted transactions in a row read again before the instance gives up.
+const MAX_ABORTS_IN_A_ROW: u32 = 3;
 /// How often the state directory is scanned for such partitions.
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
@@ -126,6 +128,9 @@ struct BatchOut {
     produced: Produced,
     /// The next offset of each partition read.
     next: BTreeMap<(String, i32), i64>,
+    /// Messages below a stage partition's stored position: the first
+    /// offset and the count, per partition.
+    skipped: BTreeMap<(String, i32), (i64, u64)>,
 }
 
 impl<C: Clock> Scaled<C> {
@@ -180,10 +185,18 @@ impl<C: Clock> Scaled<C> {
             self.config.kafka.batch_max_messages,
             self.config.kafka.batch_max_wait.std(),
         );
+        let mut aborted_in_a_row = 0;
         while !stop.is_requested() {
             self.open_assigned()?;
             let batch = self.group.next_batch(max, wait, stop)?;
-            self.process(&batch)?;
+            match self.process(&batch) {
+                Err(e @ LiveError::TxnAborted { .. }) if aborted_in_a_row < MAX_ABORTS_IN_A_ROW => {
+                    aborted_in_a_row += 1;
+                    self.read_again(&batch, &e)?;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => aborted_in_a_row = 0,
+            }
             self.hand_over_revoked();
             self.refresh_standbys()?;
             self.clean();
@@ -191,6 +204,24 @@ impl<C: Clock> Scaled<C> {
         }
         info!("stopping: the last batch is committed");
         Ok(())
+    }
+
+    /// After an aborted transaction (the group rebalanced under it, most
+    /// often: its offsets carried a generation that had moved on): the
+    /// batch left nothing visible, so its partitions' states go back to
+    /// their last commit (closed; reopened from disk when next needed) and
+    /// the batch is read again from its first offsets.
+    fn read_again(&mut self, batch: &[Polled], cause: &LiveError) -> Result<(), LiveError> {
+        warn!(error = %cause, "the batch is read again from its first offsets");
+        self.producer.discard_reports();
+        self.tasks.close_all();
+        let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in batch {
+            first
+                .entry((m.topic.clone(), m.partition))
+                .or_insert(m.offset);
+        }
+        self.group.rewind(&first)
     }
 
     /// Opens (restoring what the local state lacks) every stage partition
@@ -263,13 +294,25 @@ impl<C: Clock> Scaled<C> {
             if self.inputs.contains(&m.topic) {
                 self.route(m, &mut out.produced)?;
             } else if let Some(stage) = self.stage_of(&m.topic) {
-                self.apply(stage, m, &mut out.produced)?;
+                if !self.apply(stage, m, &mut out.produced)? {
+                    let run = out.skipped.entry((m.topic.clone(), m.partition));
+                    run.or_insert((m.offset, 0)).1 += 1;
+                }
             }
         }
         self.settle_and_advance(&mut out.produced)?;
         self.send_output(&out.produced)?;
         self.commit(&out.next)?;
         let metrics = &self.health.metrics;
+        for ((topic, partition), (first, count)) in &out.skipped {
+            SkippedRun {
+                topic,
+                partition: *partition,
+                first: *first,
+                count: *count,
+            }
+            .emit(metrics);
+        }
         for d in &out.produced.dead_letters {
             DeadLettered {
                 reason: d.reason,
@@ -314,13 +357,14 @@ impl<C: Clock> Scaled<C> {
         Ok(())
     }
 
-    /// A record of a stage's repartition topic, to its partition.
+    /// A record of a stage's repartition topic, to its partition; false if
+    /// the partition's state had applied it already.
     fn apply(
         &mut self,
         stage: Stage,
         m: &Polled,
         produced: &mut Produced,
-    ) -> Result<(), LiveError> {
+    ) -> Result<bool, LiveError> {
         let (mono, wall) = (self.clock.mono(), self.clock.wall_ms());
         let max_bytes = self.config.input.max_message_bytes;
         self.standbys.release(stage, m.partition);
@@ -329,13 +373,7 @@ impl<C: Clock> Scaled<C> {
             .open(&self.config, stage, m.partition, &self.clock)?;
         task.idle.input_at(mono);
         if task.already_applied(m.offset) {
-            SkippedBelowPosition {
-                topic: &m.topic,
-                partition: m.partition,
-                offset: m.offset,
-            }
-            .emit(&self.health.metrics);
-            return Ok(());
+            return Ok(false);
         }
         task.next = m.offset + 1;
         task.touched = true;
@@ -352,7 +390,7 @@ impl<C: Clock> Scaled<C> {
                 task.idle.applied(ts, wall);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Fires what each customer partition has due: after the records of an
@@ -437,10 +475,10 @@ impl<C: Clock> Scaled<C> {
             let shipped = task.engine.store().path().to_path_buf();
             tasks::checkpoint(&shipped, shipped_of(&self.changelogs, task, &delivered))?;
         }
-        if !self.config.kafka.exactly_once {
-            self.group.commit(&offsets)?;
+        let committed = self.config.kafka.exactly_once || self.group.commit(&offsets)?;
+        if committed {
+            self.group.mark_committed(&offsets);
         }
-        self.group.mark_committed(&offsets);
         Ok(())
     }
 

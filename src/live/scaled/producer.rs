@@ -21,10 +21,14 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::engine::wire::{RecordKind, RECORD_HEADER};
 
+use super::super::changelog::enqueue;
 use super::super::LiveError;
 
 /// How long a transactional call or a batch's acknowledgement may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts at aborting a transaction (librdkafka lets a timed-out abort
+/// be called again).
+const ABORT_ATTEMPTS: u32 = 3;
 
 /// Delivery reports: the first failure, and the offset after the last
 /// record delivered to each partition (the changelogs' checkpoints).
@@ -65,6 +69,11 @@ pub struct ScaledProducer {
     producer: BaseProducer<Reports>,
     transactional_id: Option<String>,
     in_txn: bool,
+    /// Fault injection for tests (`PRETEXT_ABORT_TXN_EVERY=N`): every Nth
+    /// transaction is aborted instead of committed, as a rebalance under
+    /// it would have it.
+    abort_every: Option<u64>,
+    txns: u64,
 }
 
 impl ScaledProducer {
@@ -95,6 +104,11 @@ impl ScaledProducer {
             producer,
             transactional_id,
             in_txn: false,
+            abort_every: std::env::var("PRETEXT_ABORT_TXN_EVERY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0),
+            txns: 0,
         };
         if let Some(id) = &p.transactional_id {
             // Fences an earlier run of this instance and aborts what it
@@ -134,20 +148,22 @@ impl ScaledProducer {
                 value: Some(kind.as_str()),
             }));
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    self.producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
-                Err((source, _)) => {
-                    return Err(LiveError::Produce {
-                        topic: topic.to_string(),
-                        source,
-                    })
-                }
-            }
+        enqueue(&self.producer, record).map_err(|source| LiveError::Produce {
+            topic: topic.to_string(),
+            source,
+        })
+    }
+
+    /// Drops what the delivery reports say of an aborted batch (its
+    /// messages are reported failed once purged).
+    pub fn discard_reports(&mut self) {
+        self.producer.poll(Duration::ZERO);
+        let reports = self.producer.context();
+        if let Ok(mut failed) = reports.failed.lock() {
+            failed.take();
+        }
+        if let Ok(mut next) = reports.next.lock() {
+            next.clear();
         }
     }
 
@@ -208,6 +224,27 @@ impl ScaledProducer {
         if !self.in_txn {
             return Ok(());
         }
+        self.txns += 1;
+        if self.abort_every.is_some_and(|n| self.txns % n == 0) {
+            warn!(
+                transactions = self.txns,
+                "PRETEXT_ABORT_TXN_EVERY: aborting the transaction"
+            );
+            self.in_txn = false;
+            let what = "commit the transaction (PRETEXT_ABORT_TXN_EVERY)";
+            return Err(self.txn_error(what, KafkaError::Canceled));
+        }
+        // Committed, or aborted by `txn_error`: closed either way.
+        let ended = self.end_txn(offsets, group);
+        self.in_txn = false;
+        ended
+    }
+
+    fn end_txn(
+        &self,
+        offsets: &TopicPartitionList,
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> Result<(), LiveError> {
         if offsets.count() > 0 {
             let group = group.ok_or_else(|| LiveError::Fatal {
                 error: "the consumer has no group metadata to commit offsets under".into(),
@@ -219,14 +256,12 @@ impl ScaledProducer {
         }
         self.producer
             .commit_transaction(TIMEOUT)
-            .map_err(|e| self.txn_error("commit the transaction", e))?;
-        self.in_txn = false;
-        Ok(())
+            .map_err(|e| self.txn_error("commit the transaction", e))
     }
 
-    /// A transactional call failed: fenced, or anything else after which
-    /// the transaction is aborted. Either way the instance stops, and its
-    /// restart restores its partitions from what was committed.
+    /// A transactional call failed: fenced (the instance stops), or anything
+    /// else, after which the transaction is aborted and its batch read
+    /// again (nothing of it became visible).
     fn txn_error(&self, what: &'static str, source: KafkaError) -> LiveError {
         let id = self.transactional_id.clone().unwrap_or_default();
         let fenced = matches!(
@@ -243,8 +278,18 @@ impl ScaledProducer {
                 source,
             };
         }
-        if let Err(e) = self.producer.abort_transaction(TIMEOUT) {
-            warn!(error = %e, "failed to abort the transaction");
+        if matches!(&source, KafkaError::Transaction(e) if e.is_fatal()) {
+            // The producer cannot go on: the instance stops.
+            return LiveError::Kafka { what, source };
+        }
+        // Aborting waits for the messages in flight, whose delivery reports
+        // must be served meanwhile: librdkafka's abort does not.
+        let _ = self.producer.flush(TIMEOUT);
+        for attempt in 1..=ABORT_ATTEMPTS {
+            match self.producer.abort_transaction(TIMEOUT) {
+                Ok(()) => break,
+                Err(e) => warn!(error = %e, attempt, "failed to abort the transaction"),
+            }
         }
         LiveError::TxnAborted { what, source }
     }

@@ -116,6 +116,15 @@ impl Tasks {
         }
     }
 
+    /// Closes every partition, its uncommitted changes dropped: its state on
+    /// disk is its last commit, reopened when next needed.
+    pub fn close_all(&mut self) {
+        for ((stage, partition), task) in std::mem::take(&mut self.held) {
+            self.closed.add_decisions(task.engine.stats());
+            self.placement.release(stage, partition);
+        }
+    }
+
     /// Deletes the state directories of stage partitions this instance
     /// has not held for `after` (a previous run's, moved elsewhere since);
     /// `unheld` remembers since when each was seen unheld.
