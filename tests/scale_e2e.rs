@@ -622,7 +622,8 @@ fn an_erase_leaves_nothing_of_the_customer_on_any_instance_or_changelog() {
 /// one resumes every partition from its own disk, restoring nothing.
 #[test]
 fn a_restart_within_the_session_timeout_moves_no_partition() {
-    let d = Deployment::new(&[]);
+    // A session long enough for a stop and a start on a loaded machine.
+    let d = Deployment::new(&[("PRETEXT__KAFKA__CONSUMER__SESSION__TIMEOUT__MS", "30000")]);
     let (day, _) = stream(d.dir.path(), 2000, 9);
     let (first, rest) = day.split_at(day.len() / 2);
     let a = d.start(0);

@@ -465,6 +465,29 @@ impl Group {
     }
 }
 
+impl Group {
+    /// Leaves (a static member: only disconnects), waiting at most
+    /// `timeout`: librdkafka's close waits for a rebalance in flight to
+    /// end, which can take the group's rebalance timeout. Every batch is
+    /// committed by then, so an instance may go without waiting: the
+    /// consumer then ends with the process.
+    pub fn close(self, timeout: Duration) {
+        let (closed, waited) = std::sync::mpsc::channel();
+        let closing = std::thread::Builder::new()
+            .name("pretext-close".into())
+            .spawn(move || {
+                drop(self);
+                let _ = closed.send(());
+            });
+        if closing.is_ok() && waited.recv_timeout(timeout).is_err() {
+            warn!(
+                ?timeout,
+                "the consumer did not close in time (a rebalance in flight): leaving it"
+            );
+        }
+    }
+}
+
 impl Drop for Group {
     /// Closing revokes what is assigned: unassigned at once from now on.
     fn drop(&mut self) {

@@ -117,6 +117,8 @@ struct Scaled<C> {
 /// hand-over): long enough for a restart to find its partitions again,
 /// short enough that an erased customer's data does not linger.
 const CLEANUP_DELAY: Duration = Duration::from_secs(600);
+/// How long closing the consumer may wait for a rebalance in flight.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Aborted transactions in a row read again before the instance gives up.
 const MAX_ABORTS_IN_A_ROW: u32 = 3;
 /// How often the state directory is scanned for such partitions.
@@ -171,7 +173,7 @@ impl<C: Clock> Scaled<C> {
             standbys,
             ..
         } = self;
-        drop(group);
+        group.close(CLOSE_TIMEOUT);
         info!("consumer closed");
         drop(standbys);
         drop(producer);
