@@ -447,6 +447,30 @@ fn three_instances_give_the_triggers_and_state_of_one_replay() {
     let got = d.trigger_ids(want.len());
     assert_eq!(got, want, "the trigger ids of a single-instance replay");
     assert_every_instance_answers(&instances, &day, &split_state);
+    // What an SRE watches, per instance: its partitions' lag, the clock of
+    // its partitions, its state.
+    for (i, p) in instances.iter().enumerate() {
+        let shown = |name: &str| {
+            p.metrics()
+                .is_some_and(|m| m.lines().any(|l| l.starts_with(name)))
+        };
+        let all = [
+            "pretext_consumer_lag_messages{",
+            "pretext_watermark_seconds ",
+            "pretext_state_keys ",
+        ];
+        wait_for(
+            &format!("instance {i}'s gauges"),
+            Duration::from_secs(30),
+            || {
+                let missing: Vec<&&str> = all.iter().filter(|n| !shown(n)).collect();
+                if !missing.is_empty() {
+                    eprintln!("instance {i} does not show {missing:?} yet");
+                }
+                missing.is_empty().then_some(())
+            },
+        );
+    }
     // What the group committed of the repartition topics is deleted.
     for suffix in ["by-cookie", "by-customer"] {
         let topic = format!("{}.{suffix}", d.group);

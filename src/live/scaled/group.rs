@@ -72,9 +72,30 @@ pub struct GroupContext {
 }
 
 impl ClientContext for GroupContext {
-    /// Statistics (when `statistics.interval.ms` is passed through) are not
-    /// logged: librdkafka's default would log each at info.
-    fn stats(&self, _: rdkafka::statistics::Statistics) {}
+    /// Lag per assigned partition (`statistics.interval.ms`): its last
+    /// stable offset minus the group's committed offset, the records the
+    /// group has yet to apply (the partition's beginning when it has
+    /// committed none). Not logged: librdkafka's default would log each.
+    fn stats(&self, stats: rdkafka::statistics::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (&partition, p) in &t.partitions {
+                // -1 is librdkafka's internal partition; offsets are -1
+                // until a fetch reports them.
+                if partition < 0 || !p.desired || p.ls_offset < 0 {
+                    continue;
+                }
+                let from = if p.committed_offset >= 0 {
+                    p.committed_offset
+                } else {
+                    p.lo_offset.max(0)
+                };
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[topic.as_str(), &partition.to_string()])
+                    .set((p.ls_offset - from).max(0));
+            }
+        }
+    }
 }
 
 impl ConsumerContext for GroupContext {
@@ -96,6 +117,12 @@ impl ConsumerContext for GroupContext {
                     cooperative: true,
                 }
                 .emit(&self.metrics);
+                for e in tpl.elements() {
+                    // Soon not ours: no stale lag series.
+                    let partition = e.partition().to_string();
+                    let lag = &self.metrics.consumer_lag;
+                    let _ = lag.remove_label_values(&[e.topic(), &partition]);
+                }
                 if self.closing.load(Ordering::Acquire) {
                     unassign(consumer, tpl);
                 } else if let Ok(mut pending) = self.pending_revoke.lock() {

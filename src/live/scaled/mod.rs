@@ -494,6 +494,22 @@ impl<C: Clock> Scaled<C> {
         stats.add_decisions(&self.tasks.decisions());
         m.observe_engine(&stats);
         m.ready.set(i64::from(self.health.is_ready()));
+        // The clocks of the stage partitions held: the one furthest behind
+        // is what an alert on a stalled watermark must see.
+        let held: Vec<&Task> = self.tasks.iter().collect();
+        if let Some(w) = held.iter().filter_map(|t| t.engine.watermark()).min() {
+            m.watermark.set(w as f64 / 1000.0);
+        }
+        if let Some(ts) = held.iter().filter_map(|t| t.engine.max_event_ts()).min() {
+            let lag = self.clock.wall_ms().saturating_sub(ts);
+            m.event_time_lag.set(lag as f64 / 1000.0);
+        }
+        let (bytes, keys) = self.tasks.iter().fold((0, 0), |(b, k), t| {
+            let size = t.engine.state_size();
+            (b + size.bytes, k + size.keys)
+        });
+        m.state_size_bytes.set(bytes as i64);
+        m.state_keys.set(keys as i64);
     }
 }
 
