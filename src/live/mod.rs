@@ -15,10 +15,12 @@
 //! offset to read, `idle` the idle advance, `events` the operational
 //! events (each logs and counts), `topics` the output topics' check.
 //!
-//! Scale-out (docs/scale-out.md) is being built: `topology` holds the
-//! stages, the internal topics and the router, `internal_topics` creates
-//! and checks those topics. With `scale.partitions > 1`, `run` checks the
-//! internal topics and then stops: the partitioned pipeline is not built.
+//! Scale-out (docs/scale-out.md): `topology` holds the stages, the
+//! internal topics and the router, `internal_topics` creates and checks
+//! those topics, `changelog` ships and restores a stage partition's state,
+//! `standby` keeps warm copies. With `scale.partitions > 1`, `run` checks
+//! the internal topics and runs one instance of the scaled-out topology
+//! (`scaled`) instead of the pipeline.
 
 pub mod changelog;
 pub mod events;
@@ -122,12 +124,6 @@ pub enum LiveError {
     InternalTopics(#[from] InternalTopicError),
     #[error(transparent)]
     Changelog(Box<changelog::ChangelogError>),
-    #[error(
-        "scale.partitions = {partitions}: the internal topics are ready, but live mode does \
-         not run partitioned yet (docs/scale-out.md, \"Not built yet\"); set \
-         scale.partitions = 1 to run as a single instance"
-    )]
-    PartitionedNotBuilt { partitions: u32 },
     #[error("cannot listen on {addr}: {source}")]
     Http {
         addr: String,
@@ -146,7 +142,7 @@ impl LiveError {
     /// (the contract's "bad configuration"), 1 for any other failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            LiveError::MissingTopic { .. } | LiveError::PartitionedNotBuilt { .. } => 2,
+            LiveError::MissingTopic { .. } => 2,
             LiveError::InternalTopics(e) => e.exit_code(),
             _ => 1,
         }
