@@ -22,6 +22,7 @@ mod directory;
 mod group;
 mod producer;
 mod purge;
+mod stage;
 mod standbys;
 mod tasks;
 
@@ -34,8 +35,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::decode::{decode, Reason};
-use crate::engine::wire::{CustomerRecord, Forget, RecordKind};
+use crate::decode::decode;
+use crate::engine::wire::RecordKind;
 use crate::engine::{EngineStats, SourceOffset};
 use crate::http::placement::Placement;
 use crate::http::Health;
@@ -43,7 +44,7 @@ use crate::state::Cf;
 use crate::trigger::Group as TriggerGroup;
 
 use super::events::{DeadLettered, SkippedRun};
-use super::pipeline::{dead_letter, Clock, DeadLetterOut, Produced, Stop, SystemClock};
+use super::pipeline::{Clock, Produced, Stop, SystemClock};
 use super::topology::{Stage, Topology};
 use super::LiveError;
 
@@ -51,6 +52,7 @@ use directory::Directory;
 use group::{Group, Polled};
 use producer::ScaledProducer;
 use purge::Purger;
+use stage::{at_message, dead_letter_out, StageOut};
 use standbys::Standbys;
 use tasks::{Task, Tasks};
 
@@ -513,122 +515,6 @@ impl<C: Clock> Scaled<C> {
     }
 }
 
-/// A stage partition's view of the batch: where its records to the other
-/// stage and its triggers go.
-struct StageOut<'a> {
-    producer: &'a mut ScaledProducer,
-    topology: &'a Topology,
-    produced: &'a mut Produced,
-}
-
-impl StageOut<'_> {
-    /// Applies one record to `task`; returns whether an event was applied
-    /// (for the idle advance). A record the stage cannot read goes to the
-    /// dead letters, with what locates it.
-    fn apply(&mut self, task: &mut Task, m: &Polled, max_bytes: usize) -> Result<bool, StageError> {
-        match (task.stage, m.kind) {
-            (stage, Some(RecordKind::Event)) => {
-                let event = match decode(&m.payload, max_bytes) {
-                    Ok(event) => event,
-                    Err(r) => return Ok(self.reject(m, r.reason, &r.error)),
-                };
-                self.settle(task)?;
-                if stage == Stage::Identity {
-                    let (_, records) = task.engine.apply_at_identity(&event)?;
-                    for r in records {
-                        self.send(Stage::Customer, r.key(), &r.to_json(), RecordKind::Resolved)?;
-                    }
-                } else {
-                    let (_, forgets) = task.engine.apply_at_customer(&event, self.produced)?;
-                    for f in forgets {
-                        self.send(Stage::Identity, f.key(), &f.to_json(), RecordKind::Forget)?;
-                    }
-                }
-                Ok(true)
-            }
-            (Stage::Customer, Some(RecordKind::Resolved)) => {
-                let record = match CustomerRecord::from_json(&m.payload) {
-                    Ok(r) => r,
-                    Err(e) => return Ok(self.reject(m, Reason::InvalidJson, &e.to_string())),
-                };
-                if task.unsettled.as_deref() != Some(record.origin.event_id.as_str()) {
-                    self.settle(task)?;
-                }
-                task.engine.apply_resolved(&record, self.produced)?;
-                task.unsettled = Some(record.origin.event_id);
-                Ok(true)
-            }
-            (Stage::Identity, Some(RecordKind::Forget)) => {
-                match Forget::from_json(&m.payload) {
-                    Ok(f) => task.engine.apply_forget(&f)?,
-                    Err(e) => return Ok(self.reject(m, Reason::InvalidJson, &e.to_string())),
-                }
-                Ok(false)
-            }
-            (stage, kind) => {
-                let error = format!(
-                    "a record of kind {:?} on the {} stage's topic (header pretext.record)",
-                    kind.map(RecordKind::as_str),
-                    stage.name()
-                );
-                Ok(self.reject(m, Reason::UnknownType, &error))
-            }
-        }
-    }
-
-    /// Fires what the records applied before made due.
-    fn settle(&mut self, task: &mut Task) -> Result<(), StageError> {
-        if task.unsettled.take().is_some() {
-            task.engine.settle(self.produced)?;
-        }
-        Ok(())
-    }
-
-    fn send(
-        &mut self,
-        stage: Stage,
-        key: &str,
-        json: &[u8],
-        kind: RecordKind,
-    ) -> Result<(), StageError> {
-        let topic = self.topology.repartition_topic(stage);
-        let p = self.topology.partition_of(key);
-        self.producer
-            .send(topic, Some(p), Some(key.as_bytes()), Some(json), Some(kind))
-            .map_err(StageError::Live)
-    }
-
-    fn reject(&mut self, m: &Polled, reason: Reason, error: &str) -> bool {
-        self.produced
-            .dead_letters
-            .push(dead_letter_out(m, reason, error));
-        false
-    }
-}
-
-enum StageError {
-    Engine(crate::engine::EngineError),
-    Live(LiveError),
-}
-
-impl From<crate::engine::EngineError> for StageError {
-    fn from(e: crate::engine::EngineError) -> StageError {
-        StageError::Engine(e)
-    }
-}
-
-fn at_message(m: &Polled, e: StageError) -> LiveError {
-    match e {
-        StageError::Engine(source) => LiveError::Apply {
-            topic: m.topic.clone(),
-            partition: m.partition,
-            offset: m.offset,
-            source,
-        },
-        StageError::Live(e) => e,
-    }
-}
-
 /// The changelog offsets `delivered` holds of `task`'s partition.
 fn shipped_of(
     changelogs: &BTreeMap<(Stage, Cf), String>,
@@ -644,15 +530,4 @@ fn shipped_of(
             Some((topic.clone(), *next))
         })
         .collect()
-}
-
-fn dead_letter_out(m: &Polled, reason: Reason, error: &str) -> DeadLetterOut {
-    DeadLetterOut {
-        key: m.key.clone(),
-        json: dead_letter(&m.topic, m.partition, m.offset, &m.payload, reason, error),
-        reason,
-        topic: m.topic.clone(),
-        partition: m.partition,
-        offset: m.offset,
-    }
 }
