@@ -38,7 +38,6 @@ use broker::{metric_sum, unique, write_config, Broker, Pretext, Topics};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 /// `scale.partitions` of the scaled runs: the most instances, 3, each
 /// hold two partitions of each stage.
@@ -268,7 +267,7 @@ fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances:
         .create()
         .expect("offsets reader");
     loop {
-        if group_lag(&reader, &drained) == 0 {
+        if broker::group_lag(&reader, &drained) == 0 {
             break;
         }
         // An instance that exits mid-run is started again, as its
@@ -358,37 +357,6 @@ fn run(dir: &Path, broker: &Broker, topics: &Topics, partitions: u32, instances:
         broker_cpu_s,
         crashes,
     }
-}
-
-/// The sum over `topics` (name, partitions) of the high watermark minus
-/// the group's committed offset; `i64::MAX` while a topic cannot be read
-/// (the internal topics before an instance creates them). At least once,
-/// no transaction markers: the high watermark is where a drained group's
-/// committed offset stands.
-fn group_lag(reader: &BaseConsumer, topics: &[(String, i32)]) -> i64 {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partitions) in topics {
-        for p in 0..*partitions {
-            tpl.add_partition(topic, p);
-        }
-    }
-    let Ok(committed) = reader.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return i64::MAX;
-    };
-    let mut lag = 0;
-    for e in committed.elements() {
-        let Ok((_, high)) =
-            reader.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
-        else {
-            return i64::MAX;
-        };
-        let at = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        };
-        lag += (high - at).max(0);
-    }
-    lag
 }
 
 /// The records written to the group's repartition topics and to its

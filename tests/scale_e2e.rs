@@ -27,7 +27,6 @@ use pretext::engine::routing::Stage;
 use pretext::live::changelog::restore_partitions;
 use pretext::state::{Cf, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 const PARTITIONS: u32 = 6;
 const DAY: i64 = 86_400_000;
@@ -192,7 +191,7 @@ impl Deployment {
     /// What the group has not committed of its input and repartition
     /// topics.
     fn lag(&self) -> i64 {
-        group_lag(&self.reader(), &self.internal_topics())
+        broker::group_lag(&self.reader(), &self.internal_topics())
     }
 
     /// Waits until the group has committed everything of the input and
@@ -203,7 +202,7 @@ impl Deployment {
         let mut last_lag = i64::MAX;
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
-            let lag = group_lag(&reader, &topics);
+            let lag = broker::group_lag(&reader, &topics);
             if lag == 0 {
                 return;
             }
@@ -248,33 +247,6 @@ impl Deployment {
         restore_partitions(&config, &dir, PARTITIONS, Duration::from_secs(60)).unwrap();
         dir
     }
-}
-
-/// The sum over `topics` of (last stable offset − committed offset).
-fn group_lag(reader: &BaseConsumer, topics: &[(String, i32)]) -> i64 {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partitions) in topics {
-        for p in 0..*partitions {
-            tpl.add_partition(topic, p);
-        }
-    }
-    let Ok(committed) = reader.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return i64::MAX;
-    };
-    let mut lag = 0;
-    for e in committed.elements() {
-        let Ok((_, high)) =
-            reader.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
-        else {
-            return i64::MAX;
-        };
-        let at = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        };
-        lag += (high - at).max(0);
-    }
-    lag
 }
 
 /// The most records any partition's restore read, from the logs.

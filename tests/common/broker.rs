@@ -1140,3 +1140,36 @@ pub fn changelog_latest_values(
 pub fn holds(bytes: &[u8], needle: &[u8]) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle)
 }
+
+/// The records a consumer group has not committed: the sum over `topics`
+/// (name, partitions) of each partition's end, as `reader` sees it (the
+/// last stable offset with `isolation.level = read_committed`), minus the
+/// group's committed offset; `i64::MAX` while a topic cannot be read (an
+/// internal topic before an instance creates it).
+pub fn group_lag(reader: &rdkafka::consumer::BaseConsumer, topics: &[(String, i32)]) -> i64 {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
+            tpl.add_partition(topic, p);
+        }
+    }
+    let Ok(committed) = reader.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return i64::MAX;
+    };
+    let mut lag = 0;
+    for e in committed.elements() {
+        let Ok((_, high)) =
+            reader.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+        else {
+            return i64::MAX;
+        };
+        let at = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        lag += (high - at).max(0);
+    }
+    lag
+}
