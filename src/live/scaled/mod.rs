@@ -448,7 +448,10 @@ impl<C: Clock> Scaled<C> {
     /// offsets to the group.
     fn commit(&mut self, next: &BTreeMap<(String, i32), i64>) -> Result<(), LiveError> {
         let offsets = self.group.offsets_after(next)?;
-        let mut shipped_any = false;
+        // Nothing read, nothing changed: no batch to end.
+        if offsets.count() == 0 && self.tasks.iter().all(|t| !t.touched) {
+            return Ok(());
+        }
         for task in self.tasks.iter_mut().filter(|t| t.touched) {
             let position = SourceOffset {
                 topic: self.topology.repartition_topic(task.stage).to_string(),
@@ -465,29 +468,21 @@ impl<C: Clock> Scaled<C> {
                     change.value.as_deref(),
                     None,
                 )?;
-                shipped_any = true;
             }
-        }
-        if !shipped_any && offsets.count() == 0 && self.nothing_touched() {
-            return Ok(());
         }
         let group = self.group.group_metadata();
         let delivered = self.producer.finish(&offsets, group.as_ref())?;
         for task in self.tasks.iter_mut().filter(|t| t.touched) {
             task.engine.commit_prepared()?;
             task.touched = false;
-            let shipped = task.engine.store().path().to_path_buf();
-            tasks::checkpoint(&shipped, shipped_of(&self.changelogs, task, &delivered))?;
+            let dir = task.engine.store().path().to_path_buf();
+            tasks::checkpoint(&dir, shipped_of(&self.changelogs, task, &delivered))?;
         }
         let committed = self.config.kafka.exactly_once || self.group.commit(&offsets)?;
         if committed {
             self.group.mark_committed(&offsets);
         }
         Ok(())
-    }
-
-    fn nothing_touched(&self) -> bool {
-        self.tasks.iter().all(|t| !t.touched)
     }
 
     fn observe(&self) {
