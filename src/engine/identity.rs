@@ -138,6 +138,18 @@ impl Identity<'_> {
     /// event time, then arrival) beyond the buffer's capacity.
     pub fn keep(&mut self, cookie_id: &str, event: Kept) -> Result<(), StateError> {
         let key = str_key(cookie_id);
+        let cap = self.buffer_cap;
+        // Appended in the encoded form while the buffer has room; decoded
+        // only to evict (or to report a record this version cannot read).
+        let append = |bytes: &[u8]| KeptEvents::append_encoded(bytes, &event, cap);
+        let appended = match self.store.read(Cf::Anon, &key, |b| Ok(append(b)))? {
+            Some(appended) => appended,
+            None => append(&encode(&KeptEvents::default())),
+        };
+        if let Some(bytes) = appended {
+            self.store.put(Cf::Anon, key, bytes);
+            return Ok(());
+        }
         let mut kept: KeptEvents = load(self.store, Cf::Anon, &key)?.unwrap_or_default();
         kept.events.push(event);
         while kept.events.len() > self.buffer_cap {

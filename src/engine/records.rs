@@ -82,6 +82,50 @@ pub struct KeptEvents {
     pub events: Vec<Kept>,
 }
 
+impl KeptEvents {
+    /// `encoded` (a `KeptEvents` as `encode` wrote it) with `event`
+    /// appended, as `encode` would write the longer list, when that list
+    /// holds at most `cap` events; `None` when it would hold more, or the
+    /// bytes are not a list this version wrote (the caller then decodes,
+    /// which evicts, or reports the corruption). A cookie's events are
+    /// kept one at a time, so this spares decoding the list on each.
+    pub fn append_encoded(encoded: &[u8], event: &Kept, cap: usize) -> Option<Vec<u8>> {
+        let (&VERSION, body) = encoded.split_first()? else {
+            return None;
+        };
+        let (len, items) = read_varint(body)?;
+        if len.checked_add(1)? > cap {
+            return None;
+        }
+        let mut out = Vec::with_capacity(encoded.len() + 32);
+        out.push(VERSION);
+        write_varint(&mut out, len + 1);
+        out.extend_from_slice(items);
+        out.extend_from_slice(&postcard::to_allocvec(event).ok()?);
+        Some(out)
+    }
+}
+
+/// A postcard sequence length: LEB128, at most 10 bytes.
+fn read_varint(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let mut value: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((usize::try_from(value).ok()?, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+fn write_varint(out: &mut Vec<u8>, mut value: usize) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
 /// `ViewKind` as stored (serde-friendly, one byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KindCode {
@@ -349,6 +393,43 @@ mod tests {
         assert_eq!(decode::<Interest>("interest", &bytes).unwrap(), i);
         assert!(decode::<Interest>("interest", &[9, 1]).is_err());
         assert!(decode::<Interest>("interest", &[]).is_err());
+    }
+
+    #[test]
+    fn an_appended_kept_event_encodes_as_the_longer_list() {
+        let view = |ts| Kept::View {
+            kind: KindCode::ProductView,
+            product_id: format!("P{ts}"),
+            ts,
+        };
+        let purchase = Kept::Purchase {
+            product_ids: vec!["P1".into(), "P2".into()],
+            ts: 7,
+            order_id: "O1".into(),
+            channel: Channel::Web,
+        };
+        // 200 events: the length crosses the one-byte varint at 128.
+        let mut kept = KeptEvents::default();
+        let mut bytes = encode(&kept);
+        for i in 0..200 {
+            let event = if i % 7 == 3 {
+                purchase.clone()
+            } else {
+                view(i)
+            };
+            bytes = KeptEvents::append_encoded(&bytes, &event, 500).unwrap();
+            kept.events.push(event);
+            assert_eq!(bytes, encode(&kept));
+        }
+        assert_eq!(decode::<KeptEvents>("anon", &bytes).unwrap(), kept);
+        // Full, or not a list of this version: left to the caller.
+        assert_eq!(KeptEvents::append_encoded(&bytes, &view(1), 200), None);
+        assert_eq!(KeptEvents::append_encoded(&[1, 0], &view(1), 9), None);
+        assert_eq!(KeptEvents::append_encoded(&[], &view(1), 9), None);
+        assert_eq!(
+            KeptEvents::append_encoded(&[VERSION, 0x80], &view(1), 9),
+            None
+        );
     }
 
     #[test]
