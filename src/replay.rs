@@ -19,7 +19,11 @@ use crate::engine::{Engine, EngineError, EngineStats, Outcome, Suppressed, Trigg
 use crate::event::Event;
 use crate::progress::{Counters, Counting, Progress};
 use crate::state::store::open_gate;
-use crate::trigger::{Conversion, Group, Trigger, TriggerKind};
+use crate::trigger::{Group, TriggerKind};
+
+mod output;
+
+use output::{Lines, Outputs, WrittenSink};
 
 /// The bundled sample, replayed when no `--input` is given.
 pub const SAMPLE_NAME: &str = "examples/sample.jsonl";
@@ -150,107 +154,22 @@ fn reason_index(reason: Reason) -> usize {
     Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
 }
 
-/// One JSON Lines output, or none (then records are only counted),
-/// holding the first I/O error for the driver to report (the engine's
-/// sink cannot fail).
-struct Lines {
-    name: String,
-    out: Option<Box<dyn Write>>,
-    error: Option<io::Error>,
-}
-
-impl Lines {
-    fn open(path: Option<&Path>) -> Result<Lines, ReplayError> {
-        let name = path.map_or_else(String::new, |p| p.display().to_string());
-        let out = path.map(create_file).transpose()?;
+/// The outputs `opts` names, opened.
+fn open_outputs(opts: &ReplayOptions) -> Result<Outputs, ReplayError> {
+    let optional = |path: Option<&Path>| -> Result<Lines, ReplayError> {
         Ok(Lines {
-            name,
-            out,
-            error: None,
+            name: path.map_or_else(String::new, |p| p.display().to_string()),
+            out: path.map(create_file).transpose()?,
         })
-    }
-
-    fn write(&mut self, mut line: String) {
-        let (Some(out), None) = (&mut self.out, &self.error) else {
-            return;
-        };
-        line.push('\n');
-        if let Err(e) = out.write_all(line.as_bytes()) {
-            self.error = Some(e);
-        }
-    }
-
-    fn check(&mut self) -> Result<(), ReplayError> {
-        let flushed = match (self.error.take(), &mut self.out) {
-            (Some(e), _) => Err(e),
-            (None, Some(out)) => out.flush(),
-            (None, None) => Ok(()),
-        };
-        flushed.map_err(|source| ReplayError::Output {
-            path: self.name.clone(),
-            source,
-        })
-    }
-}
-
-/// Routes the engine's outputs to their files: treated triggers to the
-/// trigger output, holdout triggers and conversions to theirs.
-struct LineSink {
-    triggers: Lines,
-    holdout: Lines,
-    conversions: Lines,
-}
-
-impl TriggerSink for LineSink {
-    fn emit(&mut self, trigger: Trigger) {
-        let lines = match trigger.group {
-            Group::Treated => &mut self.triggers,
-            Group::Holdout => &mut self.holdout,
-        };
-        if lines.out.is_some() {
-            lines.write(trigger.to_json());
-        }
-    }
-
-    fn convert(&mut self, conversion: Conversion) {
-        if self.conversions.out.is_some() {
-            self.conversions.write(conversion.to_json());
-        }
-    }
-}
-
-impl LineSink {
-    fn open(opts: &ReplayOptions) -> Result<LineSink, ReplayError> {
-        Ok(LineSink {
-            triggers: Lines {
-                name: display_output(&opts.output),
-                out: Some(open_output(&opts.output)?),
-                error: None,
-            },
-            holdout: Lines::open(opts.holdout.as_deref())?,
-            conversions: Lines::open(opts.conversions.as_deref())?,
-        })
-    }
-
-    /// Reports the first write error of any output.
-    fn check(&mut self) -> Result<(), ReplayError> {
-        for lines in [&mut self.triggers, &mut self.holdout, &mut self.conversions] {
-            if let Some(source) = lines.error.take() {
-                return Err(ReplayError::Output {
-                    path: lines.name.clone(),
-                    source,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Flushes every output, reporting the first error.
-    fn finish(&mut self) -> Result<(), ReplayError> {
-        self.triggers.check()?;
-        self.holdout.check()?;
-        self.conversions.check()
-    }
+    };
+    Ok(Outputs {
+        triggers: Lines {
+            name: display_output(&opts.output),
+            out: Some(open_output(&opts.output)?),
+        },
+        holdout: optional(opts.holdout.as_deref())?,
+        conversions: optional(opts.conversions.as_deref())?,
+    })
 }
 
 /// A decoded line, as the reader thread hands it to the engine.
@@ -377,7 +296,7 @@ fn apply_chunks(
     rx: std::sync::mpsc::Receiver<Result<Chunk, ReplayError>>,
     counters: &Counters,
 ) -> Result<Summary, ReplayError> {
-    let mut sink = LineSink::open(opts)?;
+    let mut sink = WrittenSink::start(open_outputs(opts)?)?;
     let mut dead = DeadLetters::open(opts.dead_letter.as_deref())?;
     let mut summary = Summary::default();
     for chunk in rx {
@@ -550,12 +469,9 @@ fn display_output(output: &Option<PathBuf>) -> String {
     }
 }
 
-fn open_output(output: &Option<PathBuf>) -> Result<Box<dyn Write>, ReplayError> {
+fn open_output(output: &Option<PathBuf>) -> Result<Box<dyn Write + Send>, ReplayError> {
     if is_stdout(output) {
-        return Ok(Box::new(BufWriter::with_capacity(
-            1 << 20,
-            io::stdout().lock(),
-        )));
+        return Ok(Box::new(BufWriter::with_capacity(1 << 20, io::stdout())));
     }
     let path = output
         .as_ref()
@@ -564,7 +480,7 @@ fn open_output(output: &Option<PathBuf>) -> Result<Box<dyn Write>, ReplayError> 
     create_file(path)
 }
 
-fn create_file(path: &Path) -> Result<Box<dyn Write>, ReplayError> {
+fn create_file(path: &Path) -> Result<Box<dyn Write + Send>, ReplayError> {
     let file = File::create(path).map_err(|source| ReplayError::Output {
         path: path.display().to_string(),
         source,

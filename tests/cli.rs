@@ -359,3 +359,31 @@ fn holdout_triggers_and_conversions_go_to_their_files_or_are_only_counted() {
         stderr(&o2)
     );
 }
+
+/// Triggers, holdout triggers and conversions are written on a thread of
+/// their own: a write that fails still ends the replay with an error that
+/// names the output, never a silent success.
+#[test]
+fn an_output_that_cannot_be_written_fails_the_replay_and_names_it() {
+    if !Path::new("/dev/full").exists() {
+        panic!("this test needs /dev/full (Linux)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("holdout.toml");
+    // Every customer held out: the bundled sample's triggers all go to
+    // the holdout output.
+    write(&config, b"[holdout]\npercent = 100\n");
+    let mut to_output = pretext();
+    to_output.args(["replay", "--flush", "--quiet", "--output", "/dev/full"]);
+    let mut to_holdout = pretext();
+    to_holdout
+        .args(["replay", "--flush", "--quiet", "--config"])
+        .arg(&config)
+        .args(["--holdout", "/dev/full"]);
+    for cmd in [&mut to_output, &mut to_holdout] {
+        let o = run(cmd);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("cannot write /dev/full"), "{err}");
+    }
+}

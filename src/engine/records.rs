@@ -15,12 +15,32 @@ use crate::trigger::TriggerKind;
 const VERSION: u8 = 2;
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![VERSION];
+    let mut out = Vec::with_capacity(64);
+    out.push(VERSION);
     // Serializing these plain structs into a Vec cannot fail.
-    if let Ok(body) = postcard::to_allocvec(value) {
-        out.extend_from_slice(&body);
+    postcard::serialize_with_flavor(value, Behind(out)).unwrap_or_else(|_| vec![VERSION])
+}
+
+/// A postcard output written behind what the vector already holds (the
+/// version byte): one allocation per record, not a body then a copy.
+struct Behind(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Behind {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
     }
-    out
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 pub fn decode<T: DeserializeOwned>(cf: &'static str, bytes: &[u8]) -> Result<T, StateError> {
