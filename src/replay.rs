@@ -14,10 +14,12 @@ use flate2::read::MultiGzDecoder;
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason, Rejection};
+use crate::engine::ahead::read_ahead;
 use crate::engine::partitioned::Partitioned;
 use crate::engine::{Engine, EngineError, EngineStats, Outcome, Suppressed, TriggerSink};
 use crate::event::Event;
 use crate::progress::{Counters, Counting, Progress};
+use crate::state::prefetch::{Hint, Prefetcher};
 use crate::state::store::open_gate;
 use crate::trigger::{Group, TriggerKind};
 
@@ -174,7 +176,8 @@ fn open_outputs(opts: &ReplayOptions) -> Result<Outputs, ReplayError> {
 
 /// A decoded line, as the reader thread hands it to the engine.
 enum Decoded {
-    Event(Event),
+    /// With the state its application reads, read ahead.
+    Event(Event, Vec<Hint>),
     Rejected {
         line_no: i64,
         rejection: Rejection,
@@ -219,9 +222,14 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayEr
     let progress = (!opts.quiet).then(|| Progress::start(counters.clone(), total_bytes(opts)));
     let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
     let reader_counters = counters.clone();
+    let prefetcher = engine.prefetcher();
     let mut summary = std::thread::scope(|scope| {
         scope.spawn(move || {
-            if let Err(e) = read_inputs(&opts.inputs, max_bytes, &tx, &reader_counters) {
+            let ahead = |event: &Event| match &prefetcher {
+                Some(p) => read_ahead(p, event),
+                None => Vec::new(),
+            };
+            if let Err(e) = read_inputs(&opts.inputs, max_bytes, &ahead, &tx, &reader_counters) {
                 // The engine side stops at the error, before end of input.
                 let _ = tx.send(Err(e));
             }
@@ -249,6 +257,7 @@ fn total_bytes(opts: &ReplayOptions) -> Option<u64> {
 fn read_inputs(
     inputs: &[PathBuf],
     max_bytes: usize,
+    ahead: &dyn Fn(&Event) -> Vec<Hint>,
     tx: &std::sync::mpsc::SyncSender<Result<Chunk, ReplayError>>,
     counters: &Arc<Counters>,
 ) -> Result<(), ReplayError> {
@@ -261,7 +270,10 @@ fn read_inputs(
         };
         for_each_line(name, reader, &mut |line_no, line| {
             chunk.push(match decode(line, max_bytes) {
-                Ok(event) => Decoded::Event(event),
+                Ok(event) => {
+                    let hints = ahead(&event);
+                    Decoded::Event(event, hints)
+                }
                 Err(rejection) => Decoded::Rejected {
                     line_no,
                     rejection,
@@ -305,8 +317,8 @@ fn apply_chunks(
         for line in chunk.lines {
             summary.messages += 1;
             match line {
-                Decoded::Event(event) => {
-                    engine.apply(&event, &mut sink)?;
+                Decoded::Event(event, hints) => {
+                    engine.apply(&event, hints, &mut sink)?;
                     sink.check()?;
                     if engine.uncommitted_bytes() > COMMIT_EVERY_BYTES {
                         engine.commit_as_it_goes()?;
@@ -346,7 +358,15 @@ fn apply_chunks(
 /// What a replay drives: the one engine, or the engine partitioned as a
 /// scaled-out deployment would partition it.
 trait Replayed {
-    fn apply(&mut self, event: &Event, sink: &mut dyn TriggerSink) -> Result<Outcome, EngineError>;
+    /// Applies `event`, with what was read ahead for it (`hints`).
+    fn apply(
+        &mut self,
+        event: &Event,
+        hints: Vec<Hint>,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<Outcome, EngineError>;
+    /// A reader of the state to read ahead with, when the engine uses it.
+    fn prefetcher(&self) -> Option<Prefetcher>;
     fn uncommitted_bytes(&self) -> usize;
     /// Commits the state so far while the replay goes on.
     fn commit_as_it_goes(&mut self) -> Result<(), EngineError>;
@@ -357,8 +377,16 @@ trait Replayed {
 }
 
 impl Replayed for Engine {
-    fn apply(&mut self, event: &Event, sink: &mut dyn TriggerSink) -> Result<Outcome, EngineError> {
-        Engine::apply(self, event, sink)
+    fn apply(
+        &mut self,
+        event: &Event,
+        hints: Vec<Hint>,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<Outcome, EngineError> {
+        Engine::apply_read_ahead(self, event, hints, sink)
+    }
+    fn prefetcher(&self) -> Option<Prefetcher> {
+        Some(Engine::prefetcher(self))
     }
     fn uncommitted_bytes(&self) -> usize {
         Engine::uncommitted_bytes(self)
@@ -383,8 +411,17 @@ impl Replayed for Engine {
 }
 
 impl Replayed for Partitioned {
-    fn apply(&mut self, event: &Event, sink: &mut dyn TriggerSink) -> Result<Outcome, EngineError> {
+    fn apply(
+        &mut self,
+        event: &Event,
+        _: Vec<Hint>,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<Outcome, EngineError> {
         Partitioned::apply(self, event, sink)
+    }
+    /// Its events cross partitions: nothing is read ahead.
+    fn prefetcher(&self) -> Option<Prefetcher> {
+        None
     }
     fn uncommitted_bytes(&self) -> usize {
         Partitioned::uncommitted_bytes(self)

@@ -124,7 +124,7 @@ pub fn stored_horizon(store: &Store) -> Result<Millis, StateError> {
     Ok(meta::get(store, Num::DedupHorizon)?.unwrap_or(Millis::MIN))
 }
 
-fn key(event_id: &str) -> Vec<u8> {
+pub(super) fn key(event_id: &str) -> Vec<u8> {
     xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
         .to_be_bytes()
         .to_vec()

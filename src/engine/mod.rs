@@ -8,6 +8,7 @@
 //! customer stage (`customer`, keyed by CRM id) keeps scores, sessions,
 //! checks, cooldowns and consent.
 
+pub mod ahead;
 mod customer;
 mod dedup;
 mod identity;
@@ -27,6 +28,7 @@ use std::path::Path;
 use crate::config::Config;
 use crate::event::{Body, Event, Millis, Purchase, View};
 use crate::state::keys::str_key;
+use crate::state::prefetch::{Hint, Prefetcher};
 use crate::state::store::{Entries, Gate};
 use crate::state::{Cf, Change, StateError, StateSize, Store};
 use crate::trigger::{Conversion, Trigger};
@@ -345,6 +347,25 @@ impl Engine {
     }
 
     /// The underlying store, for audits and tests.
+    /// A reader of the state for the thread that decodes events to read
+    /// ahead with (`ahead::read_ahead`).
+    pub fn prefetcher(&self) -> Prefetcher {
+        self.store.prefetcher()
+    }
+
+    /// `apply`, using what was read ahead for this event.
+    pub fn apply_read_ahead(
+        &mut self,
+        event: &Event,
+        hints: Vec<Hint>,
+        sink: &mut dyn TriggerSink,
+    ) -> Result<Outcome, EngineError> {
+        self.store.hint(hints);
+        let applied = self.apply(event, sink);
+        self.store.hint(Vec::new());
+        applied
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

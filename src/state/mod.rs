@@ -6,6 +6,7 @@
 
 pub mod changelog;
 pub mod keys;
+pub mod prefetch;
 pub mod store;
 
 pub use store::{Cf, Change, Reader, Snapshot, StateError, StateSize, Store};

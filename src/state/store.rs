@@ -30,6 +30,7 @@ use rocksdb::{
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::keys::first_str_len;
+use super::prefetch::{Hint, Prefetcher, Version};
 
 /// The kinds of state, one column family each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,7 +105,7 @@ impl Cf {
     /// Timers: one key per pending check, scanned after each event.
     /// Tombstones: one key per erased customer, looked up for each event
     /// naming a customer (almost always absent).
-    fn resident(self) -> bool {
+    pub(crate) fn resident(self) -> bool {
         matches!(self, Cf::Timers | Cf::Tombstones)
     }
 }
@@ -285,6 +286,10 @@ pub struct Store {
     /// The options of every point read, made once: a default made per
     /// read costs an allocation and a free, for each of an event's reads.
     point_read: ReadOptions,
+    /// Counts the changes behind the overlay, for reads made ahead.
+    version: Version,
+    /// Reads made ahead for the event being applied (`hint`).
+    hints: Vec<Hint>,
 }
 
 /// A committed batch being written to RocksDB by its own thread.
@@ -355,6 +360,8 @@ impl Store {
             sync: false,
             landing: None,
             point_read: ReadOptions::default(),
+            version: Version::default(),
+            hints: Vec::new(),
         };
         for cf in Cf::ALL.into_iter().filter(|cf| cf.resident()) {
             let entries = store.committed(cf)?;
@@ -388,6 +395,22 @@ impl Store {
         }
     }
 
+    /// A reader of RocksDB for another thread to read ahead with; what it
+    /// reads is handed back through `hint`.
+    pub fn prefetcher(&self) -> Prefetcher {
+        Prefetcher {
+            db: Arc::clone(&self.db),
+            version: self.version.clone(),
+            read: ReadOptions::default(),
+        }
+    }
+
+    /// Reads made ahead, used by the reads that miss the overlay until the
+    /// next `hint` (those no longer true are ignored).
+    pub fn hint(&mut self, hints: Vec<Hint>) {
+        self.hints = hints;
+    }
+
     /// The value at `key`, as of every write so far (committed or not).
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.read(cf, key, |v| Ok(v.to_vec()))
@@ -409,6 +432,10 @@ impl Store {
             if let Some(v) = overlay.writes.get(key) {
                 return v.as_deref().map(f).transpose();
             }
+        }
+        let version = self.version.now();
+        if let Some(value) = self.hints.iter().find_map(|h| h.answer(cf, key, version)) {
+            return value.map(f).transpose();
         }
         let pinned = self
             .db
@@ -538,9 +565,9 @@ impl Store {
         }
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
-        self.db
-            .write_opt(batch, &wo)
-            .map_err(|e| self.write_error(e))
+        let written = self.db.write_opt(batch, &wo);
+        self.version.bump();
+        written.map_err(|e| self.write_error(e))
     }
 
     /// Flushes every family's memtable to disk: what `load_changes` wrote
@@ -562,7 +589,10 @@ impl Store {
     pub fn commit(&mut self) -> Result<(), StateError> {
         self.wait_landed()?;
         let overlays = self.take_overlays();
-        write_overlays(&self.db, &overlays, self.sync).map_err(|e| self.write_error(e))
+        let written = write_overlays(&self.db, &overlays, self.sync);
+        // After the write: a read made ahead during it may predate it.
+        self.version.bump();
+        written.map_err(|e| self.write_error(e))
     }
 
     /// As `commit`, but the write runs on its own thread while the caller
@@ -573,6 +603,9 @@ impl Store {
     pub fn commit_in_background(&mut self, gate: Gate) -> Result<(), StateError> {
         self.wait_landed()?;
         let overlays = Arc::new(self.take_overlays());
+        // Before: reads of the batch's keys see the landing batch first
+        // from now on, and reads made ahead before now are older.
+        self.version.bump();
         let (db, batch, sync) = (Arc::clone(&self.db), Arc::clone(&overlays), self.sync);
         let writer = std::thread::Builder::new()
             .name("pretext-state-writer".into())
@@ -590,7 +623,10 @@ impl Store {
         let Some(landing) = self.landing.take() else {
             return Ok(());
         };
-        match landing.writer.join() {
+        let landed = landing.writer.join();
+        // Its keys are read from RocksDB from now on, as the write left it.
+        self.version.bump();
+        match landed {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Unwritten::Withheld(e))) => Err(StateError::Withheld(e)),
             Ok(Err(Unwritten::Write(e))) => Err(self.write_error(e)),
@@ -695,7 +731,7 @@ fn write_overlays(db: &DB, overlays: &[Overlay], sync: bool) -> Result<(), rocks
     db.write_opt(batch, &wo)
 }
 
-fn cf_handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
+pub(super) fn cf_handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
     // Every `Cf` is created at open, so the handle always exists.
     match db.cf_handle(cf.name()) {
         Some(h) => h,
