@@ -30,9 +30,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{Config, Topics};
 use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason, Rejection};
+use crate::engine::ahead::read_ahead;
 use crate::engine::{Engine, EngineError, Outcome, SourceOffset, TriggerSink};
 use crate::event::{Event, Millis};
 use crate::http::Health;
+use crate::state::prefetch::Hint;
 use crate::state::store::{open_gate, Gate, GateError};
 use crate::state::StateError;
 use crate::trigger::{Conversion, Group, Trigger};
@@ -262,16 +264,26 @@ pub fn apply_batch(
     max_bytes: usize,
 ) -> Result<Applied, LiveError> {
     if batch.len() <= DECODE_CHUNK {
-        let decoded = batch.iter().map(|m| decode(&m.payload, max_bytes));
+        let decoded = batch
+            .iter()
+            .map(|m| decode(&m.payload, max_bytes).map(|e| (e, Vec::new())));
         return apply_decoded(engine, offsets, batch.iter().zip(decoded));
     }
+    // The decoding thread also reads ahead the state each event will
+    // read (`engine::ahead`), as replay's does.
+    let prefetcher = engine.prefetcher();
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_CHUNKS_AHEAD);
         scope.spawn(move || {
             for chunk in batch.chunks(DECODE_CHUNK) {
                 let decoded: Vec<_> = chunk
                     .iter()
-                    .map(|m| decode(&m.payload, max_bytes))
+                    .map(|m| {
+                        decode(&m.payload, max_bytes).map(|e| {
+                            let hints = read_ahead(&prefetcher, &e);
+                            (e, hints)
+                        })
+                    })
                     .collect();
                 if tx.send(decoded).is_err() {
                     return; // the applier stopped on an error
@@ -294,7 +306,7 @@ const DECODE_CHUNKS_AHEAD: usize = 8;
 fn apply_decoded<'m>(
     engine: &mut Engine,
     offsets: &Offsets,
-    decoded: impl Iterator<Item = (&'m InputMessage, Result<Event, Rejection>)>,
+    decoded: impl Iterator<Item = (&'m InputMessage, Result<(Event, Vec<Hint>), Rejection>)>,
 ) -> Result<Applied, LiveError> {
     let mut out = Applied::default();
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
@@ -304,16 +316,15 @@ fn apply_decoded<'m>(
             continue;
         }
         match event {
-            Ok(event) => {
-                let outcome =
-                    engine
-                        .apply(&event, &mut out.produced)
-                        .map_err(|source| LiveError::Apply {
-                            topic: m.topic.clone(),
-                            partition: m.partition,
-                            offset: m.offset,
-                            source,
-                        })?;
+            Ok((event, hints)) => {
+                let outcome = engine
+                    .apply_read_ahead(&event, hints, &mut out.produced)
+                    .map_err(|source| LiveError::Apply {
+                        topic: m.topic.clone(),
+                        partition: m.partition,
+                        offset: m.offset,
+                        source,
+                    })?;
                 out.applied_any |= outcome == Outcome::Applied;
             }
             Err(rejection) => out.produced.dead_letters.push(DeadLetterOut {
