@@ -12,6 +12,31 @@ use pretext::replay::{replay, ReplayOptions};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Has mimalloc hand freed pages back to the OS after 10 ms instead of its
+/// default second. pretext's threads free what others allocated (decoded
+/// events and the state read ahead for them, triggers written by the
+/// output thread), and a second of such pages held 15–20 MiB more at the
+/// peak of a replay (1M events of 10k customers: 288 against 269–273 MiB)
+/// for no measurable speed.
+fn purge_freed_memory_promptly() {
+    use std::ffi::{c_int, c_long};
+    extern "C" {
+        fn mi_option_get(option: c_int) -> c_long;
+        fn mi_option_set(option: c_int, value: c_long);
+    }
+    // `mi_option_purge_delay` in mimalloc.h of the bundled mimalloc 3
+    // (libmimalloc-sys 0.1.49), whose default is 1000 ms. Set only while
+    // that option still reads its default: another mimalloc's numbering
+    // is then left alone rather than misread.
+    const PURGE_DELAY: c_int = 15;
+    // SAFETY: plain mimalloc calls on an option index within its enum.
+    unsafe {
+        if mi_option_get(PURGE_DELAY) == 1000 {
+            mi_option_set(PURGE_DELAY, 10);
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pretext",
@@ -76,6 +101,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_promptly();
     let cli = Cli::parse(); // a bad flag exits 2 with clap's message
     match cli.command {
         Command::Run { config } => {

@@ -14,7 +14,7 @@ use flate2::read::MultiGzDecoder;
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason, Rejection};
-use crate::engine::ahead::read_ahead;
+use crate::engine::ahead::ReadAhead;
 use crate::engine::partitioned::Partitioned;
 use crate::engine::{Engine, EngineError, EngineStats, Outcome, Suppressed, TriggerSink};
 use crate::event::Event;
@@ -224,14 +224,11 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayEr
     let progress = (!opts.quiet).then(|| Progress::start(counters.clone(), total_bytes(opts)));
     let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
     let reader_counters = counters.clone();
-    let prefetcher = engine.prefetcher();
+    let mut ahead = engine.prefetcher().map(ReadAhead::new);
     let mut summary = std::thread::scope(|scope| {
         scope.spawn(move || {
-            let ahead = |event: &Event| match &prefetcher {
-                Some(p) => read_ahead(p, event),
-                None => Vec::new(),
-            };
-            if let Err(e) = read_inputs(&opts.inputs, max_bytes, &ahead, &tx, &reader_counters) {
+            if let Err(e) = read_inputs(&opts.inputs, max_bytes, &mut ahead, &tx, &reader_counters)
+            {
                 // The engine side stops at the error, before end of input.
                 let _ = tx.send(Err(e));
             }
@@ -259,11 +256,11 @@ fn total_bytes(opts: &ReplayOptions) -> Option<u64> {
 fn read_inputs(
     inputs: &[PathBuf],
     max_bytes: usize,
-    ahead: &dyn Fn(&Event) -> Vec<Hint>,
+    ahead: &mut Option<ReadAhead>,
     tx: &std::sync::mpsc::SyncSender<Result<Chunk, ReplayError>>,
     counters: &Arc<Counters>,
 ) -> Result<(), ReplayError> {
-    let send_all = |name: &str, reader: &mut dyn Read| {
+    let mut send_all = |name: &str, reader: &mut dyn Read| {
         let mut chunk = Vec::with_capacity(CHUNK_LINES);
         let send = |chunk: &mut Vec<Decoded>| {
             let lines = std::mem::replace(chunk, Vec::with_capacity(CHUNK_LINES));
@@ -273,7 +270,7 @@ fn read_inputs(
         for_each_line(name, reader, &mut |line_no, line| {
             chunk.push(match decode(line, max_bytes) {
                 Ok(event) => {
-                    let hints = ahead(&event);
+                    let hints = ahead.as_mut().map_or_else(Vec::new, |a| a.read(&event));
                     Decoded::Event(event, hints)
                 }
                 Err(rejection) => Decoded::Rejected {

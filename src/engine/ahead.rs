@@ -9,6 +9,7 @@ use crate::event::{Body, Event};
 use crate::state::keys::{pair_key, str_key};
 use crate::state::prefetch::{Hint, Prefetcher};
 use crate::state::Cf;
+use rustc_hash::FxHashSet;
 
 use super::dedup;
 use super::records::{decode, Link};
@@ -17,17 +18,74 @@ use super::records::{decode, Link};
 /// records are read when applied.
 const ITEMS_AHEAD: usize = 8;
 
-/// Reads ahead what applying `event` will read from RocksDB, as it stands.
-pub fn read_ahead(prefetcher: &Prefetcher, event: &Event) -> Vec<Hint> {
-    let mut hints = Vec::with_capacity(4);
-    let mut fetch = |cf: Cf, key: Vec<u8>| {
-        let hint = prefetcher.fetch(cf, key);
-        let value = hint.as_ref().and_then(|h| h.value().map(<[u8]>::to_vec));
-        hints.extend(hint);
-        value
-    };
-    fetch(Cf::Dedup, dedup::key(&event.event_id));
-    let (cookie, crm, products): (Option<&str>, Option<&str>, Vec<&str>) = match &event.body {
+/// Reads ahead for one thread, skipping what the engine will find in its
+/// overlay anyway: a record the engine writes whenever it reads it (a
+/// customer's, an interest, a cookie's kept events), once read ahead since
+/// the state last changed behind the overlay, is in the overlay by the
+/// time a later event reads it.
+pub struct ReadAhead {
+    prefetcher: Prefetcher,
+    /// Hashes of (family, key) read ahead at `version`; a collision only
+    /// skips a read.
+    fetched: FxHashSet<u64>,
+    version: u64,
+}
+
+impl ReadAhead {
+    pub fn new(prefetcher: Prefetcher) -> ReadAhead {
+        ReadAhead {
+            version: prefetcher.version(),
+            prefetcher,
+            fetched: FxHashSet::default(),
+        }
+    }
+
+    /// Reads ahead what applying `event` will read from RocksDB, as it
+    /// stands.
+    pub fn read(&mut self, event: &Event) -> Vec<Hint> {
+        let version = self.prefetcher.version();
+        if version != self.version {
+            self.fetched.clear();
+            self.version = version;
+        }
+        let mut hints = Vec::with_capacity(4);
+        let (prefetcher, fetched) = (&self.prefetcher, &mut self.fetched);
+        let mut fetch = |cf: Cf, key: Vec<u8>| {
+            if written_when_read(cf) && !fetched.insert(fingerprint(cf, &key)) {
+                return None;
+            }
+            let hint = prefetcher.fetch(cf, key);
+            let value = hint.as_ref().and_then(|h| h.value().map(<[u8]>::to_vec));
+            hints.extend(hint);
+            value
+        };
+        fetch(Cf::Dedup, dedup::key(&event.event_id));
+        let (cookie, crm, products) = names(event);
+        let mut crm = crm.map(str::to_string);
+        if let Some(cookie) = cookie {
+            let link = fetch(Cf::Links, str_key(cookie));
+            if crm.is_none() {
+                crm = link
+                    .and_then(|b| decode::<Link>(Cf::Links.name(), &b).ok())
+                    .map(|l| l.crm_id);
+            }
+            if crm.is_none() || matches!(event.body, Body::Identify(_)) {
+                fetch(Cf::Anon, str_key(cookie));
+            }
+        }
+        if let Some(crm) = crm {
+            fetch(Cf::Customers, str_key(&crm));
+            for product in products {
+                fetch(Cf::Interest, pair_key(product, &crm));
+            }
+        }
+        hints
+    }
+}
+
+/// The cookie, the customer and the products an event names.
+fn names(event: &Event) -> (Option<&str>, Option<&str>, Vec<&str>) {
+    match &event.body {
         Body::View(v) => (
             Some(&v.cookie_id),
             v.crm_id.as_deref(),
@@ -44,25 +102,15 @@ pub fn read_ahead(prefetcher: &Prefetcher, event: &Event) -> Vec<Hint> {
                 .collect(),
         ),
         Body::Consent(c) => (None, Some(&c.crm_id), Vec::new()),
-        Body::Promotion(_) | Body::Erase(_) => return hints,
-    };
-    let mut crm = crm.map(str::to_string);
-    if let Some(cookie) = cookie {
-        let link = fetch(Cf::Links, str_key(cookie));
-        if crm.is_none() {
-            crm = link
-                .and_then(|b| decode::<Link>(Cf::Links.name(), &b).ok())
-                .map(|l| l.crm_id);
-        }
-        if crm.is_none() || matches!(event.body, Body::Identify(_)) {
-            fetch(Cf::Anon, str_key(cookie));
-        }
+        Body::Promotion(_) | Body::Erase(_) => (None, None, Vec::new()),
     }
-    if let Some(crm) = crm {
-        fetch(Cf::Customers, str_key(&crm));
-        for product in products {
-            fetch(Cf::Interest, pair_key(product, &crm));
-        }
-    }
-    hints
+}
+
+/// Families whose records the engine writes back whenever it reads them.
+fn written_when_read(cf: Cf) -> bool {
+    matches!(cf, Cf::Customers | Cf::Interest | Cf::Anon)
+}
+
+fn fingerprint(cf: Cf, key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, cf as u64)
 }

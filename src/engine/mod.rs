@@ -348,7 +348,7 @@ impl Engine {
 
     /// The underlying store, for audits and tests.
     /// A reader of the state for the thread that decodes events to read
-    /// ahead with (`ahead::read_ahead`).
+    /// ahead with (`ahead::ReadAhead`).
     pub fn prefetcher(&self) -> Prefetcher {
         self.store.prefetcher()
     }

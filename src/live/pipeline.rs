@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{Config, Topics};
 use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason, Rejection};
-use crate::engine::ahead::read_ahead;
+use crate::engine::ahead::ReadAhead;
 use crate::engine::{Engine, EngineError, Outcome, SourceOffset, TriggerSink};
 use crate::event::{Event, Millis};
 use crate::http::Health;
@@ -271,7 +271,7 @@ pub fn apply_batch(
     }
     // The decoding thread also reads ahead the state each event will
     // read (`engine::ahead`), as replay's does.
-    let prefetcher = engine.prefetcher();
+    let mut ahead = ReadAhead::new(engine.prefetcher());
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_CHUNKS_AHEAD);
         scope.spawn(move || {
@@ -280,7 +280,7 @@ pub fn apply_batch(
                     .iter()
                     .map(|m| {
                         decode(&m.payload, max_bytes).map(|e| {
-                            let hints = read_ahead(&prefetcher, &e);
+                            let hints = ahead.read(&e);
                             (e, hints)
                         })
                     })

@@ -51,6 +51,11 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
+    /// The store's count of changes now (see `Version`).
+    pub fn version(&self) -> u64 {
+        self.version.now()
+    }
+
     /// What a read of `key` that misses the overlay would find now, or
     /// `None` when RocksDB cannot say (the store's own read will report
     /// the error). Resident families are in memory: never read ahead.
