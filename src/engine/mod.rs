@@ -346,7 +346,6 @@ impl Engine {
         self.store.set_sync(sync);
     }
 
-    /// The underlying store, for audits and tests.
     /// A reader of the state for the thread that decodes events to read
     /// ahead with (`ahead::ReadAhead`).
     pub fn prefetcher(&self) -> Prefetcher {
@@ -366,6 +365,7 @@ impl Engine {
         applied
     }
 
+    /// The underlying store, for audits and tests.
     pub fn store(&self) -> &Store {
         &self.store
     }
