@@ -49,37 +49,39 @@ impl ReadAhead {
             self.version = version;
         }
         let mut hints = Vec::with_capacity(4);
-        let (prefetcher, fetched) = (&self.prefetcher, &mut self.fetched);
-        let mut fetch = |cf: Cf, key: Vec<u8>| {
-            if written_when_read(cf) && !fetched.insert(fingerprint(cf, &key)) {
-                return None;
-            }
-            let hint = prefetcher.fetch(cf, key);
-            let value = hint.as_ref().and_then(|h| h.value().map(<[u8]>::to_vec));
-            hints.extend(hint);
-            value
-        };
-        fetch(Cf::Dedup, dedup::key(&event.event_id));
+        self.fetch(&mut hints, Cf::Dedup, dedup::key(&event.event_id));
         let (cookie, crm, products) = names(event);
         let mut crm = crm.map(str::to_string);
         if let Some(cookie) = cookie {
-            let link = fetch(Cf::Links, str_key(cookie));
+            let link = self.fetch(&mut hints, Cf::Links, str_key(cookie));
             if crm.is_none() {
+                // The customer a cookie-only event will be applied to.
                 crm = link
-                    .and_then(|b| decode::<Link>(Cf::Links.name(), &b).ok())
+                    .and_then(Hint::value)
+                    .and_then(|b| decode::<Link>(Cf::Links.name(), b).ok())
                     .map(|l| l.crm_id);
             }
             if crm.is_none() || matches!(event.body, Body::Identify(_)) {
-                fetch(Cf::Anon, str_key(cookie));
+                self.fetch(&mut hints, Cf::Anon, str_key(cookie));
             }
         }
         if let Some(crm) = crm {
-            fetch(Cf::Customers, str_key(&crm));
+            self.fetch(&mut hints, Cf::Customers, str_key(&crm));
             for product in products {
-                fetch(Cf::Interest, pair_key(product, &crm));
+                self.fetch(&mut hints, Cf::Interest, pair_key(product, &crm));
             }
         }
         hints
+    }
+
+    /// Reads `key` ahead into `hints` (unless the overlay will hold it),
+    /// and returns what was read.
+    fn fetch<'h>(&mut self, hints: &'h mut Vec<Hint>, cf: Cf, key: Vec<u8>) -> Option<&'h Hint> {
+        if written_when_read(cf) && !self.fetched.insert(fingerprint(cf, &key)) {
+            return None;
+        }
+        hints.push(self.prefetcher.fetch(cf, key)?);
+        hints.last()
     }
 }
 
