@@ -149,6 +149,36 @@ fn run_until_applied(
     consume_all(broker, &topics.triggers)
 }
 
+/// Two days of events produced to a fresh broker's input topic, and the
+/// seam at the middle line's time: `from` is the first line stamped at or
+/// after it.
+struct TwoDaysProduced {
+    broker: Broker,
+    topics: Topics,
+    dir: tempfile::TempDir,
+    lines: Vec<(i64, String)>,
+    seam: i64,
+    from: usize,
+}
+
+fn two_days_produced() -> TwoDaysProduced {
+    let broker = Broker::start();
+    let topics = Topics::create(&broker);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = two_days(dir.path());
+    produce_stamped(&broker, &topics.input, &lines);
+    let seam = lines[lines.len() / 2].0;
+    let from = lines.iter().position(|(ts, _)| *ts >= seam).unwrap();
+    TwoDaysProduced {
+        broker,
+        topics,
+        dir,
+        lines,
+        seam,
+        from,
+    }
+}
+
 /// Every message now on `topic`: what pretext produced before it stopped.
 fn consume_all(broker: &Broker, topic: &str) -> Vec<String> {
     broker
@@ -160,13 +190,14 @@ fn consume_all(broker: &Broker, topic: &str) -> Vec<String> {
 
 #[test]
 fn a_fresh_state_started_at_a_time_sees_only_the_records_from_it() {
-    let broker = Broker::start();
-    let topics = Topics::create(&broker);
-    let dir = tempfile::tempdir().unwrap();
-    let lines = two_days(dir.path());
-    produce_stamped(&broker, &topics.input, &lines);
-    let seam = lines[lines.len() / 2].0;
-    let from = lines.iter().position(|(ts, _)| *ts >= seam).unwrap();
+    let TwoDaysProduced {
+        broker,
+        topics,
+        dir,
+        lines,
+        seam,
+        from,
+    } = two_days_produced();
     let tail = &lines[from..];
     let expected = replay_with(&texts(tail), dir.path(), None, false, &[NO_IDLE]);
     assert!(!expected.is_empty(), "the second day fires triggers");
@@ -208,17 +239,18 @@ fn a_time_after_every_record_starts_at_the_end() {
 
 #[test]
 fn backfill_then_live_equals_a_replay_of_the_whole_log() {
-    let broker = Broker::start();
-    let topics = Topics::create(&broker);
-    let dir = tempfile::tempdir().unwrap();
-    let lines = two_days(dir.path());
     // The topic holds the whole log (a retention longer than the seam's
     // age); the files run six hours past the seam, as an export cut
     // carelessly would: live mode reads those records again and ignores
     // them as duplicates.
-    produce_stamped(&broker, &topics.input, &lines);
-    let seam = lines[lines.len() / 2].0;
-    let cut = lines.iter().position(|(ts, _)| *ts >= seam).unwrap();
+    let TwoDaysProduced {
+        broker,
+        topics,
+        dir,
+        lines,
+        seam,
+        from: cut,
+    } = two_days_produced();
     let files_end = lines
         .iter()
         .position(|(ts, _)| *ts >= seam + 6 * HOUR)
@@ -262,13 +294,14 @@ fn backfill_then_live_equals_a_replay_of_the_whole_log() {
 /// from it on, and none before.
 #[test]
 fn a_scaled_out_instance_started_at_a_time_reads_only_the_records_from_it() {
-    let broker = Broker::start();
-    let topics = Topics::create(&broker);
-    let dir = tempfile::tempdir().unwrap();
-    let lines = two_days(dir.path());
-    produce_stamped(&broker, &topics.input, &lines);
-    let seam = lines[lines.len() / 2].0;
-    let from = lines.iter().position(|(ts, _)| *ts >= seam).unwrap();
+    let TwoDaysProduced {
+        broker,
+        topics,
+        dir,
+        lines,
+        seam,
+        from,
+    } = two_days_produced();
     let tail = lines.len() - from;
     let (config, state) = write_config(dir.path(), &broker.addr, &topics, &unique("group"));
     let log = dir.path().join("pretext.log");
