@@ -9,7 +9,6 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -26,6 +25,7 @@ use crate::state::changelog::{Checkpoint, CheckpointError};
 use crate::state::{Cf, Change, StateError, Store};
 
 use super::topology::Topology;
+use super::{consumer_config, producer_config};
 
 /// Restored bytes written to RocksDB at a time, so that a large restore
 /// holds a bounded batch in memory.
@@ -128,12 +128,8 @@ pub struct ChangelogWriter {
 
 impl ChangelogWriter {
     pub fn new(config: &Config) -> Result<ChangelogWriter, ChangelogError> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in config.kafka.producer_settings() {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &config.kafka.brokers)
-            .set("enable.idempotence", "true")
+        let mut cc = producer_config(config, &[]);
+        cc.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5");
         let producer = cc
@@ -463,13 +459,9 @@ fn finish_read(
 
 /// A consumer that reads assigned changelogs and commits nothing.
 fn restore_consumer(config: &Config) -> Result<BaseConsumer, ChangelogError> {
-    let mut cc = ClientConfig::new();
-    for (k, v) in config.kafka.consumer_settings() {
-        cc.set(k, v);
-    }
-    cc.set("bootstrap.servers", &config.kafka.brokers)
-        // Never joined nor committed: assignment is by hand.
-        .set("group.id", format!("{}.restore", config.kafka.group_id))
+    let mut cc = consumer_config(config, &[]);
+    // Never joined nor committed: assignment is by hand.
+    cc.set("group.id", format!("{}.restore", config.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{info, warn};
 
 use crate::config::Config;
 
+use super::producer_config;
 use super::topology::{InternalTopic, Topology};
 
 /// One metadata request's timeout, repeated until the overall deadline.
@@ -135,15 +135,13 @@ struct Admin {
 
 impl Admin {
     fn new(config: &Config, deadline: Instant) -> Result<Admin, InternalTopicError> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in config.kafka.producer_settings() {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &config.kafka.brokers);
-        let client = cc.create().map_err(|source| InternalTopicError::Kafka {
-            what: "create the admin client",
-            source,
-        })?;
+        let client =
+            producer_config(config, &[])
+                .create()
+                .map_err(|source| InternalTopicError::Kafka {
+                    what: "create the admin client",
+                    source,
+                })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

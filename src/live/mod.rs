@@ -57,6 +57,44 @@ use sink::Sink;
 pub use source::InputMessage;
 use source::Source;
 
+/// A producer's (or an admin client's) librdkafka configuration:
+/// `defaults`, then the pass-through settings (`kafka.client`, then
+/// `kafka.producer`), which override them, then the brokers. What the
+/// caller sets after this overrides everything.
+fn producer_config(config: &Config, defaults: &[(&str, &str)]) -> rdkafka::ClientConfig {
+    client_config(
+        defaults,
+        config.kafka.producer_settings(),
+        &config.kafka.brokers,
+    )
+}
+
+/// As `producer_config`, for a consumer (`kafka.client`, then
+/// `kafka.consumer`).
+fn consumer_config(config: &Config, defaults: &[(&str, &str)]) -> rdkafka::ClientConfig {
+    client_config(
+        defaults,
+        config.kafka.consumer_settings(),
+        &config.kafka.brokers,
+    )
+}
+
+fn client_config<'a>(
+    defaults: &[(&str, &str)],
+    settings: impl Iterator<Item = (&'a str, &'a str)>,
+    brokers: &str,
+) -> rdkafka::ClientConfig {
+    let mut cc = rdkafka::ClientConfig::new();
+    for (k, v) in defaults {
+        cc.set(*k, *v);
+    }
+    for (k, v) in settings {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", brokers);
+    cc
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
     #[error(transparent)]

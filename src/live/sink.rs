@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -22,6 +21,7 @@ use crate::metrics::Metrics;
 
 use super::events::DeliveryFailed;
 use super::pipeline::{Acknowledgement, Output, Stop};
+use super::producer_config;
 use super::txn::{GroupMetadata, TxnOffset};
 use super::LiveError;
 
@@ -140,20 +140,11 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(config: &Config, metrics: Arc<Metrics>, stop: Arc<Stop>) -> Result<Sink, LiveError> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in PRODUCER_DEFAULTS {
-            cc.set(k, v);
-        }
-        for (k, v) in config.kafka.producer_settings() {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &config.kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "queue.buffering.max.messages",
-                config.kafka.producer_max_in_flight.to_string(),
-            );
+        let mut cc = producer_config(config, &PRODUCER_DEFAULTS);
+        cc.set("enable.idempotence", "true").set("acks", "all").set(
+            "queue.buffering.max.messages",
+            config.kafka.producer_max_in_flight.to_string(),
+        );
         let context = SinkContext {
             ledger: Ledger::default(),
             metrics,

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -22,6 +21,7 @@ use crate::config::{Config, StartFrom};
 use crate::engine::SourceOffset;
 use crate::metrics::{KafkaErrorKind, Metrics};
 
+use super::consumer_config;
 use super::events::{classify, CommitFailed, ConsumerError, ConsumerFatal, Rebalance};
 use super::offsets::{Offsets, OffsetsView};
 use super::pipeline::{BatchSource, Stop};
@@ -420,16 +420,10 @@ impl Source {
         assigned: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
     ) -> Result<Source, LiveError> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in CONSUMER_DEFAULTS {
-            cc.set(k, v);
-        }
-        // Pass-through settings next: the ones below keep us safe and win.
-        for (k, v) in config.kafka.consumer_settings() {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &config.kafka.brokers)
-            .set("group.id", &config.kafka.group_id)
+        // Pass-through settings over the defaults: the ones below keep us
+        // safe and win.
+        let mut cc = consumer_config(config, &CONSUMER_DEFAULTS);
+        cc.set("group.id", &config.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

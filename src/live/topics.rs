@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use tracing::{info, warn};
 
 use crate::config::Config;
 
 use super::pipeline::Stop;
+use super::producer_config;
 use super::LiveError;
 
 /// One metadata request's timeout; requests repeat until the broker
@@ -46,15 +46,12 @@ pub fn ensure_output_topics(config: &Config, stop: &Stop) -> Result<bool, LiveEr
 }
 
 fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, LiveError> {
-    let mut cc = ClientConfig::new();
-    for (k, v) in config.kafka.producer_settings() {
-        cc.set(k, v);
-    }
-    cc.set("bootstrap.servers", &config.kafka.brokers);
-    cc.create().map_err(|source| LiveError::Kafka {
-        what: "create the admin client",
-        source,
-    })
+    producer_config(config, &[])
+        .create()
+        .map_err(|source| LiveError::Kafka {
+            what: "create the admin client",
+            source,
+        })
 }
 
 /// The names of the topics the cluster has, once it answers; `None` if the

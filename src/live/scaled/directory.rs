@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::groups::GroupList;
 use tracing::debug;
@@ -20,6 +19,7 @@ use tracing::debug;
 use crate::config::Config;
 use crate::http::placement::Placement;
 
+use super::super::consumer_config;
 use super::super::topology::{Stage, Topology};
 use super::super::LiveError;
 
@@ -51,13 +51,9 @@ pub struct Directory {
 
 impl Directory {
     pub fn start(config: &Config, placement: Arc<Placement>) -> Result<Directory, LiveError> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in config.kafka.consumer_settings() {
-            cc.set(k, v);
-        }
+        let mut cc = consumer_config(config, &[]);
         // It only describes the group: no statistics to log.
-        cc.set("bootstrap.servers", &config.kafka.brokers)
-            .set("statistics.interval.ms", "0");
+        cc.set("statistics.interval.ms", "0");
         let client: BaseConsumer = cc.create().map_err(|source| LiveError::Kafka {
             what: "create the client that describes the group",
             source,

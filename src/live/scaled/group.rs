@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -28,6 +27,7 @@ use crate::config::{Config, StartFrom};
 use crate::engine::wire::{RecordKind, RECORD_HEADER};
 use crate::metrics::Metrics;
 
+use super::super::consumer_config;
 use super::super::events::{classify, CommitFailed, ConsumerError, Rebalance};
 use super::super::pipeline::Stop;
 use super::super::source::{start_offset, times_list, OFFSETS_FOR_TIMES_TIMEOUT};
@@ -238,13 +238,8 @@ impl Group {
         assigned: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
     ) -> Result<Group, LiveError> {
-        let mut cc = ClientConfig::new();
-        cc.set("max.partition.fetch.bytes", "8388608");
-        for (k, v) in config.kafka.consumer_settings() {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &config.kafka.brokers)
-            .set("group.id", &config.kafka.group_id)
+        let mut cc = consumer_config(config, &[("max.partition.fetch.bytes", "8388608")]);
+        cc.set("group.id", &config.kafka.group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -22,6 +21,7 @@ use crate::config::Config;
 use crate::engine::wire::{RecordKind, RECORD_HEADER};
 
 use super::super::changelog::enqueue;
+use super::super::producer_config;
 use super::super::LiveError;
 
 /// How long a transactional call or a batch's acknowledgement may take.
@@ -78,18 +78,11 @@ pub struct ScaledProducer {
 
 impl ScaledProducer {
     pub fn new(config: &Config) -> Result<ScaledProducer, LiveError> {
-        let mut cc = ClientConfig::new();
-        cc.set("linger.ms", "5");
-        for (k, v) in config.kafka.producer_settings() {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &config.kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "queue.buffering.max.messages",
-                config.kafka.producer_max_in_flight.to_string(),
-            );
+        let mut cc = producer_config(config, &[("linger.ms", "5")]);
+        cc.set("enable.idempotence", "true").set("acks", "all").set(
+            "queue.buffering.max.messages",
+            config.kafka.producer_max_in_flight.to_string(),
+        );
         let transactional_id = config.kafka.exactly_once.then(|| transactional_id(config));
         if let Some(id) = &transactional_id {
             cc.set("transactional.id", id);

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use crate::config::Config;
 
+use super::super::producer_config;
 use super::super::LiveError;
 
 const PURGE_EVERY: Duration = Duration::from_secs(30);
@@ -33,12 +33,8 @@ pub struct Purger {
 
 impl Purger {
     pub fn new(config: &Config) -> Result<Purger, LiveError> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in config.kafka.producer_settings() {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &config.kafka.brokers)
-            .set("statistics.interval.ms", "0");
+        let mut cc = producer_config(config, &[]);
+        cc.set("statistics.interval.ms", "0");
         let admin = cc.create().map_err(|source| LiveError::Kafka {
             what: "create the admin client that purges the repartition topics",
             source,
