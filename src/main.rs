@@ -17,7 +17,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// events and the state read ahead for them, triggers written by the
 /// output thread), and a second of such pages held 15–20 MiB more at the
 /// peak of a replay (1M events of 10k customers: 288 against 269–273 MiB)
-/// for no measurable speed.
+/// for no measurable speed. Replay only: live mode frees and refills the
+/// same pages batch after batch, and faulting them back in each time cost
+/// `pretext run` ~10% more CPU (BENCHMARKS.md, live section).
 fn purge_freed_memory_promptly() {
     use std::ffi::{c_int, c_long};
     extern "C" {
@@ -101,7 +103,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    purge_freed_memory_promptly();
     let cli = Cli::parse(); // a bad flag exits 2 with clap's message
     match cli.command {
         Command::Run { config } => {
@@ -129,6 +130,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&config);
+            purge_freed_memory_promptly();
             let opts = ReplayOptions {
                 inputs: input,
                 output,
