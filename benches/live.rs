@@ -10,8 +10,9 @@
 //! 500,000, 100,000 and the configured default batch): two `pretext run`s
 //! per BATCH (`kafka.batch_max_messages`), `kafka.exactly_once` off and on,
 //! each with its own group and state.
-//! The broker is a Kafka of the bench's own (scripts/kafka.sh); every reader
-//! starts at offset 0 and stops on message counts.
+//! The broker is a Kafka of the bench's own (scripts/kafka.sh), warmed by
+//! one uncounted round; every reader starts at offset 0 and stops on
+//! message counts.
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
@@ -58,8 +59,19 @@ fn main() {
         broker.pid().map_or(0, rss_mib)
     );
 
+    // A round whose times are not counted: the broker's JVM compiles its
+    // fetch and produce paths during its first minute (its C1/C2 compiler
+    // threads took 7-18% of a core through the first measured round, on
+    // the two cores pretext shares with it), which a long-running
+    // production broker did long ago.
+    println!("warm-up round (not counted):");
+    raw_consumer(&broker.addr, &topics.input, n);
+    for eos in [false, true] {
+        pretext_run(dir.path(), &broker, &topics, n, default_batch, eos);
+    }
     // Two rounds, each reader once per round; the fastest of its runs is
     // the least disturbed by the machine's other jobs.
+    println!("measured rounds:");
     let (mut raw_s, mut replay_s) = (Vec::new(), Vec::new());
     let mut run_s: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; batches.len()];
     for _ in 0..2 {

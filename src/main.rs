@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// peak of a replay (1M events of 10k customers: 288 against 269–273 MiB)
 /// for no measurable speed. Replay only: live mode frees and refills the
 /// same pages batch after batch, and faulting them back in each time cost
-/// `pretext run` ~10% more CPU (BENCHMARKS.md, live section).
+/// `pretext run` 6-7% of its time and CPU (BENCHMARKS.md, live section).
 fn purge_freed_memory_promptly() {
     use std::ffi::{c_int, c_long};
     extern "C" {
