@@ -872,6 +872,60 @@ fn holdout_triggers_and_conversions_go_to_their_topics_before_the_commit() {
     }
 }
 
+/// Views of 300 customers a minute apart over ten hours, each customer's
+/// checks falling due within the stream: triggers fire inside the batches.
+fn many_views() -> Vec<InputMessage> {
+    (0..3_000i64)
+        .map(|i| {
+            let crm = format!("C{}", i % 300);
+            let product = format!("P{}", i % 7);
+            msg(
+                0,
+                i,
+                &view(&format!("e{i}"), &crm, &product, T0 + i * MIN / 5),
+            )
+        })
+        .collect()
+}
+
+/// The triggers of both groups, in the order they were sent.
+fn triggers_sent(seen: &[Seen]) -> Vec<Value> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Sent { topic, payload } if topic == "triggers" || topic == "holdout" => {
+                Some(payload.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Large batches make their triggers' JSON on a thread of their own while
+/// they are applied; small ones on the pipeline thread after. Both send
+/// the same triggers in the same order.
+#[test]
+fn triggers_made_into_json_during_a_large_batch_go_out_as_from_small_ones() {
+    let run = |batch: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = Harness::new(dir.path(), T0 + 30 * 24 * HOUR);
+        h.config.holdout.percent = 50.0;
+        let steps = many_views()
+            .chunks(batch)
+            .map(|c| Step::Batch(c.to_vec()))
+            .collect();
+        let (result, _engine) = h.run(steps, false);
+        result.unwrap();
+        triggers_sent(&h.seen())
+    };
+    let large = run(3_000);
+    let small = run(100);
+    assert!(large.len() > 100, "{} triggers", large.len());
+    let groups: Vec<&str> = large.iter().filter_map(|t| t["group"].as_str()).collect();
+    assert!(groups.contains(&"holdout") && groups.contains(&"treated"));
+    assert_eq!(large.len(), small.len());
+    assert_eq!(large, small);
+}
+
 #[test]
 fn capped_triggers_are_not_produced_and_are_counted_by_reason() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,11 +20,12 @@
 //! `Output`, and time behind `Clock`, so the pipeline runs in tests with no
 //! broker (tests/pipeline.rs).
 
+mod encode;
 mod eos;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Topics};
@@ -45,6 +46,7 @@ use super::offsets::Offsets;
 use super::source::InputMessage;
 use super::txn::{GroupMetadata, GroupPosition, Recovery, TxnOffset};
 use super::LiveError;
+use encode::{encode_all, BatchSink, EncodedTrigger};
 
 /// A too-large message's payload is cut to this in its dead letter, which
 /// must itself fit in a Kafka message; topic, partition and offset locate
@@ -220,6 +222,9 @@ pub struct DeadLetterOut {
 /// group's topic), conversions, dead letters.
 #[derive(Default)]
 pub struct Produced {
+    /// Triggers made into JSON while the batch was applied (`encode`);
+    /// they came before `triggers`.
+    pub encoded: Vec<EncodedTrigger>,
     pub triggers: Vec<Trigger>,
     pub conversions: Vec<Conversion>,
     pub dead_letters: Vec<DeadLetterOut>,
@@ -227,7 +232,11 @@ pub struct Produced {
 
 impl Produced {
     pub fn is_empty(&self) -> bool {
-        self.triggers.is_empty() && self.conversions.is_empty() && self.dead_letters.is_empty()
+        self.trigger_count() == 0 && self.conversions.is_empty() && self.dead_letters.is_empty()
+    }
+
+    pub fn trigger_count(&self) -> usize {
+        self.encoded.len() + self.triggers.len()
     }
 }
 
@@ -256,7 +265,8 @@ pub struct Applied {
 
 /// The pure step: applies `batch` to the engine, in order. The state
 /// changes stay uncommitted. An engine error names the message. Messages
-/// are decoded a chunk ahead on a thread of their own, as in replay.
+/// are decoded a chunk ahead on a thread of their own, as in replay, and
+/// triggers made into JSON on another (`encode`).
 pub fn apply_batch(
     engine: &mut Engine,
     offsets: &Offsets,
@@ -267,7 +277,7 @@ pub fn apply_batch(
         let decoded = batch
             .iter()
             .map(|m| decode(&m.payload, max_bytes).map(|e| (e, Vec::new())));
-        return apply_decoded(engine, offsets, batch.iter().zip(decoded));
+        return apply_decoded(engine, offsets, batch.iter().zip(decoded), None);
     }
     // The decoding thread also reads ahead the state each event will
     // read (`engine::ahead`), as replay's does.
@@ -291,7 +301,16 @@ pub fn apply_batch(
             }
         });
         let decoded = rx.into_iter().flatten();
-        apply_decoded(engine, offsets, batch.iter().zip(decoded))
+        let (to_encoder, chunks) = std::sync::mpsc::channel();
+        let encoding = scope.spawn(move || encode_all(chunks));
+        let applied = apply_decoded(engine, offsets, batch.iter().zip(decoded), Some(to_encoder));
+        let encoded = encoding
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        applied.map(|mut out| {
+            out.produced.encoded = encoded;
+            out
+        })
     })
 }
 
@@ -303,12 +322,16 @@ const COMMIT_MAX_BYTES: usize = 32 << 20;
 const DECODE_CHUNK: usize = 512;
 const DECODE_CHUNKS_AHEAD: usize = 8;
 
+/// Applies decoded messages in order; triggers go to `encoder` (then to
+/// `Produced::encoded`, once it is joined) when there is one.
 fn apply_decoded<'m>(
     engine: &mut Engine,
     offsets: &Offsets,
     decoded: impl Iterator<Item = (&'m InputMessage, Result<(Event, Vec<Hint>), Rejection>)>,
+    encoder: Option<Sender<Vec<Trigger>>>,
 ) -> Result<Applied, LiveError> {
     let mut out = Applied::default();
+    let mut sink = BatchSink::new(&mut out.produced, encoder);
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for (m, event) in decoded {
         if offsets.already_applied(m) {
@@ -317,17 +340,18 @@ fn apply_decoded<'m>(
         }
         match event {
             Ok((event, hints)) => {
-                let outcome = engine
-                    .apply_read_ahead(&event, hints, &mut out.produced)
-                    .map_err(|source| LiveError::Apply {
-                        topic: m.topic.clone(),
-                        partition: m.partition,
-                        offset: m.offset,
-                        source,
-                    })?;
+                let outcome =
+                    engine
+                        .apply_read_ahead(&event, hints, &mut sink)
+                        .map_err(|source| LiveError::Apply {
+                            topic: m.topic.clone(),
+                            partition: m.partition,
+                            offset: m.offset,
+                            source,
+                        })?;
                 out.applied_any |= outcome == Outcome::Applied;
             }
-            Err(rejection) => out.produced.dead_letters.push(DeadLetterOut {
+            Err(rejection) => sink.produced.dead_letters.push(DeadLetterOut {
                 key: m.key.clone(),
                 json: dead_letter(
                     &m.topic,
@@ -345,6 +369,7 @@ fn apply_decoded<'m>(
         }
         next.insert((&m.topic, m.partition), m.offset + 1);
     }
+    sink.finish();
     out.next = next
         .into_iter()
         .map(|((topic, partition), next_offset)| SourceOffset {
@@ -369,13 +394,20 @@ fn publish(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Result<G
 
 /// Queues a batch's output, in the order the engine made it.
 fn send_all(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Result<(), LiveError> {
+    // Holdout triggers never reach the triggers topic.
+    let topic = |group| match group {
+        Group::Treated => &topics.triggers,
+        Group::Holdout => &topics.holdout,
+    };
+    for e in &out.encoded {
+        output.send(topic(e.group), Some(e.crm_id.as_bytes()), e.json.as_bytes())?;
+    }
     for t in &out.triggers {
-        // Holdout triggers never reach the triggers topic.
-        let topic = match t.group {
-            Group::Treated => &topics.triggers,
-            Group::Holdout => &topics.holdout,
-        };
-        output.send(topic, Some(t.crm_id.as_bytes()), t.to_json().as_bytes())?;
+        output.send(
+            topic(t.group),
+            Some(t.crm_id.as_bytes()),
+            t.to_json().as_bytes(),
+        )?;
     }
     for c in &out.conversions {
         output.send(
@@ -753,7 +785,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         }
         if !out.triggers.is_empty() {
             tracing::info!(
-                triggers = out.triggers.len(),
+                triggers = out.trigger_count(),
                 "idle watermark advance fired checks"
             );
         }

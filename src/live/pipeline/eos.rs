@@ -66,7 +66,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         let out = &applied.produced;
         info!(
             messages = chunk.len(),
-            triggers = out.triggers.len(),
+            triggers = out.trigger_count(),
             conversions = out.conversions.len(),
             dead_letters = out.dead_letters.len(),
             "re-applied input whose output a committed transaction holds, output muted"
