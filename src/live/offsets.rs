@@ -55,6 +55,11 @@ impl Offsets {
         next_of(&self.read(), &m.topic, m.partition).is_some_and(|next| m.offset < next)
     }
 
+    /// The stored position of one partition: its next offset to read.
+    pub fn stored(&self, topic: &str, partition: i32) -> Option<i64> {
+        next_of(&self.read(), topic, partition)
+    }
+
     /// Called with the offsets `Engine::commit` has just stored, never
     /// before: memory never runs ahead of the state.
     pub fn advance(&mut self, committed: &[SourceOffset]) {
