@@ -28,6 +28,7 @@ pub mod idle;
 pub mod internal_topics;
 pub mod offsets;
 pub mod pipeline;
+mod priority;
 mod scaled;
 mod sink;
 mod source;

@@ -45,7 +45,7 @@ use super::idle::Idle;
 use super::offsets::Offsets;
 use super::source::InputMessage;
 use super::txn::{GroupMetadata, GroupPosition, Recovery, TxnOffset};
-use super::LiveError;
+use super::{priority, LiveError};
 use encode::{encode_all, BatchSink, EncodedTrigger};
 
 /// A too-large message's payload is cut to this in its dead letter, which
@@ -276,51 +276,27 @@ pub fn apply_batch(
     if batch.len() <= DECODE_CHUNK {
         return apply_small(engine, offsets, batch, max_bytes);
     }
-    apply_batch_then(engine, offsets, batch, max_bytes, || ()).0
-}
-
-/// `apply_batch`, and `then` on the decoding thread once it has decoded
-/// the batch, while the engine applies the rest (on a thread of its own
-/// when the batch is too small to be decoded on one).
-fn apply_batch_then<T: Send>(
-    engine: &mut Engine,
-    offsets: &Offsets,
-    batch: &[InputMessage],
-    max_bytes: usize,
-    then: impl FnOnce() -> T + Send,
-) -> (Result<Applied, LiveError>, T) {
-    if batch.len() <= DECODE_CHUNK {
-        return std::thread::scope(|scope| {
-            let after = scope.spawn(then);
-            let applied = apply_small(engine, offsets, batch, max_bytes);
-            (applied, joined(after))
-        });
-    }
     // The decoding thread also reads ahead the state each event will
     // read (`engine::ahead`), as replay's does.
     let mut ahead = ReadAhead::new(engine.prefetcher());
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_CHUNKS_AHEAD);
-        let decoding = scope.spawn(move || {
+        scope.spawn(move || {
             for chunk in decode_chunks(batch) {
                 if tx.send(decode_ahead(chunk, &mut ahead, max_bytes)).is_err() {
-                    break; // the applier stopped on an error
+                    return; // the applier stopped on an error
                 }
             }
-            // The applier's input ends here, not after `then`.
-            drop(tx);
-            then()
         });
         let decoded = rx.into_iter().flatten();
         let (to_encoder, chunks) = std::sync::mpsc::channel();
         let encoding = scope.spawn(move || encode_all(chunks));
         let applied = apply_decoded(engine, offsets, batch.iter().zip(decoded), Some(to_encoder));
         let encoded = joined(encoding);
-        let applied = applied.map(|mut out| {
+        applied.map(|mut out| {
             out.produced.encoded = encoded;
             out
-        });
-        (applied, joined(decoding))
+        })
     })
 }
 
@@ -766,12 +742,12 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         Ok(())
     }
 
-    /// Applies `batch`; meanwhile the next one is polled, when the source
-    /// allows it and no revoke or stop is pending, on the decoding thread
-    /// once it has decoded this one (the consumer's copying and waiting
-    /// then overlap the engine, and do not compete with the decoding the
-    /// engine waits for at a batch's start on a machine of two cores).
-    /// Nothing else touches the source until both are done.
+    /// Applies `batch`; meanwhile the next one is polled on a second thread
+    /// when the source allows it and no revoke or stop is pending (the
+    /// consumer's copying and waiting then overlap the engine). That thread
+    /// runs at a lower priority: the engine waits for this batch's
+    /// decoding now, for the next batch only at its end. Nothing else
+    /// touches the source until both are done.
     fn apply_polling_ahead(
         &mut self,
         batch: &[InputMessage],
@@ -791,8 +767,13 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
             self.config.kafka.batch_max_wait.std(),
         );
         let source = &mut self.source;
-        let (applied, next) = apply_batch_then(engine, offsets, batch, max_bytes, || {
-            source.next_batch(max, wait, stop)
+        let (applied, next) = std::thread::scope(|scope| {
+            let polling = scope.spawn(|| {
+                priority::lower_this_thread();
+                source.next_batch(max, wait, stop)
+            });
+            let applied = apply_batch(engine, offsets, batch, max_bytes);
+            (applied, joined(polling))
         });
         self.ahead = Some(next);
         applied
