@@ -6,7 +6,7 @@
 //! consumer's callbacks (assignment, statistics) read it through an
 //! `OffsetsView`, which cannot write.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::engine::SourceOffset;
@@ -56,7 +56,7 @@ impl Offsets {
     }
 
     /// The stored position of one partition: its next offset to read.
-    pub fn stored(&self, topic: &str, partition: i32) -> Option<i64> {
+    fn stored(&self, topic: &str, partition: i32) -> Option<i64> {
         next_of(&self.read(), topic, partition)
     }
 
@@ -112,6 +112,62 @@ impl OffsetsView {
     }
 }
 
+/// A batch's partitions as its messages come, in runs of one partition:
+/// each one's stored position is looked up, and its next offset kept,
+/// once a run rather than once a message.
+#[derive(Default)]
+pub struct Positions<'m> {
+    /// The partition of the current run and its stored position.
+    run: Option<((&'m str, i32), Option<i64>)>,
+    /// The last message read of the current run.
+    last: Option<((&'m str, i32), i64)>,
+    /// The next offset of each partition of the runs before.
+    next: BTreeMap<(&'m str, i32), i64>,
+}
+
+impl<'m> Positions<'m> {
+    /// Whether `m` is below its partition's stored position.
+    pub fn already_applied(&mut self, offsets: &Offsets, m: &'m InputMessage) -> bool {
+        let partition = (m.topic.as_str(), m.partition);
+        let stored = match self.run {
+            Some((p, stored)) if p == partition => stored,
+            _ => {
+                self.run
+                    .insert((partition, offsets.stored(&m.topic, m.partition)))
+                    .1
+            }
+        };
+        stored.is_some_and(|next| m.offset < next)
+    }
+
+    /// `m` is applied (or dead-lettered): its partition reads on after it.
+    pub fn read(&mut self, m: &'m InputMessage) {
+        let partition = (m.topic.as_str(), m.partition);
+        match &mut self.last {
+            Some((p, offset)) if *p == partition => *offset = m.offset,
+            _ => {
+                if let Some((p, offset)) = self.last.replace((partition, m.offset)) {
+                    self.next.insert(p, offset + 1);
+                }
+            }
+        }
+    }
+
+    pub fn into_next(mut self) -> Vec<SourceOffset> {
+        if let Some((p, offset)) = self.last {
+            self.next.insert(p, offset + 1);
+        }
+        self.next
+            .into_iter()
+            .map(|((topic, partition), next_offset)| SourceOffset {
+                topic: topic.to_string(),
+                partition,
+                next_offset,
+            })
+            .collect()
+    }
+}
+
 fn next_of(map: &Map, topic: &str, partition: i32) -> Option<i64> {
     map.get(topic)?.get(&partition).copied()
 }
@@ -155,5 +211,33 @@ mod tests {
             "only partitions the state has read"
         );
         assert_eq!(offsets.len(), 2);
+    }
+
+    #[test]
+    fn positions_follow_interleaved_runs_of_partitions() {
+        let offsets = Offsets::from_stored(vec![offset("a", 0, 2), offset("b", 1, 7)]);
+        let batch = [
+            message("a", 0, 1),
+            message("a", 0, 2),
+            message("b", 0, 5),
+            message("a", 0, 3),
+            message("b", 1, 6),
+            message("b", 1, 7),
+            message("b", 0, 6),
+        ];
+        let mut positions = Positions::default();
+        let mut skipped = Vec::new();
+        for m in &batch {
+            if positions.already_applied(&offsets, m) {
+                skipped.push((m.topic.as_str(), m.partition, m.offset));
+            } else {
+                positions.read(m);
+            }
+        }
+        assert_eq!(skipped, [("a", 0, 1), ("b", 1, 6)]);
+        assert_eq!(
+            positions.into_next(),
+            [offset("a", 0, 4), offset("b", 0, 7), offset("b", 1, 8)]
+        );
     }
 }

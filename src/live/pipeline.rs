@@ -42,7 +42,7 @@ use crate::trigger::{Conversion, Group, Trigger};
 
 use super::events::{DeadLettered, SkippedBelowPosition};
 use super::idle::Idle;
-use super::offsets::Offsets;
+use super::offsets::{Offsets, Positions};
 use super::source::InputMessage;
 use super::txn::{GroupMetadata, GroupPosition, Recovery, TxnOffset};
 use super::{priority, LiveError};
@@ -403,62 +403,6 @@ fn apply_decoded<'m>(
     sink.finish();
     out.next = positions.into_next();
     Ok(out)
-}
-
-/// A batch's partitions as its messages come, in runs of one partition:
-/// each one's stored position is looked up, and its next offset kept,
-/// once a run rather than once a message.
-#[derive(Default)]
-struct Positions<'m> {
-    /// The partition of the current run and its stored position.
-    run: Option<((&'m str, i32), Option<i64>)>,
-    /// The last message read of the current run.
-    last: Option<((&'m str, i32), i64)>,
-    /// The next offset of each partition of the runs before.
-    next: BTreeMap<(&'m str, i32), i64>,
-}
-
-impl<'m> Positions<'m> {
-    /// Whether `m` is below its partition's stored position.
-    fn already_applied(&mut self, offsets: &Offsets, m: &'m InputMessage) -> bool {
-        let partition = (m.topic.as_str(), m.partition);
-        let stored = match self.run {
-            Some((p, stored)) if p == partition => stored,
-            _ => {
-                self.run
-                    .insert((partition, offsets.stored(&m.topic, m.partition)))
-                    .1
-            }
-        };
-        stored.is_some_and(|next| m.offset < next)
-    }
-
-    /// `m` is applied (or dead-lettered): its partition reads on after it.
-    fn read(&mut self, m: &'m InputMessage) {
-        let partition = (m.topic.as_str(), m.partition);
-        match &mut self.last {
-            Some((p, offset)) if *p == partition => *offset = m.offset,
-            _ => {
-                if let Some((p, offset)) = self.last.replace((partition, m.offset)) {
-                    self.next.insert(p, offset + 1);
-                }
-            }
-        }
-    }
-
-    fn into_next(mut self) -> Vec<SourceOffset> {
-        if let Some((p, offset)) = self.last {
-            self.next.insert(p, offset + 1);
-        }
-        self.next
-            .into_iter()
-            .map(|((topic, partition), next_offset)| SourceOffset {
-                topic: topic.to_string(),
-                partition,
-                next_offset,
-            })
-            .collect()
-    }
 }
 
 /// Sends a batch's output; the gate of its state write waits for every
@@ -983,53 +927,7 @@ fn truncated(payload: &[u8], max: usize) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
-    use super::{truncated, InputMessage, Offsets, Positions, SourceOffset};
-
-    fn message(topic: &str, partition: i32, offset: i64) -> InputMessage {
-        InputMessage {
-            topic: topic.into(),
-            partition,
-            offset,
-            key: None,
-            payload: Vec::new(),
-        }
-    }
-
-    fn at(topic: &str, partition: i32, next_offset: i64) -> SourceOffset {
-        SourceOffset {
-            topic: topic.into(),
-            partition,
-            next_offset,
-        }
-    }
-
-    #[test]
-    fn positions_follow_interleaved_runs_of_partitions() {
-        let offsets = Offsets::from_stored(vec![at("a", 0, 2), at("b", 1, 7)]);
-        let batch = [
-            message("a", 0, 1),
-            message("a", 0, 2),
-            message("b", 0, 5),
-            message("a", 0, 3),
-            message("b", 1, 6),
-            message("b", 1, 7),
-            message("b", 0, 6),
-        ];
-        let mut positions = Positions::default();
-        let mut skipped = Vec::new();
-        for m in &batch {
-            if positions.already_applied(&offsets, m) {
-                skipped.push((m.topic.as_str(), m.partition, m.offset));
-            } else {
-                positions.read(m);
-            }
-        }
-        assert_eq!(skipped, [("a", 0, 1), ("b", 1, 6)]);
-        assert_eq!(
-            positions.into_next(),
-            [at("a", 0, 4), at("b", 0, 7), at("b", 1, 8)]
-        );
-    }
+    use super::truncated;
 
     #[test]
     fn truncation_keeps_text_whole_characters() {
