@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::trigger::Group;
+
 const ENV_PREFIX: &str = "PRETEXT__";
 
 const DURATION_FORMS: &str = "a whole number and a unit: ms, s, m, h, d, e.g. \"90s\", \"7d\"";
@@ -1176,6 +1178,15 @@ impl Config {
 }
 
 impl Topics {
+    /// Where a trigger of `group` is produced: holdout triggers never
+    /// reach the triggers topic.
+    pub fn of_trigger(&self, group: Group) -> &str {
+        match group {
+            Group::Treated => &self.triggers,
+            Group::Holdout => &self.holdout,
+        }
+    }
+
     /// The output topics with the keys that name them.
     pub fn outputs(&self) -> [(&'static str, &str); 4] {
         [

@@ -38,7 +38,7 @@ use crate::http::Health;
 use crate::state::prefetch::Hint;
 use crate::state::store::{open_gate, Gate, GateError};
 use crate::state::StateError;
-use crate::trigger::{Conversion, Group, Trigger};
+use crate::trigger::{Conversion, Trigger};
 
 use super::events::{DeadLettered, SkippedBelowPosition};
 use super::idle::Idle;
@@ -418,17 +418,13 @@ fn publish(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Result<G
 
 /// Queues a batch's output, in the order the engine made it.
 fn send_all(output: &mut dyn Output, topics: &Topics, out: &Produced) -> Result<(), LiveError> {
-    // Holdout triggers never reach the triggers topic.
-    let topic = |group| match group {
-        Group::Treated => &topics.triggers,
-        Group::Holdout => &topics.holdout,
-    };
     for e in &out.encoded {
-        output.send(topic(e.group), Some(e.crm_id.as_bytes()), e.json.as_bytes())?;
+        let topic = topics.of_trigger(e.group);
+        output.send(topic, Some(e.crm_id.as_bytes()), e.json.as_bytes())?;
     }
     for t in &out.triggers {
         output.send(
-            topic(t.group),
+            topics.of_trigger(t.group),
             Some(t.crm_id.as_bytes()),
             t.to_json().as_bytes(),
         )?;

@@ -41,7 +41,6 @@ use crate::engine::{EngineStats, SourceOffset};
 use crate::http::placement::Placement;
 use crate::http::Health;
 use crate::state::Cf;
-use crate::trigger::Group as TriggerGroup;
 
 use super::events::{DeadLettered, SkippedRun};
 use super::pipeline::{Clock, Produced, Stop, SystemClock};
@@ -418,11 +417,7 @@ impl<C: Clock> Scaled<C> {
     fn send_output(&mut self, produced: &Produced) -> Result<(), LiveError> {
         let topics = &self.config.topics;
         for t in &produced.triggers {
-            // Holdout triggers never reach the triggers topic.
-            let topic = match t.group {
-                TriggerGroup::Treated => &topics.triggers,
-                TriggerGroup::Holdout => &topics.holdout,
-            };
+            let topic = topics.of_trigger(t.group);
             let json = t.to_json();
             let key = Some(t.crm_id.as_bytes());
             self.producer
