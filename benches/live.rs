@@ -3,8 +3,11 @@
 //! limit here), `pretext replay` of the same events from a file (the
 //! engine's limit), and `pretext run` reading the topic from offset 0 with
 //! a fresh state (the engine plus the live edge: consume, produce, commit).
-//! Only ratios are meaningful on a shared, noisy machine: two rounds run
-//! each reader once, and the fastest run of each counts.
+//! Only ratios are meaningful on a shared, noisy machine: each round runs
+//! every reader once; the fastest run of each counts, and run/replay is
+//! also given round by round (the two run back to back, so a drift of the
+//! machine's speed moves both) with the median of those ratios, which one
+//! disturbed run does not move. Two rounds, or `PRETEXT_BENCH_ROUNDS`.
 //!
 //! `cargo bench --bench live -- [EVENTS] [CUSTOMERS] [BATCH...]` (defaults
 //! 500,000, 100,000 and the configured default batch): two `pretext run`s
@@ -69,12 +72,12 @@ fn main() {
     for eos in [false, true] {
         pretext_run(dir.path(), &broker, &topics, n, default_batch, eos);
     }
-    // Two rounds, each reader once per round; the fastest of its runs is
-    // the least disturbed by the machine's other jobs.
+    // Each reader once per round; the fastest of its runs is the least
+    // disturbed by the machine's other jobs.
     println!("measured rounds:");
     let (mut raw_s, mut replay_s) = (Vec::new(), Vec::new());
     let mut run_s: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; batches.len()];
-    for _ in 0..2 {
+    for _ in 0..rounds() {
         raw_s.push(raw_consumer(&broker.addr, &topics.input, n));
         replay_s.push(replay(&input, dir.path()));
         for (i, &b) in batches.iter().enumerate() {
@@ -118,12 +121,37 @@ fn main() {
             live / engine,
             live / raw
         );
+        let by_round: Vec<f64> = off.iter().zip(&replay_s).map(|(r, p)| p / r).collect();
+        let v: Vec<String> = by_round.iter().map(|x| format!("{x:.3}")).collect();
+        println!(
+            "  run/replay by round: {}; median {:.3}",
+            v.join(", "),
+            median(by_round)
+        );
         let eos = n as f64 / best(on);
         println!(
             "  exactly-once:       {eos:>10.0} events/s (best of {} s); on/off {:.3}",
             shown(on),
             eos / live
         );
+    }
+}
+
+fn rounds() -> usize {
+    std::env::var("PRETEXT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(2)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 0 {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    } else {
+        xs[mid]
     }
 }
 
