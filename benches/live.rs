@@ -31,6 +31,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 fn main() {
+    let rounds = rounds();
     let mut argv = common::numbers().into_iter();
     let events = argv.next().unwrap_or(500_000);
     let customers = argv.next().unwrap_or(100_000);
@@ -77,7 +78,7 @@ fn main() {
     println!("measured rounds:");
     let (mut raw_s, mut replay_s) = (Vec::new(), Vec::new());
     let mut run_s: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; batches.len()];
-    for _ in 0..rounds() {
+    for _ in 0..rounds {
         raw_s.push(raw_consumer(&broker.addr, &topics.input, n));
         replay_s.push(replay(&input, dir.path()));
         for (i, &b) in batches.iter().enumerate() {
@@ -137,12 +138,15 @@ fn main() {
     }
 }
 
+/// Measured rounds: `PRETEXT_BENCH_ROUNDS`, 2 when unset.
 fn rounds() -> usize {
-    std::env::var("PRETEXT_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&r| r > 0)
-        .unwrap_or(2)
+    let Ok(v) = std::env::var("PRETEXT_BENCH_ROUNDS") else {
+        return 2;
+    };
+    match v.parse() {
+        Ok(r) if r > 0 => r,
+        _ => panic!("PRETEXT_BENCH_ROUNDS: a count of rounds (1 or more), not {v:?}"),
+    }
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
