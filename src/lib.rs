@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod progress;
 pub mod replay;
 pub mod state;
+pub mod threads;
 pub mod time;
 pub mod trigger;

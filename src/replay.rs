@@ -21,6 +21,7 @@ use crate::event::Event;
 use crate::progress::{Counters, Counting, Progress};
 use crate::state::prefetch::{Hint, Prefetcher};
 use crate::state::store::open_gate;
+use crate::threads::spawn_named;
 use crate::trigger::{Group, TriggerKind};
 
 mod output;
@@ -226,7 +227,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<Summary, ReplayEr
     let reader_counters = counters.clone();
     let mut ahead = engine.prefetcher().map(ReadAhead::new);
     let mut summary = std::thread::scope(|scope| {
-        scope.spawn(move || {
+        spawn_named(scope, "pretext-read", move || {
             if let Err(e) = read_inputs(&opts.inputs, max_bytes, &mut ahead, &tx, &reader_counters)
             {
                 // The engine side stops at the error, before end of input.

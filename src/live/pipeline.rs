@@ -38,6 +38,7 @@ use crate::http::Health;
 use crate::state::prefetch::Hint;
 use crate::state::store::{open_gate, Gate, GateError};
 use crate::state::StateError;
+use crate::threads::spawn_named;
 use crate::trigger::{Conversion, Trigger};
 
 use super::events::{DeadLettered, SkippedBelowPosition};
@@ -281,7 +282,7 @@ pub fn apply_batch(
     let mut ahead = ReadAhead::new(engine.prefetcher());
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_CHUNKS_AHEAD);
-        scope.spawn(move || {
+        spawn_named(scope, "pretext-decode", move || {
             for chunk in decode_chunks(batch) {
                 if tx.send(decode_ahead(chunk, &mut ahead, max_bytes)).is_err() {
                     return; // the applier stopped on an error
@@ -290,7 +291,7 @@ pub fn apply_batch(
         });
         let decoded = rx.into_iter().flatten();
         let (to_encoder, chunks) = std::sync::mpsc::channel();
-        let encoding = scope.spawn(move || encode_all(chunks));
+        let encoding = spawn_named(scope, "pretext-encode", move || encode_all(chunks));
         let applied = apply_decoded(engine, offsets, batch.iter().zip(decoded), Some(to_encoder));
         let encoded = joined(encoding);
         applied.map(|mut out| {
@@ -708,7 +709,7 @@ impl<S: BatchSource, O: Output, C: Clock> Pipeline<S, O, C> {
         );
         let source = &mut self.source;
         let (applied, next) = std::thread::scope(|scope| {
-            let polling = scope.spawn(|| {
+            let polling = spawn_named(scope, "pretext-poll", || {
                 priority::lower_this_thread();
                 source.next_batch(max, wait, stop)
             });
