@@ -140,12 +140,10 @@ fn main() {
 
 /// Measured rounds: `PRETEXT_BENCH_ROUNDS`, 2 when unset.
 fn rounds() -> usize {
-    let Ok(v) = std::env::var("PRETEXT_BENCH_ROUNDS") else {
-        return 2;
-    };
-    match v.parse() {
-        Ok(r) if r > 0 => r,
-        _ => panic!("PRETEXT_BENCH_ROUNDS: a count of rounds (1 or more), not {v:?}"),
+    match broker::env_number("PRETEXT_BENCH_ROUNDS") {
+        None => 2,
+        Some(0) => panic!("PRETEXT_BENCH_ROUNDS: a count of rounds, 1 or more"),
+        Some(r) => r as usize,
     }
 }
 
