@@ -29,7 +29,7 @@ use rocksdb::{
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::keys::first_str_len;
+use super::keys::{first_str_len, prefix_end};
 use super::prefetch::{Hint, Prefetcher, Version};
 
 /// The kinds of state, one column family each.
@@ -165,24 +165,158 @@ const ENTRY_OVERHEAD: usize = 64;
 struct Overlay {
     writes: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
     /// The keys of `writes` in order, for scanned families only.
-    order: Option<BTreeSet<Vec<u8>>>,
+    order: Order,
+}
+
+/// How an overlay keeps its keys in order for the scans of its family.
+enum Order {
+    /// Never scanned: sorted once, at commit.
+    Unordered,
+    /// Scanned over any range (the small meta family).
+    Whole(BTreeSet<Vec<u8>>),
+    /// Scanned one leading string at a time (a product's viewers, a
+    /// customer's products): each leading string's keys, sorted. A key
+    /// joins a short vector found by one hash lookup, where a tree over
+    /// all keys cost ~17 `memcmp`s and their cache misses per insert (8%
+    /// of the engine thread's time in a replay).
+    ByFirstString(FxHashMap<Vec<u8>, Vec<Vec<u8>>>),
+}
+
+impl Order {
+    fn for_cf(cf: Cf) -> Order {
+        if cf.scanned_by_first_string() {
+            Order::ByFirstString(FxHashMap::default())
+        } else if cf.scanned() {
+            Order::Whole(BTreeSet::new())
+        } else {
+            Order::Unordered
+        }
+    }
+
+    fn is_kept(&self) -> bool {
+        !matches!(self, Order::Unordered)
+    }
+
+    /// Adds a key not yet held.
+    fn insert(&mut self, key: &[u8]) {
+        match self {
+            Order::Unordered => {}
+            Order::Whole(set) => {
+                set.insert(key.to_vec());
+            }
+            Order::ByFirstString(groups) => {
+                let first = first_string(key);
+                match groups.get_mut(first) {
+                    Some(group) => {
+                        let at = group.partition_point(|k| k.as_slice() < key);
+                        group.insert(at, key.to_vec());
+                    }
+                    None => {
+                        groups.insert(first.to_vec(), vec![key.to_vec()]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        match self {
+            Order::Unordered => {}
+            Order::Whole(set) => {
+                set.remove(key);
+            }
+            Order::ByFirstString(groups) => {
+                let first = first_string(key);
+                let Some(group) = groups.get_mut(first) else {
+                    return;
+                };
+                if let Ok(at) = group.binary_search_by(|k| k.as_slice().cmp(key)) {
+                    group.remove(at);
+                }
+                if group.is_empty() {
+                    groups.remove(first);
+                }
+            }
+        }
+    }
+
+    /// Every key, in order; `None` when not kept.
+    fn keys(&self) -> Option<Vec<&Vec<u8>>> {
+        match self {
+            Order::Unordered => None,
+            Order::Whole(set) => Some(set.iter().collect()),
+            Order::ByFirstString(groups) => {
+                // Keys of different leading strings order as those strings
+                // do: an encoded string is never a prefix of another.
+                let mut firsts: Vec<&Vec<u8>> = groups.keys().collect();
+                firsts.sort_unstable();
+                Some(firsts.into_iter().flat_map(|f| &groups[f]).collect())
+            }
+        }
+    }
+
+    /// The keys with `lower <= key < upper`, in order.
+    fn range<'a>(
+        &'a self,
+        lower: &'a [u8],
+        upper: Option<&'a [u8]>,
+    ) -> Box<dyn Iterator<Item = &'a Vec<u8>> + 'a> {
+        let within = move |k: &&Vec<u8>| upper.is_none_or(|u| k.as_slice() < u);
+        match self {
+            Order::Unordered => Box::new(std::iter::empty()),
+            Order::Whole(set) => {
+                let upper = upper.map_or(Bound::Unbounded, Bound::Excluded);
+                Box::new(set.range::<[u8], _>((Bound::Included(lower), upper)))
+            }
+            Order::ByFirstString(groups) => {
+                let first = first_string(lower);
+                let group_end = prefix_end(first);
+                let in_one_group = has_first_string(lower)
+                    && upper.is_some_and(|u| group_end.as_deref().is_some_and(|e| u <= e));
+                if !in_one_group {
+                    // No scan of the engine's crosses a leading string;
+                    // this is for completeness, not speed.
+                    let mut keys: Vec<&Vec<u8>> = groups
+                        .values()
+                        .flatten()
+                        .filter(|k| k.as_slice() >= lower)
+                        .filter(within)
+                        .collect();
+                    keys.sort_unstable();
+                    return Box::new(keys.into_iter());
+                }
+                let group = groups.get(first).map_or(&[][..], Vec::as_slice);
+                let from = group.partition_point(|k| k.as_slice() < lower);
+                Box::new(group[from..].iter().take_while(within))
+            }
+        }
+    }
 }
 
 impl Overlay {
     fn for_cf(cf: Cf) -> Overlay {
         Overlay {
             writes: FxHashMap::default(),
-            order: cf.scanned().then(BTreeSet::new),
+            order: Order::for_cf(cf),
+        }
+    }
+
+    /// An empty overlay sized for as many keys as `self` holds: the next
+    /// batch writes about as many, and a map grown from empty rehashes
+    /// every entry at each doubling (7% of the engine thread's time).
+    fn next_of(&self, cf: Cf) -> Overlay {
+        let capacity = self.writes.len();
+        Overlay {
+            writes: FxHashMap::with_capacity_and_hasher(capacity, Default::default()),
+            order: Order::for_cf(cf),
         }
     }
 
     /// Records a write; returns the change in the bytes held.
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> isize {
         let added = value.as_ref().map_or(0, Vec::len) as isize;
-        if let Some(order) = &mut self.order {
-            if !self.writes.contains_key(&key) {
-                order.insert(key.clone());
-            }
+        if self.order.is_kept() && !self.writes.contains_key(&key) {
+            self.order.insert(&key);
         }
         let key_cost = self.key_cost(key.len());
         match self.writes.insert(key, value) {
@@ -193,9 +327,7 @@ impl Overlay {
 
     /// Drops the uncommitted write of `key`; returns the change in bytes.
     fn forget(&mut self, key: &[u8]) -> isize {
-        if let Some(order) = &mut self.order {
-            order.remove(key);
-        }
+        self.order.remove(key);
         match self.writes.remove(key) {
             Some(v) => -(self.key_cost(key.len()) + v.map_or(0, |v| v.len()) as isize),
             None => 0,
@@ -205,15 +337,15 @@ impl Overlay {
     /// What an entry costs besides its value: the key, once more when it is
     /// also kept in order, and the per-entry overhead.
     fn key_cost(&self, key_len: usize) -> isize {
-        (key_len * (1 + self.order.is_some() as usize) + ENTRY_OVERHEAD) as isize
+        (key_len * (1 + self.order.is_kept() as usize) + ENTRY_OVERHEAD) as isize
     }
 
     /// Every write, in key order. The memtable is a skip list: keys
     /// inserted in order reuse the previous insert's search path, in
     /// random order each pays a full search with its cache misses.
     fn in_key_order(&self) -> Vec<(&Vec<u8>, &Option<Vec<u8>>)> {
-        if let Some(order) = &self.order {
-            return order.iter().map(|k| (k, &self.writes[k])).collect();
+        if let Some(keys) = self.order.keys() {
+            return keys.into_iter().map(|k| (k, &self.writes[k])).collect();
         }
         // Sorted on the keys' first 16 bytes as a number, which orders as
         // the bytes do, and on the whole key only where those tie: most
@@ -233,14 +365,10 @@ impl Overlay {
         lower: &'a [u8],
         upper: Option<&'a [u8]>,
     ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
-        let upper = upper.map_or(Bound::Unbounded, Bound::Excluded);
-        self.order
-            .iter()
-            .flat_map(move |o| o.range::<[u8], _>((Bound::Included(lower), upper)))
-            .map(|k| {
-                let v = self.writes.get(k).and_then(|v| v.as_deref());
-                (k.as_slice(), v)
-            })
+        self.order.range(lower, upper).map(|k| {
+            let v = self.writes.get(k).and_then(|v| v.as_deref());
+            (k.as_slice(), v)
+        })
     }
 }
 
@@ -643,7 +771,11 @@ impl Store {
 
     /// The uncommitted writes, leaving empty overlays in their place.
     fn take_overlays(&mut self) -> Vec<Overlay> {
-        let empty = Cf::ALL.iter().map(|&cf| Overlay::for_cf(cf)).collect();
+        let empty = Cf::ALL
+            .iter()
+            .zip(&self.overlays)
+            .map(|(&cf, overlay)| overlay.next_of(cf))
+            .collect();
         self.fresh.iter_mut().for_each(FxHashSet::clear);
         self.overlay_bytes = 0;
         std::mem::replace(&mut self.overlays, empty)
@@ -1016,6 +1148,55 @@ mod tests {
         assert_eq!(keys(&bounded), vec![&b"b"[..], b"e"]);
         let limited = s.scan(Cf::Timers, b"", None, 2).unwrap();
         assert_eq!(keys(&limited), vec![&b"a"[..], b"b"]);
+    }
+
+    /// A family scanned one leading string at a time keeps each string's
+    /// uncommitted keys apart: a scan within one string sees only its own,
+    /// in order and merged over disk; one across strings sees them all;
+    /// a commit writes them all, in order.
+    #[test]
+    fn scans_by_leading_string_see_that_strings_keys_only() {
+        use crate::state::keys::{pair_key, prefix_end, str_key};
+        let (_d, mut s) = store();
+        let key = |a: &str, b: &str| pair_key(a, b);
+        s.put(Cf::Interest, key("p1", "c2"), b"disk".to_vec());
+        s.put(Cf::Interest, key("p2", "c1"), b"disk".to_vec());
+        s.commit().unwrap();
+        for (p, c) in [
+            ("p1", "c3"),
+            ("p1", "c1"),
+            ("p10", "c1"),
+            ("p2", "c0"),
+            ("p0", "c9"),
+        ] {
+            s.put(Cf::Interest, key(p, c), b"new".to_vec());
+        }
+        s.delete(Cf::Interest, key("p1", "c3"));
+        let p1 = str_key("p1");
+        let end = prefix_end(&p1).unwrap();
+        let scanned = s.scan(Cf::Interest, &p1, Some(&end), 100).unwrap();
+        assert_eq!(keys(&scanned), vec![&key("p1", "c1")[..], &key("p1", "c2")]);
+        let mut after = key("p1", "c1");
+        after.push(0);
+        let rest = s.scan(Cf::Interest, &after, Some(&end), 100).unwrap();
+        assert_eq!(keys(&rest), vec![&key("p1", "c2")[..]]);
+        let all = s.scan(Cf::Interest, b"", None, 100).unwrap();
+        let mut expected = vec![
+            key("p0", "c9"),
+            key("p1", "c1"),
+            key("p1", "c2"),
+            key("p10", "c1"),
+            key("p2", "c0"),
+            key("p2", "c1"),
+        ];
+        expected.sort();
+        assert_eq!(
+            keys(&all),
+            expected.iter().map(Vec::as_slice).collect::<Vec<_>>()
+        );
+        s.commit().unwrap();
+        let committed = s.committed_keys(Cf::Interest).unwrap();
+        assert_eq!(committed, expected);
     }
 
     fn entries(pairs: &[(&[u8], &[u8])]) -> Entries {
