@@ -12,7 +12,9 @@
 //!
 //! The overlay is a hash map (point lookups dominate: one per event and
 //! family); only the families the engine scans also keep their written keys
-//! in order. The timer and tombstone families are small and read after
+//! in order, and those scanned one leading string at a time (a product's
+//! viewers, a customer's products) only per string, sorted when scanned.
+//! The timer and tombstone families are small and read after
 //! every event, so they are resident: held whole in memory, read from disk
 //! once at open, and written through at commit like the rest.
 
