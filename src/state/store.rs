@@ -640,7 +640,9 @@ impl Store {
             // Neither live nor deleted in this batch: absent from disk too.
             // (The insert answers the first half: one search of the tree,
             // not two, for each of the timers every view schedules.)
-            let live = self.resident[i].insert(key.clone(), value.clone()).is_some();
+            let live = self.resident[i]
+                .insert(key.clone(), value.clone())
+                .is_some();
             if !live && !self.overlays[i].writes.contains_key(&key) {
                 self.fresh[i].insert(key.clone());
             }
