@@ -196,7 +196,10 @@ impl Group {
     /// The keys in order, sorted now if need be.
     fn sorted(&mut self) -> &[Vec<u8>] {
         if !self.sorted {
-            self.keys.sort_unstable();
+            // A stable sort finds runs: a sorted group with keys appended
+            // (a promotion's fan-out saving its viewers' interest, chunk by
+            // chunk) is sorted by one merge, not from scratch.
+            self.keys.sort();
             self.sorted = true;
         }
         &self.keys
@@ -270,33 +273,23 @@ impl Order {
         }
     }
 
-    /// The keys with `lower <= key < upper`, in order, up to the
-    /// `limit`-th for which `counts` holds (a scan stops after `limit`
-    /// live entries, and must still see every deletion before them).
-    fn range(
-        &self,
-        lower: &[u8],
-        upper: Option<&[u8]>,
-        limit: usize,
-        counts: impl Fn(&[u8]) -> bool,
-    ) -> Vec<Vec<u8>> {
-        let within = |k: &Vec<u8>| upper.is_none_or(|u| k.as_slice() < u);
-        let mut left = limit;
-        let mut until_limit = |k: &Vec<u8>| {
-            let go_on = left > 0;
-            if counts(k) {
-                left = left.saturating_sub(1);
-            }
-            go_on
-        };
+    /// The keys with `lower <= key < upper`, in order, each copied only
+    /// when the scan reads it (a promotion's fan-out reads a chunk of a
+    /// product's keys at a time, and stops there).
+    fn range<'a>(
+        &'a self,
+        lower: &'a [u8],
+        upper: Option<&'a [u8]>,
+    ) -> Box<dyn Iterator<Item = Vec<u8>> + 'a> {
+        let within = move |k: &Vec<u8>| upper.is_none_or(|u| k.as_slice() < u);
         match self {
-            Order::Unordered => Vec::new(),
+            Order::Unordered => Box::new(std::iter::empty()),
             Order::Whole(set) => {
                 let upper = upper.map_or(Bound::Unbounded, Bound::Excluded);
-                set.range::<[u8], _>((Bound::Included(lower), upper))
-                    .take_while(|k| until_limit(k))
-                    .cloned()
-                    .collect()
+                Box::new(
+                    set.range::<[u8], _>((Bound::Included(lower), upper))
+                        .cloned(),
+                )
             }
             Order::ByFirstString(groups) => {
                 let first = first_string(lower);
@@ -312,19 +305,20 @@ impl Order {
                         .filter(|k| k.as_slice() >= lower && within(k))
                         .collect();
                     keys.sort_unstable();
-                    return keys.into_iter().take_while(|k| until_limit(k)).collect();
+                    return Box::new(keys.into_iter());
                 }
                 let Some(group) = groups.get(first) else {
-                    return Vec::new();
+                    return Box::new(std::iter::empty());
                 };
                 let mut group = lock(group);
-                let keys = group.sorted();
-                let from = keys.partition_point(|k| k.as_slice() < lower);
-                keys[from..]
-                    .iter()
-                    .take_while(|k| within(k) && until_limit(k))
-                    .cloned()
-                    .collect()
+                let at = group.sorted().partition_point(|k| k.as_slice() < lower);
+                // The group stays locked while the scan reads it: only
+                // this thread's scans take the lock, one group at a time.
+                let mut at = at..;
+                Box::new(std::iter::from_fn(move || {
+                    let key = group.keys.get(at.next()?)?;
+                    within(key).then(|| key.clone())
+                }))
             }
         }
     }
@@ -402,23 +396,13 @@ impl Overlay {
         writes.into_iter().map(|(_, k, v)| (k, v)).collect()
     }
 
-    /// The entries with `lower <= key < upper`, in key order, as far as
-    /// a scan of `limit` entries can read them: up to the `limit`-th that
-    /// is live here and not written in `above` (the overlay layered over
-    /// this one, whose writes hide this one's).
+    /// The entries with `lower <= key < upper`, in key order.
     fn range<'a>(
         &'a self,
-        lower: &[u8],
-        upper: Option<&[u8]>,
-        limit: usize,
-        above: Option<&Overlay>,
+        lower: &'a [u8],
+        upper: Option<&'a [u8]>,
     ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
-        let counts = |k: &[u8]| {
-            matches!(self.writes.get(k), Some(Some(_)))
-                && !above.is_some_and(|a| a.writes.contains_key(k))
-        };
-        let keys = self.order.range(lower, upper, limit, counts);
-        keys.into_iter().filter_map(|k| {
+        self.order.range(lower, upper).filter_map(|k| {
             let (k, v) = self.writes.get_key_value(&k)?;
             Some((k.as_slice(), v.as_deref()))
         })
@@ -694,12 +678,11 @@ impl Store {
             opts,
             IteratorMode::From(lower, Direction::Forward),
         );
-        let top = &self.overlays[cf.index()];
-        let overlay = top.range(lower, upper, limit, None);
+        let overlay = self.overlays[cf.index()].range(lower, upper);
         let landing = self
             .landing
             .iter()
-            .flat_map(|l| l.overlays[cf.index()].range(lower, upper, limit, Some(top)));
+            .flat_map(|l| l.overlays[cf.index()].range(lower, upper));
         merge(cf, disk, layered(overlay, landing), limit)
     }
 
