@@ -189,18 +189,19 @@ enum Order {
 #[derive(Default)]
 struct Group {
     keys: Vec<Vec<u8>>,
-    sorted: bool,
+    /// A key came in below the last one since the keys were last sorted.
+    unsorted: bool,
 }
 
 impl Group {
     /// The keys in order, sorted now if need be.
     fn sorted(&mut self) -> &[Vec<u8>] {
-        if !self.sorted {
+        if self.unsorted {
             // A stable sort finds runs: a sorted group with keys appended
             // (a promotion's fan-out saving its viewers' interest, chunk by
             // chunk) is sorted by one merge, not from scratch.
             self.keys.sort();
-            self.sorted = true;
+            self.unsorted = false;
         }
         &self.keys
     }
@@ -237,8 +238,7 @@ impl Order {
                 let group = group.get_mut().unwrap_or_else(PoisonError::into_inner);
                 // Still in order if it comes last: the common case of a
                 // product's first scan after its keys were written in order.
-                group.sorted = group.keys.last().is_none_or(|last| last.as_slice() < key)
-                    && (group.sorted || group.keys.is_empty());
+                group.unsorted |= group.keys.last().is_some_and(|last| last.as_slice() > key);
                 group.keys.push(key.to_vec());
             }
         }
