@@ -7,6 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
+# A full disk shows up late and obscurely (the linker dies with SIGBUS), so
+# say early when it is short: a build from an empty target/ peaks at ~1.8 GB
+# (docs/live.md, "CI on a fresh machine"). A warning only: an incremental
+# build needs far less.
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((3 * 1024 * 1024)) ]; then
+  echo "test: warning: $((free_kb / 1024)) MiB free on the disk of $(pwd); a build from an empty target/ needs ~1.8 GB" >&2
+fi
+
 # Kafka comes from Maven Central (seconds once cached) and the deployment
 # tools (helm, promtool, validators; a few minutes cold) install while the
 # tests build. The end-to-end tests start their brokers with scripts/kafka.sh.
