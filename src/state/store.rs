@@ -266,9 +266,9 @@ impl Order {
     }
 
     /// Every key in order, where kept in a tree; `None` otherwise.
-    fn keys(&self) -> Option<Vec<&Vec<u8>>> {
+    fn keys(&self) -> Option<std::collections::btree_set::Iter<'_, Vec<u8>>> {
         match self {
-            Order::Whole(set) => Some(set.iter().collect()),
+            Order::Whole(set) => Some(set.iter()),
             Order::Unordered | Order::ByFirstString(_) => None,
         }
     }
@@ -382,7 +382,7 @@ impl Overlay {
     /// random order each pays a full search with its cache misses.
     fn in_key_order(&self) -> Vec<(&Vec<u8>, &Option<Vec<u8>>)> {
         if let Some(keys) = self.order.keys() {
-            return keys.into_iter().map(|k| (k, &self.writes[k])).collect();
+            return keys.map(|k| (k, &self.writes[k])).collect();
         }
         // Sorted on the keys' first 16 bytes as a number, which orders as
         // the bytes do, and on the whole key only where those tie: most
