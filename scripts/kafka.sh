@@ -82,6 +82,11 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# The controller fences a broker whose heartbeats stop for this long (9 s
+# by default); fencing the only broker takes every partition offline until
+# it is unfenced. A stall of a few seconds (a GC pause, a suspended laptop,
+# the fault tests' SIGSTOP past a consumer's 6 s session) should not.
+broker.session.timeout.ms=30000
 num.network.threads=2
 num.io.threads=4
 # The log cleaner allocates this at start (default 128 MiB): small for a small heap.

@@ -352,6 +352,13 @@ fn partition_count(consumer: &BaseConsumer, topic: &str) -> i32 {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A failed test's broker log goes with its data directory: what the
+        // broker said last is the one clue to a fault it did not recover from.
+        if std::thread::panicking() {
+            if let Some(own) = &self.own {
+                eprintln!("{}", broker_log_tail(own.dir.path(), 40));
+            }
+        }
         if let Some(c) = self.own.as_mut().and_then(|o| o.child.as_mut()) {
             // SIGKILL ends a stopped (SIGSTOP) process too; the data dir goes
             // with the TempDir.
@@ -359,6 +366,25 @@ impl Drop for Broker {
             let _ = c.wait();
         }
     }
+}
+
+/// The last `n` warnings, errors and fencing lines of a broker's log.
+fn broker_log_tail(data: &Path, n: usize) -> String {
+    let log = std::fs::read_to_string(data.join("server.log")).unwrap_or_default();
+    let notable: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("] WARN ")
+                || l.contains("] ERROR ")
+                || l.contains("Fenc")
+                || l.contains("fenc")
+        })
+        .collect();
+    format!(
+        "the broker's last warnings, errors and fencing ({}):\n{}",
+        data.display(),
+        notable[notable.len().saturating_sub(n)..].join("\n")
+    )
 }
 
 fn signal(sig: &str, pid: &str) {
