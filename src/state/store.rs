@@ -30,6 +30,7 @@ use rocksdb::{
     Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
 
 use super::keys::{first_str_len, prefix_end};
 use super::prefetch::{Hint, Prefetcher, Version};
@@ -163,9 +164,24 @@ pub struct StateSize {
 /// allocator rounding), so that `uncommitted_bytes` tracks memory.
 const ENTRY_OVERHEAD: usize = 64;
 
+/// An overlay's key: inline up to 32 bytes, as nearly every key of the
+/// state is (ids, a pair of ids, a time and a pair, a 16-byte hash). A
+/// lookup that finds its key then compares it in the hash slot it has
+/// loaded anyway, not behind a pointer at another cache line, and the key
+/// costs no allocation of its own (BENCHMARKS.md, "Overlay keys inline").
+type Key = SmallVec<[u8; 32]>;
+
+fn overlay_key(key: Vec<u8>) -> Key {
+    if key.len() <= 32 {
+        Key::from_slice(&key)
+    } else {
+        Key::from_vec(key)
+    }
+}
+
 /// One family's uncommitted writes; `None` is a deletion.
 struct Overlay {
-    writes: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: FxHashMap<Key, Option<Vec<u8>>>,
     /// The keys of `writes` in order, for scanned families only.
     order: Order,
 }
@@ -352,11 +368,11 @@ impl Overlay {
     /// Records a write; returns the change in the bytes held.
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> isize {
         let added = value.as_ref().map_or(0, Vec::len) as isize;
-        if self.order.is_kept() && !self.writes.contains_key(&key) {
+        if self.order.is_kept() && !self.writes.contains_key(key.as_slice()) {
             self.order.insert(&key);
         }
         let key_cost = self.key_cost(key.len());
-        match self.writes.insert(key, value) {
+        match self.writes.insert(overlay_key(key), value) {
             Some(old) => added - old.map_or(0, |v| v.len()) as isize,
             None => added + key_cost,
         }
@@ -380,9 +396,11 @@ impl Overlay {
     /// Every write, in key order. The memtable is a skip list: keys
     /// inserted in order reuse the previous insert's search path, in
     /// random order each pays a full search with its cache misses.
-    fn in_key_order(&self) -> Vec<(&Vec<u8>, &Option<Vec<u8>>)> {
+    fn in_key_order(&self) -> Vec<(&[u8], &Option<Vec<u8>>)> {
         if let Some(keys) = self.order.keys() {
-            return keys.map(|k| (k, &self.writes[k])).collect();
+            return keys
+                .map(|k| (k.as_slice(), &self.writes[k.as_slice()]))
+                .collect();
         }
         // Sorted on the keys' first 16 bytes as a number, which orders as
         // the bytes do, and on the whole key only where those tie: most
@@ -390,7 +408,7 @@ impl Overlay {
         let mut writes: Vec<_> = self
             .writes
             .iter()
-            .map(|(k, v)| (leading_bytes(k), k, v))
+            .map(|(k, v)| (leading_bytes(k), k.as_slice(), v))
             .collect();
         writes.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         writes.into_iter().map(|(_, k, v)| (k, v)).collect()
@@ -403,7 +421,7 @@ impl Overlay {
         upper: Option<&'a [u8]>,
     ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
         self.order.range(lower, upper).filter_map(|k| {
-            let (k, v) = self.writes.get_key_value(&k)?;
+            let (k, v) = self.writes.get_key_value(k.as_slice())?;
             Some((k.as_slice(), v.as_deref()))
         })
     }
@@ -627,7 +645,7 @@ impl Store {
             let live = self.resident[i]
                 .insert(key.clone(), value.clone())
                 .is_some();
-            if !live && !self.overlays[i].writes.contains_key(&key) {
+            if !live && !self.overlays[i].writes.contains_key(key.as_slice()) {
                 self.fresh[i].insert(key.clone());
             }
         }
@@ -693,11 +711,11 @@ impl Store {
     pub fn pending_changes(&self) -> Vec<Change> {
         let mut changes = Vec::new();
         for (cf, overlay) in Cf::ALL.into_iter().zip(&self.overlays) {
-            let mut keys: Vec<&Vec<u8>> = overlay.writes.keys().collect();
+            let mut keys: Vec<&[u8]> = overlay.writes.keys().map(Key::as_slice).collect();
             keys.sort();
             changes.extend(keys.into_iter().map(|key| Change {
                 cf,
-                key: key.clone(),
+                key: key.to_vec(),
                 value: overlay.writes[key].clone(),
             }));
         }
