@@ -6,7 +6,7 @@
 //! asks for that very key and the answer is still true.
 
 use crate::event::{Body, Event};
-use crate::state::keys::{pair_key, str_key};
+use crate::state::keys::{pair_key, str_key, Key};
 use crate::state::prefetch::{Hint, Prefetcher};
 use crate::state::Cf;
 use rustc_hash::FxHashSet;
@@ -76,7 +76,7 @@ impl ReadAhead {
 
     /// Reads `key` ahead into `hints` (unless the overlay will hold it),
     /// and returns what was read.
-    fn fetch<'h>(&mut self, hints: &'h mut Vec<Hint>, cf: Cf, key: Vec<u8>) -> Option<&'h Hint> {
+    fn fetch<'h>(&mut self, hints: &'h mut Vec<Hint>, cf: Cf, key: Key) -> Option<&'h Hint> {
         if written_when_read(cf) && !self.fetched.insert(fingerprint(cf, &key)) {
             return None;
         }

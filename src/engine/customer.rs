@@ -409,7 +409,7 @@ impl CustomerStage<'_> {
     pub fn on_promotion(&mut self, promo: &Promotion, t: Millis) -> Result<(), StateError> {
         let prefix = str_key(&promo.product_id);
         let end = prefix_end(&prefix);
-        let mut cursor = prefix.clone();
+        let mut cursor = prefix.to_vec();
         loop {
             let chunk = self
                 .store
@@ -490,7 +490,7 @@ impl CustomerStage<'_> {
         let end = prefix_end(&prefix);
         // A cursor, not a rescan from the prefix: the deleted keys of the
         // chunks before would be stepped over again and again.
-        let mut cursor = prefix.clone();
+        let mut cursor = prefix.to_vec();
         loop {
             let chunk =
                 self.store

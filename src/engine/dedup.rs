@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use crate::event::Millis;
+use crate::state::keys::Key;
 use crate::state::store::Expired;
 use crate::state::{Cf, StateError, Store};
 
@@ -34,7 +35,7 @@ pub struct Dedup {
 
 /// An event id looked up: its key and the times that still count.
 pub struct Seen {
-    key: Vec<u8>,
+    key: Key,
     times: Vec<Millis>,
 }
 
@@ -124,10 +125,8 @@ pub fn stored_horizon(store: &Store) -> Result<Millis, StateError> {
     Ok(meta::get(store, Num::DedupHorizon)?.unwrap_or(Millis::MIN))
 }
 
-pub(super) fn key(event_id: &str) -> Vec<u8> {
-    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
-        .to_be_bytes()
-        .to_vec()
+pub(super) fn key(event_id: &str) -> Key {
+    Key::from_slice(&xxhash_rust::xxh3::xxh3_128(event_id.as_bytes()).to_be_bytes())
 }
 
 #[cfg(test)]

@@ -303,7 +303,7 @@ fn customer_interests(
 ) -> Result<Vec<(String, Interest)>, StateError> {
     let prefix = str_key(crm_id);
     let end = prefix_end(&prefix);
-    let mut cursor = prefix.clone();
+    let mut cursor = prefix.to_vec();
     let mut out = Vec::new();
     loop {
         let chunk = state.scan(Cf::CustomerProducts, &cursor, end.as_deref(), SCAN_CHUNK)?;

@@ -6,27 +6,54 @@
 //! string is never a prefix of a longer one's encoding. Signed times are
 //! written big-endian with the sign bit flipped, so negative epochs sort first.
 
+use smallvec::SmallVec;
+
 use crate::event::Millis;
+
+/// A key as the state holds it: inline up to 32 bytes, as nearly every key
+/// is (ids, a pair of ids, a time and a pair, a 16-byte hash). Built on the
+/// stack, a key costs no allocation; held in the overlay's hash slot, it is
+/// compared where the lookup has loaded it, not behind a pointer
+/// (BENCHMARKS.md, "Overlay keys inline").
+pub type Key = SmallVec<[u8; 32]>;
+
+/// What a key is written into: a `Vec`, or an inline `Key`.
+pub trait KeyBuf {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl KeyBuf for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl KeyBuf for Key {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
 
 const ESCAPE: u8 = 0x00;
 const ESCAPED_ZERO: u8 = 0xFF;
 const TERMINATOR: u8 = 0x01;
 
 /// Appends `s` in the order-preserving string encoding.
-pub fn push_str(buf: &mut Vec<u8>, s: &str) {
-    for &b in s.as_bytes() {
-        if b == ESCAPE {
-            buf.extend_from_slice(&[ESCAPE, ESCAPED_ZERO]);
-        } else {
-            buf.push(b);
-        }
+pub fn push_str(buf: &mut impl KeyBuf, s: &str) {
+    let mut parts = s.as_bytes().split(|&b| b == ESCAPE);
+    if let Some(first) = parts.next() {
+        buf.put(first);
     }
-    buf.extend_from_slice(&[ESCAPE, TERMINATOR]);
+    for part in parts {
+        buf.put(&[ESCAPE, ESCAPED_ZERO]);
+        buf.put(part);
+    }
+    buf.put(&[ESCAPE, TERMINATOR]);
 }
 
 /// Appends a time so that byte order is numeric order.
-pub fn push_ts(buf: &mut Vec<u8>, ts: Millis) {
-    buf.extend_from_slice(&((ts as u64) ^ (1 << 63)).to_be_bytes());
+pub fn push_ts(buf: &mut impl KeyBuf, ts: Millis) {
+    buf.put(&((ts as u64) ^ (1 << 63)).to_be_bytes());
 }
 
 /// Reads one encoded string from the front of `key`; returns it and the rest.
@@ -69,15 +96,15 @@ pub fn read_ts(key: &[u8]) -> Option<(Millis, &[u8])> {
 }
 
 /// The key of a single string.
-pub fn str_key(s: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(s.len() + 2);
+pub fn str_key(s: &str) -> Key {
+    let mut k = Key::new();
     push_str(&mut k, s);
     k
 }
 
 /// The key of two strings, scannable by the first as a prefix.
-pub fn pair_key(a: &str, b: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(a.len() + b.len() + 4);
+pub fn pair_key(a: &str, b: &str) -> Key {
+    let mut k = Key::new();
     push_str(&mut k, a);
     push_str(&mut k, b);
     k
@@ -91,8 +118,8 @@ pub fn read_pair(key: &[u8]) -> Option<(String, String)> {
 }
 
 /// The key of a timer: due time first, so a range scan finds what is due.
-pub fn timer_key(due: Millis, crm: &str, product: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + crm.len() + product.len() + 4);
+pub fn timer_key(due: Millis, crm: &str, product: &str) -> Key {
+    let mut k = Key::new();
     push_ts(&mut k, due);
     push_str(&mut k, crm);
     push_str(&mut k, product);
@@ -135,11 +162,22 @@ mod tests {
     #[test]
     fn strings_sort_like_their_encoding() {
         let mut words = vec!["B", "AA", "A", "", "A\0", "A\0B", "AB", "é", "z", "\0"];
-        let mut encoded: Vec<Vec<u8>> = words.iter().map(|w| str_key(w)).collect();
+        let mut encoded: Vec<Vec<u8>> = words.iter().map(|w| str_key(w).to_vec()).collect();
         words.sort();
         encoded.sort();
         let decoded: Vec<String> = encoded.iter().map(|k| read_str(k).unwrap().0).collect();
         assert_eq!(decoded, words);
+    }
+
+    #[test]
+    fn a_key_past_the_inline_size_is_encoded_alike_in_a_key_or_a_vec() {
+        let long = "a\0".repeat(40);
+        let mut v = Vec::new();
+        push_str(&mut v, &long);
+        let k = str_key(&long);
+        assert!(k.spilled(), "{} bytes stay inline", k.len());
+        assert_eq!(k.as_slice(), v.as_slice());
+        assert_eq!(read_str(&k).unwrap(), (long, &[][..]));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use rocksdb::{ReadOptions, DB};
 
+use super::keys::Key;
 use super::store::{cf_handle, Cf};
 
 /// The count of changes to what a read that misses the overlay finds
@@ -37,7 +38,7 @@ impl Version {
 /// A value as RocksDB held it at `version`; `None`: absent.
 pub struct Hint {
     pub(super) cf: Cf,
-    pub(super) key: Vec<u8>,
+    pub(super) key: Key,
     pub(super) version: u64,
     pub(super) value: Option<Vec<u8>>,
 }
@@ -59,7 +60,8 @@ impl Prefetcher {
     /// What a read of `key` that misses the overlay would find now, or
     /// `None` when RocksDB cannot say (the store's own read will report
     /// the error). Resident families are in memory: never read ahead.
-    pub fn fetch(&self, cf: Cf, key: Vec<u8>) -> Option<Hint> {
+    pub fn fetch(&self, cf: Cf, key: impl Into<Key>) -> Option<Hint> {
+        let key = key.into();
         if cf.resident() {
             return None;
         }
@@ -89,7 +91,7 @@ impl Hint {
     /// The value this answers for `(cf, key)`, if it does and is still
     /// true at `version`: `Some(None)` is "absent".
     pub(super) fn answer(&self, cf: Cf, key: &[u8], version: u64) -> Option<Option<&[u8]>> {
-        (self.cf == cf && self.version == version && self.key == key)
+        (self.cf == cf && self.version == version && self.key.as_slice() == key)
             .then_some(self.value.as_deref())
     }
 }

@@ -30,9 +30,8 @@ use rocksdb::{
     Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
-use smallvec::SmallVec;
 
-use super::keys::{first_str_len, prefix_end};
+use super::keys::{first_str_len, prefix_end, Key};
 use super::prefetch::{Hint, Prefetcher, Version};
 
 /// The kinds of state, one column family each.
@@ -163,21 +162,6 @@ pub struct StateSize {
 /// What an overlay entry costs besides its bytes (hash slot, vector headers,
 /// allocator rounding), so that `uncommitted_bytes` tracks memory.
 const ENTRY_OVERHEAD: usize = 64;
-
-/// An overlay's key: inline up to 32 bytes, as nearly every key of the
-/// state is (ids, a pair of ids, a time and a pair, a 16-byte hash). A
-/// lookup that finds its key then compares it in the hash slot it has
-/// loaded anyway, not behind a pointer at another cache line, and the key
-/// costs no allocation of its own (BENCHMARKS.md, "Overlay keys inline").
-type Key = SmallVec<[u8; 32]>;
-
-fn overlay_key(key: Vec<u8>) -> Key {
-    if key.len() <= 32 {
-        Key::from_slice(&key)
-    } else {
-        Key::from_vec(key)
-    }
-}
 
 /// One family's uncommitted writes; `None` is a deletion.
 struct Overlay {
@@ -366,13 +350,13 @@ impl Overlay {
     }
 
     /// Records a write; returns the change in the bytes held.
-    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> isize {
+    fn write(&mut self, key: Key, value: Option<Vec<u8>>) -> isize {
         let added = value.as_ref().map_or(0, Vec::len) as isize;
         if self.order.is_kept() && !self.writes.contains_key(key.as_slice()) {
             self.order.insert(&key);
         }
         let key_cost = self.key_cost(key.len());
-        match self.writes.insert(overlay_key(key), value) {
+        match self.writes.insert(key, value) {
             Some(old) => added - old.map_or(0, |v| v.len()) as isize,
             None => added + key_cost,
         }
@@ -456,11 +440,11 @@ pub struct Store {
     overlay_bytes: usize,
     /// Every live entry of the resident families, committed or not (by
     /// family index; empty for the others).
-    resident: Vec<BTreeMap<Vec<u8>, Vec<u8>>>,
+    resident: Vec<BTreeMap<Key, Vec<u8>>>,
     /// Resident keys first written in this batch and absent from disk: a
     /// deletion of one just drops the write (a timer that comes and goes
     /// within a batch never reaches RocksDB).
-    fresh: Vec<FxHashSet<Vec<u8>>>,
+    fresh: Vec<FxHashSet<Key>>,
     path: PathBuf,
     /// Whether a commit waits for the WAL to reach the disk.
     sync: bool,
@@ -548,7 +532,7 @@ impl Store {
         };
         for cf in Cf::ALL.into_iter().filter(|cf| cf.resident()) {
             let entries = store.committed(cf)?;
-            store.resident[cf.index()].extend(entries);
+            store.resident[cf.index()].extend(entries.into_iter().map(|(k, v)| (Key::from(k), v)));
         }
         Ok(store)
     }
@@ -636,7 +620,8 @@ impl Store {
         cf.resident() && self.resident[cf.index()].is_empty()
     }
 
-    pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+    pub fn put(&mut self, cf: Cf, key: impl Into<Key>, value: Vec<u8>) {
+        let key = key.into();
         if cf.resident() {
             let i = cf.index();
             // Neither live nor deleted in this batch: absent from disk too.
@@ -652,7 +637,8 @@ impl Store {
         self.write(cf, key, Some(value));
     }
 
-    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Key>) {
+        let key = key.into();
         if cf.resident() {
             self.resident[cf.index()].remove(&key);
             if self.fresh[cf.index()].remove(&key) {
@@ -664,7 +650,7 @@ impl Store {
         self.write(cf, key, None);
     }
 
-    fn write(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+    fn write(&mut self, cf: Cf, key: Key, value: Option<Vec<u8>>) {
         let delta = self.overlays[cf.index()].write(key, value);
         self.overlay_bytes = self.overlay_bytes.saturating_add_signed(delta);
     }
@@ -683,7 +669,7 @@ impl Store {
             return Ok(self.resident[cf.index()]
                 .range::<[u8], _>((Bound::Included(lower), upper))
                 .take(limit)
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_vec(), v.clone()))
                 .collect());
         }
         debug_assert!(cf.scanned(), "{} is not a scanned family", cf.name());
@@ -743,8 +729,8 @@ impl Store {
             if cf.resident() {
                 let resident = &mut self.resident[cf.index()];
                 match value {
-                    Some(v) => resident.insert(key, v),
-                    None => resident.remove(&key),
+                    Some(v) => resident.insert(Key::from(key), v),
+                    None => resident.remove(key.as_slice()),
                 };
             }
         }
@@ -1238,7 +1224,7 @@ mod tests {
         let rest = s.scan(Cf::Interest, &after, Some(&end), 100).unwrap();
         assert_eq!(keys(&rest), vec![&key("p1", "c2")[..]]);
         let all = s.scan(Cf::Interest, b"", None, 100).unwrap();
-        let mut expected = vec![
+        let mut expected = [
             key("p0", "c9"),
             key("p1", "c1"),
             key("p1", "c2"),
@@ -1249,10 +1235,11 @@ mod tests {
         expected.sort();
         assert_eq!(
             keys(&all),
-            expected.iter().map(Vec::as_slice).collect::<Vec<_>>()
+            expected.iter().map(|k| k.as_slice()).collect::<Vec<_>>()
         );
         s.commit().unwrap();
         let committed = s.committed_keys(Cf::Interest).unwrap();
+        let expected: Vec<Vec<u8>> = expected.iter().map(|k| k.to_vec()).collect();
         assert_eq!(committed, expected);
     }
 
@@ -1268,8 +1255,10 @@ mod tests {
         use crate::state::keys::{pair_key, prefix_end, str_key};
         let p = str_key("p");
         let end = prefix_end(&p).unwrap();
-        let families: [(Cf, Vec<u8>, Option<Vec<u8>>); 2] =
-            [(Cf::Interest, p.clone(), Some(end)), (Cf::Meta, p, None)];
+        let families: [(Cf, Vec<u8>, Option<Vec<u8>>); 2] = [
+            (Cf::Interest, p.to_vec(), Some(end)),
+            (Cf::Meta, p.to_vec(), None),
+        ];
         for (cf, lower, upper) in families {
             let (_d, mut s) = store();
             let key = |c: &str| pair_key("p", c);
