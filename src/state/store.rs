@@ -103,6 +103,15 @@ impl Cf {
         matches!(self, Cf::CustomerProducts | Cf::Interest)
     }
 
+    /// Families whose point reads reach RocksDB on most events: read
+    /// ahead for each event, or read when the overlay misses.
+    fn point_read(self) -> bool {
+        matches!(
+            self,
+            Cf::Dedup | Cf::Links | Cf::Anon | Cf::Customers | Cf::Interest
+        )
+    }
+
     /// Families held whole in memory: small ones read on every event.
     /// Timers: one key per pending check, scanned after each event.
     /// Tombstones: one key per erased customer, looked up for each event
@@ -1030,6 +1039,15 @@ impl Snapshot<'_> {
 /// 96: a replay of 1M events of 10k customers peaked at 318 MiB with 96
 /// (the 300 MiB bound of BENCHMARKS.md), and ran no faster.
 const MEMTABLE_BUDGET: usize = 64 << 20;
+/// A memtable's bloom filter, as a fraction of the family's write buffer
+/// size. RocksDB sizes the filter from that (64 MiB by default, the
+/// budget all families share), not from what the memtable holds: at 0.05
+/// each family's filter took 3.2 MiB, allocated and zeroed for each new
+/// memtable, ~30 MiB over the ten. 0.01 is 5.4 Mbit: 10 bits a key up to
+/// ~500,000 keys (a memtable of ~30 MiB of dedup ids), about 1% false
+/// hits. Peak RSS fell 12–20 MiB a replay, speed within the noise
+/// (BENCHMARKS.md, "Memtable filters sized to their use").
+const MEMTABLE_BLOOM_RATIO: f64 = 0.01;
 /// Data, index and filter blocks cached, shared by all families.
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
 /// The size of one partition of an SST file's filter or index.
@@ -1046,10 +1064,13 @@ fn cf_options(cf: Cf, cache: &Cache) -> Options {
             Some(has_first_string),
         ));
     }
-    // A bloom filter over the memtable's keys answers most point lookups
-    // of absent keys without searching the memtable.
-    opts.set_memtable_prefix_bloom_ratio(0.05);
-    opts.set_memtable_whole_key_filtering(true);
+    if cf.point_read() {
+        // A bloom filter over the memtable's keys answers most point
+        // lookups of absent keys without searching the memtable. The other
+        // families (read from memory, scanned, or rarely read) get none.
+        opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+        opts.set_memtable_whole_key_filtering(true);
+    }
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     // Index and filter blocks count against the cache rather than growing
