@@ -14,12 +14,34 @@ use crate::trigger::TriggerKind;
 
 const VERSION: u8 = 2;
 
+/// The record's version byte and postcard body, in a vector of exactly
+/// its length. Serialised into a scratch buffer kept by the thread, then
+/// copied once: a vector grown as it is written reallocates at each
+/// doubling and keeps up to half its capacity unused, and the overlay
+/// holds such vectors by the hundred thousand until they are committed.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.push(VERSION);
-    // Serializing these plain structs into a Vec cannot fail.
-    postcard::serialize_with_flavor(value, Behind(out)).unwrap_or_else(|_| vec![VERSION])
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut buf = std::mem::take(scratch);
+        buf.clear();
+        buf.push(VERSION);
+        // Serializing these plain structs into a Vec cannot fail.
+        let Ok(buf) = postcard::serialize_with_flavor(value, Behind(buf)) else {
+            return vec![VERSION];
+        };
+        let out = buf.to_vec();
+        if buf.capacity() <= SCRATCH_KEPT {
+            *scratch = buf;
+        }
+        out
+    })
 }
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A scratch buffer grown past this by an unusually long record is freed.
+const SCRATCH_KEPT: usize = 64 << 10;
 
 /// A postcard output written behind what the vector already holds (the
 /// version byte): one allocation per record, not a body then a copy.
