@@ -3,7 +3,7 @@
 //! the configuration fingerprint as text, and the next input offset of each
 //! partition under `offset/<topic><partition>`.
 
-use crate::state::keys::{prefix_end, push_str, read_str};
+use crate::state::keys::{prefix_end, push_str, read_str, Key};
 use crate::state::{Cf, StateError, Store};
 
 /// A number the engine keeps across restarts.
@@ -75,7 +75,7 @@ pub fn put_fingerprint(store: &mut Store, fingerprint: &str) {
 }
 
 pub fn put_offset(store: &mut Store, o: &SourceOffset) {
-    let mut key = OFFSET_PREFIX.to_vec();
+    let mut key = Key::from_slice(OFFSET_PREFIX);
     push_str(&mut key, &o.topic);
     key.extend_from_slice(&o.partition.to_be_bytes());
     store.put(Cf::Meta, key, o.next_offset.to_be_bytes().to_vec());

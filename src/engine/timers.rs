@@ -16,7 +16,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use crate::event::Millis;
-use crate::state::keys::{push_ts, read_timer, timer_key};
+use crate::state::keys::{push_ts, read_timer, timer_key, Key};
 use crate::state::{Cf, StateError, Store};
 
 /// A pending check: (due time, crm_id, product_id), ordered as it fires.
@@ -111,8 +111,8 @@ impl Timers {
     }
 }
 
-fn ts_key(ts: Millis) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8);
+fn ts_key(ts: Millis) -> Key {
+    let mut k = Key::new();
     push_ts(&mut k, ts);
     k
 }
