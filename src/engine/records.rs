@@ -44,7 +44,7 @@ thread_local! {
 const SCRATCH_KEPT: usize = 64 << 10;
 
 /// A postcard output written behind what the vector already holds (the
-/// version byte): one allocation per record, not a body then a copy.
+/// version byte), so the body is not serialised apart and then copied.
 struct Behind(Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Behind {
