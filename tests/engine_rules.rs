@@ -184,6 +184,51 @@ fn a_check_waits_for_the_watermark_and_flush_fires_it() {
 }
 
 #[test]
+fn a_check_past_the_year_9999_falls_at_its_last_instant() {
+    // 9999-12-31T23:30Z is an input time; its check an hour later could not
+    // be written in RFC 3339, so it falls at 9999-12-31T23:59:59.999Z.
+    let last = pretext::time::MAX_MILLIS;
+    let r = run(
+        &[view("e1", last - 30 * MIN, "ck1", Some("C1"), "P1")],
+        true,
+    );
+    let vnb = of_type(&r, "viewed_not_bought");
+    assert_eq!(vnb.len(), 1, "{}", r.raw);
+    assert_eq!(vnb[0]["fired_at"], "9999-12-31T23:59:59.999Z");
+    assert_eq!(vnb[0]["last_viewed_at"], "9999-12-31T23:29:59.999Z");
+}
+
+#[test]
+fn a_delay_too_long_for_the_clock_does_not_wrap_around() {
+    // t + delay would overflow i64: the check waits at the last instant
+    // instead of wrapping to a time long past and firing at once.
+    let mut config = Config::default();
+    config.triggers.viewed_not_bought.delay = pretext::config::Dur(i64::MAX);
+    // Some eight thousand years of decay leave no score.
+    config.triggers.viewed_not_bought.min_score = 0.0;
+    let events = [
+        view("e1", at(0), "ck1", Some("C1"), "P1"),
+        tick("e2", at(DAY)),
+    ];
+    assert!(of_type(&run_with(&config, &events, false), "viewed_not_bought").is_empty());
+    let r = run_with(&config, &events, true);
+    let vnb = of_type(&r, "viewed_not_bought");
+    assert_eq!(vnb.len(), 1, "{}", r.raw);
+    assert_eq!(vnb[0]["fired_at"], "9999-12-31T23:59:59.999Z");
+}
+
+#[test]
+fn a_score_with_no_view_in_its_window_is_written_as_zero() {
+    // The lookback ends before the check time, so no view counts.
+    let mut config = Config::default();
+    config.scoring.lookback = pretext::config::Dur(30 * MIN);
+    config.triggers.viewed_not_bought.min_score = 0.0;
+    let r = run_with(&config, &[view("e1", at(0), "ck1", Some("C1"), "P1")], true);
+    assert_eq!(of_type(&r, "viewed_not_bought").len(), 1, "{}", r.raw);
+    assert!(r.raw.contains(r#""intent_score":0.0,"#), "{}", r.raw);
+}
+
+#[test]
 fn during_the_stream_the_watermark_lags_by_the_allowed_lateness() {
     // At 11:04 W is 10:59: C1's 11:00 check is not due yet, so the late
     // purchase at 10:30 that arrives next still suppresses it.

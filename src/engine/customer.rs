@@ -153,22 +153,22 @@ impl CustomerStage<'_> {
         t: Millis,
     ) -> Result<(), StateError> {
         let mut interest = self.interest_or_new(crm_id, product_id)?;
-        let delay = self.params.delay;
+        let check_at = self.params.check_time(t);
         match interest.pending {
-            None => self.schedule(crm_id, product_id, &mut interest, t + delay, t),
+            None => self.schedule(crm_id, product_id, &mut interest, check_at, t),
             Some(p) if t <= p.check_at => {
                 // The timer stays where it is; when it comes due it is
                 // re-filed at the moved check time (see `fire_due`). Moving
                 // it here would leave a deletion for every join, which
                 // timer scans would have to step over.
                 interest.pending = Some(Pending {
-                    check_at: p.check_at.max(t + delay),
+                    check_at: p.check_at.max(check_at),
                     first_view: p.first_view.min(t),
                 });
             }
             Some(p) => {
                 self.fire_check(crm_id, product_id, &mut interest, p)?;
-                self.schedule(crm_id, product_id, &mut interest, t + delay, t);
+                self.schedule(crm_id, product_id, &mut interest, check_at, t);
             }
         }
         interest.add_view(t, kind);

@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::event::Millis;
+use crate::time::MAX_MILLIS;
 
 use super::pressure::{Cap, Holdout};
 
@@ -48,6 +49,14 @@ impl Params {
             attribution_window: c.measurement.attribution_window.millis(),
             late_bound: c.state.retention.millis(),
         }
+    }
+
+    /// The check time of a session whose latest view is at `t`: `t + delay`,
+    /// but never after the last instant an output time can name
+    /// (`9999-12-31T23:59:59.999Z`: RFC 3339 has four-digit years), nor
+    /// past `Millis::MAX` for an absurd `delay`.
+    pub fn check_time(&self, t: Millis) -> Millis {
+        t.saturating_add(self.delay).min(MAX_MILLIS)
     }
 
     /// How far behind the highest event time views and purchases are kept.

@@ -396,7 +396,9 @@ mod tests {
         // A purchase stamped after t does not reset the score at t.
         insert_sorted(&mut i.purchases, 20 * H);
         assert!((intent_score(&p, &i, 10 * H) - 3.0).abs() < 1e-12);
-        assert_eq!(intent_score(&p, &i, 20 * H), 0.0);
+        let none = intent_score(&p, &i, 20 * H);
+        assert_eq!(none, 0.0);
+        assert!(none.is_sign_positive(), "an empty score is 0.0, not -0.0");
     }
 
     #[test]

@@ -375,7 +375,9 @@ impl Interest {
                 };
                 w * (-((t - v.ts) as f64) / half_life).exp2()
             })
-            .sum()
+            // From +0.0: `sum()` starts at −0.0, and a window with no view
+            // would be written `-0.0`.
+            .fold(0.0, |sum, s| sum + s)
     }
 
     /// Whether a purchase is stamped at or after `t`.

@@ -100,6 +100,16 @@ def parse_ts(value):
     return validate.parse_time(value)
 
 
+# The last instant an output time can name (RFC 3339 has four-digit years):
+# a check that would fall later falls here (README, "Where the contract is
+# silent").
+MAX_MS = 253_402_300_799_999
+
+
+def check_time(t, delay):
+    return min(t + delay, MAX_MS)
+
+
 def fmt_ts(ms):
     dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
     text = dt.strftime("%Y-%m-%dT%H:%M:%S")
@@ -249,10 +259,10 @@ class Model:
         if key in self.pending:
             check_at, first_view = self.pending[key]
             if t <= check_at:
-                self.pending[key] = [max(check_at, t + self.cfg.delay), min(first_view, t)]
+                self.pending[key] = [max(check_at, check_time(t, self.cfg.delay)), min(first_view, t)]
                 return
             self.fire_check(key)
-        self.pending[key] = [t + self.cfg.delay, t]
+        self.pending[key] = [check_time(t, self.cfg.delay), t]
 
     def apply_purchase(self, crm, ev):
         c = self.cust(crm)
