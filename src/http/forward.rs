@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -80,18 +81,17 @@ fn parse(bytes: &[u8]) -> Option<(StatusCode, String)> {
     Some((StatusCode::from_u16(status).ok()?, body.to_string()))
 }
 
+/// Every byte but RFC 3986's unreserved characters.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// `id` as one path segment: everything but the unreserved characters
 /// percent-encoded.
 pub fn segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(id, NOT_UNRESERVED).to_string()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tracing::warn;
@@ -382,12 +383,13 @@ pub async fn not_found() -> Response {
 }
 
 /// `limit` of the query string: 1 to 1000, default 20; given once at most.
-/// Other parameters are ignored.
+/// Other parameters are ignored. Names and values are percent-decoded, as
+/// any HTTP client may encode them (`limit=%32` is 2).
 fn parse_limit(query: Option<&str>) -> Result<usize, &'static str> {
     let mut given = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != "limit" {
+        if percent_decode_str(key).decode_utf8().ok().as_deref() != Some("limit") {
             continue;
         }
         if given.replace(value).is_some() {
@@ -397,6 +399,9 @@ fn parse_limit(query: Option<&str>) -> Result<usize, &'static str> {
     let Some(value) = given else {
         return Ok(DEFAULT_LIMIT);
     };
+    let value = percent_decode_str(value)
+        .decode_utf8()
+        .map_err(|_| "limit is not UTF-8 once percent-decoded")?;
     // Digits only: `parse` would also take a sign.
     let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
     value
@@ -451,6 +456,8 @@ mod tests {
         assert_eq!(parse_limit(Some("")), Ok(20));
         assert_eq!(parse_limit(Some("x=1&limit=1000")), Ok(1000));
         assert_eq!(parse_limit(Some("limit=1")), Ok(1));
+        assert_eq!(parse_limit(Some("limit=%32")), Ok(2));
+        assert_eq!(parse_limit(Some("%6Cimit=1%30")), Ok(10));
         for bad in [
             "limit=0",
             "limit=1001",
@@ -460,6 +467,9 @@ mod tests {
             "limit=-1",
             "limit=+5",
             "limit=1&limit=2",
+            "limit=1&%6Cimit=2",
+            "limit=%2B5",
+            "limit=%FF",
         ] {
             assert!(parse_limit(Some(bad)).is_err(), "{bad}");
         }
