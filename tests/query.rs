@@ -71,8 +71,14 @@ fn text(bytes: &[u8]) -> String {
 
 /// Replays `EVENTS` into a state directory under `dir`.
 fn replayed_state(dir: &Path) -> PathBuf {
+    replayed(dir, EVENTS)
+}
+
+/// Replays `events` into a state directory under `dir`.
+fn replayed(dir: &Path, events: &[impl AsRef<str>]) -> PathBuf {
+    let lines: Vec<&str> = events.iter().map(AsRef::as_ref).collect();
     let input = dir.join("events.jsonl");
-    std::fs::write(&input, EVENTS.join("\n")).unwrap();
+    std::fs::write(&input, lines.join("\n")).unwrap();
     let state = dir.join("state");
     let o = run(pretext()
         .args(["replay", "--output", "-", "--state-dir"])
@@ -112,6 +118,34 @@ fn c1() -> Value {
              "pending_check_at": null}
         ]
     })
+}
+
+#[test]
+fn a_limit_keeps_the_highest_scores_when_they_show_alike() {
+    // 25 views a minute apart: every score shows 1.0 at W = 10:24, and the
+    // newest views score highest (section 3), so they are the ones kept.
+    let events: Vec<String> = (0..25)
+        .map(|i| {
+            format!(
+                r#"{{"type":"product_view","event_id":"v{i}","ts":"2026-11-22T10:{i:02}:00Z","cookie_id":"ck7","crm_id":"C7","product_id":"P{i:02}"}}"#
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let state = replayed(dir.path(), &events);
+    let answer = inspect_json(&state, &["--customer", "C7", "--limit", "3"]);
+    let shown: Vec<(&str, f64)> = answer["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["product_id"].as_str().unwrap(),
+                p["intent_score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, vec![("P24", 1.0), ("P23", 1.0), ("P22", 1.0)]);
 }
 
 #[test]

@@ -78,7 +78,11 @@ impl Answer {
 pub struct ProductAnswer {
     pub product_id: String,
     pub category: Option<String>,
+    /// `score` rounded to 2 decimals, as section 4 writes a score.
     pub intent_score: f64,
+    /// The score of contract section 3 at W: what products are ranked by.
+    #[serde(skip)]
+    pub score: f64,
     pub view_count: u32,
     pub last_viewed_at: Option<String>,
     pub pending_check_at: Option<String>,
@@ -245,9 +249,11 @@ impl Queries {
             return Ok(None);
         };
         let pending = interest.pending.filter(|_| with_pending);
+        let score = intent_score(&self.params, interest, w);
         Ok(Some(ProductAnswer {
             category: category(state, &product_id)?,
-            intent_score: round2(intent_score(&self.params, interest, w)),
+            intent_score: round2(score),
+            score,
             view_count: window.len() as u32,
             last_viewed_at: Some(format_ts(last.ts)),
             pending_check_at: pending.map(|p| format_ts(p.check_at)),
@@ -361,12 +367,13 @@ fn category(state: &Snapshot<'_>, product_id: &str) -> Result<Option<String>, St
     })
 }
 
-/// The `limit` products with the highest (shown, rounded) score, ties by
-/// product id: the order a reader of the answer can check.
+/// The `limit` products with the highest score, ties by product id. The
+/// score of section 3, not its rounding: two products that both show 1.0
+/// are still told apart by their views (the newer one first).
 fn top(mut products: Vec<ProductAnswer>, limit: usize) -> Vec<ProductAnswer> {
     products.sort_by(|a, b| {
-        b.intent_score
-            .total_cmp(&a.intent_score)
+        b.score
+            .total_cmp(&a.score)
             .then_with(|| a.product_id.cmp(&b.product_id))
     });
     products.truncate(limit);
@@ -437,7 +444,8 @@ mod tests {
         let p = |id: &str, s: f64| ProductAnswer {
             product_id: id.into(),
             category: None,
-            intent_score: s,
+            intent_score: round2(s),
+            score: s,
             view_count: 1,
             last_viewed_at: None,
             pending_check_at: None,
@@ -445,5 +453,11 @@ mod tests {
         let got = top(vec![p("b", 1.0), p("c", 2.0), p("a", 1.0), p("d", 0.5)], 3);
         let ids: Vec<_> = got.iter().map(|p| p.product_id.as_str()).collect();
         assert_eq!(ids, vec!["c", "a", "b"]);
+        // Both show 1.0; the higher score comes first and survives the cut.
+        let got = top(vec![p("a", 0.9961), p("b", 0.9999)], 1);
+        assert_eq!(
+            (got[0].product_id.as_str(), got[0].intent_score),
+            ("b", 1.0)
+        );
     }
 }
