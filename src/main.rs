@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
+use pretext::cli::interrupt::{shutdown_signal, Interrupts};
+use pretext::cli::to_stderr;
 use pretext::config::{Config, LogFormat};
 use pretext::replay::{replay, ReplayOptions};
 
@@ -131,6 +133,11 @@ fn main() -> ExitCode {
             };
             init_logging(&config);
             purge_freed_memory_promptly();
+            // Stops the replay at a signal, so its temporary state goes.
+            let interrupts = match Interrupts::watch() {
+                Ok(i) => i,
+                Err(e) => return fail(&e),
+            };
             let opts = ReplayOptions {
                 inputs: input,
                 output,
@@ -141,10 +148,11 @@ fn main() -> ExitCode {
                 flush,
                 quiet,
                 partitions,
+                interrupted: Some(interrupts.flag()),
             };
             match replay(&config, &opts) {
                 Ok(summary) => {
-                    eprint!("{}", summary.render());
+                    to_stderr(format_args!("{}", summary.render()));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
@@ -164,13 +172,13 @@ fn main() -> ExitCode {
 
 fn load_config(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     Config::load(path.as_deref(), std::env::vars()).map_err(|e| {
-        eprintln!("pretext: {e}");
+        to_stderr(format_args!("pretext: {e}\n"));
         ExitCode::from(2)
     })
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {
-    eprintln!("pretext: {e}");
+    to_stderr(format_args!("pretext: {e}\n"));
     ExitCode::from(1)
 }
 
@@ -199,32 +207,8 @@ fn run_live(config: Config) -> ExitCode {
     match runtime.block_on(pretext::live::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pretext: {e}");
+            to_stderr(format_args!("pretext: {e}\n"));
             ExitCode::from(e.exit_code())
         }
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

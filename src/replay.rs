@@ -5,12 +5,13 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flate2::read::MultiGzDecoder;
 
+use crate::cli::to_stderr;
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
 use crate::decode::{decode, Reason, Rejection};
@@ -62,6 +63,10 @@ pub struct ReplayOptions {
     /// `scale.partitions` = this would split the work (`Partitioned`);
     /// 0 or 1: the one engine.
     pub partitions: u32,
+    /// Raised (by a signal) to stop before the next chunk of input: the
+    /// replay ends with `ReplayError::Interrupted`, its temporary state
+    /// removed; a `state_dir` keeps what its last commit stored.
+    pub interrupted: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +77,8 @@ pub enum ReplayError {
     Output { path: String, source: io::Error },
     #[error("cannot create a temporary state directory: {0}")]
     TempState(io::Error),
+    #[error("interrupted by a signal before the end of the input")]
+    Interrupted,
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -312,6 +319,13 @@ fn apply_chunks(
     let mut dead = DeadLetters::open(opts.dead_letter.as_deref())?;
     let mut summary = Summary::default();
     for chunk in rx {
+        if opts
+            .interrupted
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(ReplayError::Interrupted);
+        }
         let chunk = chunk?;
         let n = chunk.lines.len() as u64;
         for line in chunk.lines {
@@ -560,15 +574,17 @@ impl DeadLetters {
         }
         self.shown += 1;
         if self.shown <= REJECTIONS_SHOWN {
-            eprintln!(
-                "rejected {}:{}: {} ({})",
+            to_stderr(format_args!(
+                "rejected {}:{}: {} ({})\n",
                 letter.topic,
                 letter.offset,
                 letter.error,
                 letter.reason.as_str()
-            );
+            ));
         } else if self.shown == REJECTIONS_SHOWN + 1 {
-            eprintln!("more rejections not shown: pass --dead-letter FILE to keep them all");
+            to_stderr(format_args!(
+                "more rejections not shown: pass --dead-letter FILE to keep them all\n"
+            ));
         }
         Ok(())
     }

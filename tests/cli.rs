@@ -387,3 +387,89 @@ fn an_output_that_cannot_be_written_fails_the_replay_and_names_it() {
         assert!(err.contains("cannot write /dev/full"), "{err}");
     }
 }
+
+#[test]
+fn a_replay_stopped_by_sigterm_removes_its_temporary_state_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let o = run(pretext()
+        .args(["gen", "--events", "500000", "--seed", "7", "--output"])
+        .arg(&input));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The temporary state goes where TMPDIR says: a directory of its own.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let child = pretext()
+        .env("TMPDIR", &tmp)
+        .args([
+            "replay",
+            "--quiet",
+            "--output",
+            "/dev/null",
+            "--dead-letter",
+            "/dev/null",
+        ])
+        .arg("--input")
+        .arg(&input)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&tmp).unwrap().next().is_none() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "no temporary state appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let kill = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    assert!(kill.status.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("interrupted by a signal"),
+        "{}",
+        stderr(&o)
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "temporary state left behind: {left:?}");
+}
+
+#[test]
+fn a_closed_stderr_or_stdout_gives_an_exit_status_not_a_panic() {
+    use std::process::Stdio;
+    // The reading end of each pipe is closed at once: every write gets EPIPE.
+    let mut replay = pretext()
+        .args(["replay", "--flush", "--output", "/dev/null"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(replay.stderr.take());
+    assert_eq!(
+        replay.wait().unwrap().code(),
+        Some(0),
+        "the summary has nowhere to go"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write(&input, VIEW.as_bytes());
+    let state = dir.path().join("state");
+    let o = run(pretext()
+        .args(["replay", "--output", "/dev/null", "--input"])
+        .arg(&input)
+        .arg("--state-dir")
+        .arg(&state));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut inspect = pretext()
+        .args(["inspect", "--customer", "C1", "--state-dir"])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(inspect.stdout.take());
+    let o = inspect.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot write stdout"), "{}", stderr(&o));
+}

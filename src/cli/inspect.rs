@@ -5,11 +5,13 @@
 //! of a running `pretext run` or `pretext replay`, which it neither locks
 //! nor changes; it shows the last batch that process committed.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Args};
 
+use crate::cli::to_stderr;
 use crate::config::Config;
 use crate::engine::partitioned::partition_dir;
 use crate::engine::query::{CookieHop, Queries, Subject, DEFAULT_LIMIT, MAX_LIMIT};
@@ -79,11 +81,17 @@ impl InspectError {
 pub fn main(args: &InspectArgs) -> ExitCode {
     match inspect(args) {
         Ok(json) => {
-            println!("{json}");
-            ExitCode::SUCCESS
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{json}").and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    to_stderr(format_args!("pretext: cannot write stdout: {e}\n"));
+                    ExitCode::from(1)
+                }
+            }
         }
         Err(e) => {
-            eprintln!("pretext: {e}");
+            to_stderr(format_args!("pretext: {e}\n"));
             e.exit_code()
         }
     }
