@@ -43,6 +43,7 @@ fn replay_with(config: &Config, input: &Path, partitions: u32, dir: &Path) -> Ru
         flush: true,
         quiet: true,
         partitions,
+        ..ReplayOptions::default()
     };
     let summary = replay(config, &opts).unwrap();
     let lines = |name: &str| std::fs::read_to_string(file(name)).unwrap();
