@@ -1474,6 +1474,9 @@ mod tests {
             (r#"{"type":"promotion","event_id":"e","ts":0,"product_id":"p","discount_pct":0.0}"#.to_string(), "field `discount_pct` must be greater than 0 and at most 100"),
             (r#"{"type":"promotion","event_id":"e","ts":0,"product_id":"p","discount_pct":100.5}"#.to_string(), "field `discount_pct` must be greater than 0 and at most 100"),
             (r#"{"type":"promotion","event_id":"e","ts":0,"product_id":"p","discount_pct":101}"#.to_string(), "field `discount_pct` must be greater than 0 and at most 100"),
+            // The double nearest to it is above 100 (serde_json's
+            // `float_roundtrip`: its default parse could land on 100.0).
+            (r#"{"type":"promotion","event_id":"e","ts":0,"product_id":"p","discount_pct":100.00000000000001}"#.to_string(), "field `discount_pct` must be greater than 0 and at most 100"),
             (r#"{"type":"promotion","event_id":"e","ts":0,"product_id":"p","discount_pct":-5}"#.to_string(), "field `discount_pct` must be greater than 0 and at most 100"),
         ];
         for (line, text) in &cases {
