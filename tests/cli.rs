@@ -388,38 +388,30 @@ fn an_output_that_cannot_be_written_fails_the_replay_and_names_it() {
     }
 }
 
-#[test]
-fn a_replay_stopped_by_sigterm_removes_its_temporary_state_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("events.jsonl");
+/// `pretext gen` events in `dir`.
+fn generated(dir: &Path, events: u32) -> std::path::PathBuf {
+    let input = dir.join("events.jsonl");
     let o = run(pretext()
-        .args(["gen", "--events", "500000", "--seed", "7", "--output"])
+        .args([
+            "gen",
+            "--events",
+            &events.to_string(),
+            "--seed",
+            "7",
+            "--output",
+        ])
         .arg(&input));
     assert!(o.status.success(), "{}", stderr(&o));
-    // The temporary state goes where TMPDIR says: a directory of its own.
-    let tmp = dir.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    let child = pretext()
-        .env("TMPDIR", &tmp)
-        .args([
-            "replay",
-            "--quiet",
-            "--output",
-            "/dev/null",
-            "--dead-letter",
-            "/dev/null",
-        ])
-        .arg("--input")
-        .arg(&input)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    input
+}
+
+/// Starts `cmd`, sends it SIGTERM once `ready` holds, and returns what it
+/// printed; it must say it was interrupted and exit 1.
+fn interrupted(cmd: &mut Command, ready: impl Fn() -> bool) -> Output {
+    let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
     let started = std::time::Instant::now();
-    while std::fs::read_dir(&tmp).unwrap().next().is_none() {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "no temporary state appeared"
-        );
+    while !ready() {
+        assert!(started.elapsed().as_secs() < 60, "never ready to interrupt");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let kill = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
@@ -431,8 +423,84 @@ fn a_replay_stopped_by_sigterm_removes_its_temporary_state_and_exits_1() {
         "{}",
         stderr(&o)
     );
+    o
+}
+
+#[test]
+fn a_replay_stopped_by_sigterm_removes_its_temporary_state_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generated(dir.path(), 500_000);
+    // The temporary state goes where TMPDIR says: a directory of its own.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut replay = pretext();
+    replay
+        .env("TMPDIR", &tmp)
+        .args(["replay", "--quiet", "--output", "/dev/null"])
+        .args(["--dead-letter", "/dev/null", "--input"])
+        .arg(&input);
+    interrupted(&mut replay, || {
+        std::fs::read_dir(&tmp).unwrap().next().is_some()
+    });
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
     assert!(left.is_empty(), "temporary state left behind: {left:?}");
+}
+
+#[test]
+fn an_interrupted_replay_into_a_state_dir_resumes_by_running_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generated(dir.path(), 500_000);
+    let replay = |state: &str, output: &str| {
+        let mut cmd = pretext();
+        cmd.args(["replay", "--quiet", "--dead-letter", "/dev/null", "--input"])
+            .arg(&input)
+            .arg("--state-dir")
+            .arg(dir.path().join(state))
+            .arg("--output")
+            .arg(dir.path().join(output));
+        cmd
+    };
+    let whole = run(&mut replay("whole", "whole.jsonl"));
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    // Stopped half way (the whole output is ~19 MB), past the first commit
+    // (at ~107,000 events: where its 16 MiB of changes fall, not a time),
+    // then run again.
+    let first = dir.path().join("first.jsonl");
+    let size = || std::fs::metadata(&first).map_or(0, |m| m.len());
+    interrupted(&mut replay("state", "first.jsonl"), || size() > 10 << 20);
+    let again = run(&mut replay("state", "again.jsonl"));
+    assert!(again.status.success(), "{}", stderr(&again));
+    let duplicates = |o: &Output| -> u64 {
+        let err = stderr(o);
+        let (before, _) = err.split_once(" duplicate").expect("a summary");
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        duplicates(&again) > duplicates(&whole) + 100_000,
+        "the committed events are skipped: {}",
+        stderr(&again)
+    );
+
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let (whole, first, again) = (
+        read("whole.jsonl"),
+        read("first.jsonl"),
+        read("again.jsonl"),
+    );
+    // The rerun skips what the stopped one committed, as duplicates, and
+    // fires from there exactly what the whole replay fired.
+    assert!(!again.is_empty() && whole.ends_with(&again));
+    // Together they hold every trigger of the whole replay: what the
+    // stopped run fired after its last commit twice, with the same ids.
+    let ids = |text: &str| -> std::collections::BTreeSet<String> {
+        lines(text.as_bytes())
+            .iter()
+            .map(|t| t["trigger_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut both = ids(&first);
+    both.extend(ids(&again));
+    assert_eq!(both, ids(&whole));
 }
 
 #[test]
