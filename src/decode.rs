@@ -117,20 +117,11 @@ fn kind(m: &mut Message<'_>) -> Result<Kind, Rejection> {
         Some(Val::Str(s)) => Ok(s),
         Some(_) => Err(Fault::WrongType("a string")),
     })?;
-    Ok(match &*kind {
-        "product_view" => Kind::View(ViewKind::ProductView),
-        "add_to_cart" => Kind::View(ViewKind::AddToCart),
-        "identify" => Kind::Identify,
-        "purchase" => Kind::Purchase,
-        "promotion" => Kind::Promotion,
-        "consent" => Kind::Consent,
-        "erase" => Kind::Erase,
-        other => {
-            return Err(reject(
-                Reason::UnknownType,
-                format!("unknown type `{}`", truncate(other, 64)),
-            ))
-        }
+    Kind::of(&kind).ok_or_else(|| {
+        reject(
+            Reason::UnknownType,
+            format!("unknown type `{}`", truncate(&kind, 64)),
+        )
     })
 }
 
@@ -181,6 +172,40 @@ enum Kind {
     Promotion,
     Consent,
     Erase,
+}
+
+/// The fields every type reads.
+const COMMON: [F; 3] = [F::Type, F::EventId, F::Ts];
+
+impl Kind {
+    fn of(name: &str) -> Option<Kind> {
+        Some(match name {
+            "product_view" => Kind::View(ViewKind::ProductView),
+            "add_to_cart" => Kind::View(ViewKind::AddToCart),
+            "identify" => Kind::Identify,
+            "purchase" => Kind::Purchase,
+            "promotion" => Kind::Promotion,
+            "consent" => Kind::Consent,
+            "erase" => Kind::Erase,
+            _ => return None,
+        })
+    }
+
+    /// The fields `body` reads for this type, besides `COMMON`.
+    fn fields(&self) -> &'static [F] {
+        use F::*;
+        match self {
+            Kind::View(ViewKind::ProductView) => &[CookieId, ProductId, Category, Price, CrmId],
+            Kind::View(ViewKind::AddToCart) => {
+                &[CookieId, ProductId, Category, Price, CrmId, Quantity]
+            }
+            Kind::Identify => &[CookieId, CrmId, Source],
+            Kind::Purchase => &[OrderId, Channel, Items, CrmId, CookieId, Total],
+            Kind::Promotion => &[ProductId, DiscountPct, PromoPrice, ValidUntil],
+            Kind::Consent => &[CrmId, Email, Sms, Ads],
+            Kind::Erase => &[CrmId],
+        }
+    }
 }
 
 fn purchase(m: &mut Message<'_>) -> Result<Purchase, Rejection> {
@@ -484,15 +509,47 @@ impl<'a> Message<'a> {
     /// Parses a whole message, which must be one JSON object (blanks around
     /// it allowed, nothing else).
     fn parse(text: &'a str) -> Result<Message<'a>, Rejection> {
+        Self::parse_keeping(text, ALL_SLOTS).or_else(|e| {
+            // A value serde_json cannot build (a number beyond f64, a lone
+            // surrogate escape, nesting past 128) fails the whole parse,
+            // even in a field of another type: for this message an unknown
+            // extra field, which the contract ignores. So the message is
+            // parsed again keeping only its type's fields; should that fail
+            // too, the first error stands.
+            Self::type_fields(text)
+                .and_then(|keep| Self::parse_keeping(text, keep).ok())
+                .ok_or_else(|| reject(Reason::InvalidJson, format!("invalid json: {e}")))
+        })
+    }
+
+    /// Parses the message, building the fields whose slot bit is in `keep`
+    /// and skipping the others.
+    fn parse_keeping(text: &'a str, keep: u32) -> Result<Message<'a>, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(text);
         let slots = de
             .deserialize_map(SlotsVisitor {
                 index: top_field,
+                keep,
                 expecting: "a json object",
             })
-            .and_then(|slots| de.end().map(|()| slots))
-            .map_err(|e| reject(Reason::InvalidJson, format!("invalid json: {e}")))?;
+            .and_then(|slots| de.end().map(|()| slots))?;
         Ok(Message { slots })
+    }
+
+    /// The slots of the fields the message's type reads, when `type`
+    /// names one.
+    fn type_fields(text: &'a str) -> Option<u32> {
+        let mut m = Self::parse_keeping(text, slot_bit(F::Type)).ok()?;
+        let Some(Val::Str(name)) = take(&mut m.slots[F::Type as usize]) else {
+            return None;
+        };
+        let kind = Kind::of(&name)?;
+        Some(
+            COMMON
+                .iter()
+                .chain(kind.fields())
+                .fold(0, |keep, &f| keep | slot_bit(f)),
+        )
     }
 
     /// Reads field `f` with `read`, naming it in a fault.
@@ -505,10 +562,19 @@ impl<'a> Message<'a> {
     }
 }
 
+/// Every slot kept: the message parsed whatever its type.
+const ALL_SLOTS: u32 = u32::MAX;
+
+fn slot_bit(f: F) -> u32 {
+    1 << f as u32
+}
+
 /// Reads a JSON object into `N` slots by key; later duplicates win, as in
-/// `serde_json::Map`, and other keys are skipped.
+/// `serde_json::Map`. Other keys, and those whose slot bit is not in
+/// `keep`, are skipped.
 struct SlotsVisitor {
     index: fn(&str) -> Option<usize>,
+    keep: u32,
     expecting: &'static str,
 }
 
@@ -520,8 +586,8 @@ impl SlotsVisitor {
         let mut slots: [Option<Val<'de>>; N] = std::array::from_fn(|_| None);
         while let Some(key) = map.next_key_seed(KeySeed(self.index))? {
             match key {
-                Some(i) => slots[i] = Some(map.next_value()?),
-                None => {
+                Some(i) if self.keep & (1 << i) != 0 => slots[i] = Some(map.next_value()?),
+                _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -630,6 +696,7 @@ impl<'de> Visitor<'de> for ValVisitor {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Val<'de>, A::Error> {
         let visitor = SlotsVisitor {
             index: item_field,
+            keep: ALL_SLOTS,
             expecting: "an object",
         };
         Ok(Val::Obj(Box::new(visitor.read(map)?)))
@@ -1547,5 +1614,80 @@ mod tests {
         }
         let seen: std::collections::HashSet<_> = cases.iter().map(|c| c.1).collect();
         assert_eq!(seen.len(), Reason::ALL.len());
+    }
+
+    /// A valid message of each type.
+    const EACH_TYPE: [&str; 7] = [
+        r#"{"type":"product_view","event_id":"e","ts":0,"cookie_id":"k","product_id":"p"}"#,
+        r#"{"type":"add_to_cart","event_id":"e","ts":0,"cookie_id":"k","product_id":"p"}"#,
+        r#"{"type":"identify","event_id":"e","ts":0,"cookie_id":"k","crm_id":"C"}"#,
+        r#"{"type":"purchase","event_id":"e","ts":0,"order_id":"o","channel":"web","items":[{"product_id":"p"}],"crm_id":"C"}"#,
+        r#"{"type":"promotion","event_id":"e","ts":0,"product_id":"p"}"#,
+        r#"{"type":"consent","event_id":"e","ts":0,"crm_id":"C"}"#,
+        r#"{"type":"erase","event_id":"e","ts":0,"crm_id":"C"}"#,
+    ];
+
+    /// `message` with `"field":value` appended (the last duplicate wins).
+    fn with(message: &str, field: &str, value: &str) -> String {
+        format!("{},\"{field}\":{value}}}", &message[..message.len() - 1])
+    }
+
+    #[test]
+    fn another_types_field_holding_what_serde_json_cannot_build_is_ignored() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let unbuildable = ["1e400", r#""\ud800""#, deep.as_str()];
+        for message in EACH_TYPE {
+            let mut m = Message::parse(message).unwrap();
+            let kind = kind(&mut m).unwrap();
+            let reads = |f: &F| {
+                COMMON
+                    .iter()
+                    .chain(kind.fields())
+                    .any(|r| *r as usize == *f as usize)
+            };
+            for (i, field) in FIELDS.iter().enumerate() {
+                let f = all_fields()[i];
+                assert_eq!(f as usize, i, "all_fields follows FIELDS");
+                for junk in unbuildable {
+                    let line = with(message, field, junk);
+                    if reads(&f) {
+                        assert_eq!(reason(&line), Reason::InvalidJson, "{line}");
+                    } else {
+                        ok(&line);
+                    }
+                }
+                // A field the type does not read is never read: `Kind::fields`
+                // lists every field `body` reads.
+                if !reads(&f) {
+                    ok(&with(message, field, r#"{"x":[1]}"#));
+                }
+            }
+        }
+    }
+
+    fn all_fields() -> [F; FIELDS.len()] {
+        use F::*;
+        [
+            Type,
+            EventId,
+            Ts,
+            CookieId,
+            ProductId,
+            Category,
+            Price,
+            CrmId,
+            Quantity,
+            Source,
+            OrderId,
+            Channel,
+            Items,
+            Total,
+            DiscountPct,
+            PromoPrice,
+            ValidUntil,
+            Email,
+            Sms,
+            Ads,
+        ]
     }
 }
