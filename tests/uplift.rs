@@ -351,6 +351,21 @@ fn a_bad_line_is_named_by_file_and_line_and_exits_1() {
     );
     assert!(o.stdout.is_empty());
 
+    // A trigger file given as the conversions: not every trigger converted.
+    write(
+        &files.conversions,
+        &jsonl(&[trigger("x", VNB, "treated", "C1")]),
+    );
+    let o = files.run("text");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "{name} line 1: not a conversion record: missing field `order_id`"
+        )),
+        "{}",
+        stderr(&o)
+    );
+
     // A treated trigger in the holdout file: the files were swapped.
     write(&files.conversions, b"");
     // A holdout file named .gz that is not gzip.

@@ -159,7 +159,8 @@ pub mod stats {
     /// p1 / p2 − 1 with the Katz log interval of the ratio (Katz et al.
     /// 1978): ln(p1/p2) ± z·sqrt(1/x1 − 1/n1 + 1/x2 − 1/n2), shifted by −1.
     /// Undefined when p2 = 0; without an interval when x1 = 0 (the log of a
-    /// zero ratio has none).
+    /// zero ratio has none) or when either rate is 1 (its group would add
+    /// no variance).
     pub fn katz_relative(x1: u64, n1: u64, x2: u64, n2: u64, z: f64) -> Figure {
         if n1 == 0 || n2 == 0 || x1 > n1 || x2 > n2 {
             return Figure::undefined(no_trials(n1));
@@ -173,6 +174,15 @@ pub mod stats {
                 value: Some(-1.0),
                 ci: None,
                 note: Some("no interval: no treated conversions"),
+            };
+        }
+        if x1 == n1 || x2 == n2 {
+            // A rate of 1 adds nothing to the log ratio's variance, as if
+            // it were known exactly: the interval would be too narrow.
+            return Figure {
+                value: Some(ratio - 1.0),
+                ci: None,
+                note: Some("no interval: a rate of 1"),
             };
         }
         let (x1, n1, x2, n2) = (x1 as f64, n1 as f64, x2 as f64, n2 as f64);
@@ -345,6 +355,19 @@ struct Record {
     group: String,
 }
 
+/// A conversion record: a trigger's fields and the order's. The order's
+/// are required so that a trigger file given as `--conversions` is an
+/// error, not every trigger converted.
+#[derive(Deserialize)]
+struct ConversionRecord {
+    #[serde(flatten)]
+    trigger: Record,
+    #[serde(rename = "order_id")]
+    _order_id: serde::de::IgnoredAny,
+    #[serde(rename = "converted_at")]
+    _converted_at: serde::de::IgnoredAny,
+}
+
 struct Seen {
     kind: TriggerKind,
     arm: Arm,
@@ -502,7 +525,7 @@ fn each_line(
     }
 }
 
-fn parse_record(line: &[u8], what: &str) -> Result<Record, String> {
+fn parse_record<R: serde::de::DeserializeOwned>(line: &[u8], what: &str) -> Result<R, String> {
     serde_json::from_slice(line).map_err(|e| {
         // serde_json places its message at "line 1" of our one line: give
         // the column alone.
@@ -569,6 +592,7 @@ impl Row {
         let clustered = Clustered::of(&t, &h);
         let mut warnings: Vec<String> = small_sample_warning(x1, n1, x2, n2).into_iter().collect();
         warnings.extend(cluster_warning(&clustered));
+        warnings.extend(few_customers_warning(tr.customers, ho.customers));
         Row {
             label,
             treated: tr,
@@ -587,12 +611,31 @@ impl Clustered {
             stats::clustered_rate(treated),
             stats::clustered_rate(holdout),
         );
+        // One customer is one cluster: its variance around its own rate is
+        // 0 by construction, which says nothing of the group's uncertainty.
+        let measurable = |cells: &[(u64, u64)]| cells.len() >= 2;
         let deff = |g: Option<(f64, f64)>, cells: &[(u64, u64)]| {
             let n = cells.iter().map(|c| c.0).sum();
-            g.and_then(|(r, v)| stats::design_effect(r, v, n))
+            g.filter(|_| measurable(cells))
+                .and_then(|(r, v)| stats::design_effect(r, v, n))
         };
         let design_effect = [deff(t, treated), deff(h, holdout)];
         let (absolute, relative) = match (t, h) {
+            (Some(t), Some(h)) if !measurable(treated) || !measurable(holdout) => {
+                let note = Some("no interval: a group of one customer");
+                let only = |f: Figure| match f.ci {
+                    Some(_) => Figure {
+                        ci: None,
+                        note,
+                        ..f
+                    },
+                    None => f,
+                };
+                (
+                    only(stats::clustered_difference(t, h, Z95)),
+                    only(stats::clustered_relative(t, h, Z95)),
+                )
+            }
             (Some(t), Some(h)) => (
                 stats::clustered_difference(t, h, Z95),
                 stats::clustered_relative(t, h, Z95),
@@ -634,6 +677,28 @@ fn cluster_warning(c: &Clustered) -> Option<String> {
             "triggers cluster by customer (design effect {deff:.2} in the {name}): the \
              intervals that count triggers as independent are too narrow; read the \
              clustered ones"
+        )
+    })
+}
+
+/// Below this many customers in a group the clustered intervals are too
+/// narrow: the sandwich variance behind them is a large-sample estimate in
+/// the number of clusters, not of triggers (Cameron and Miller 2015 put the
+/// bound at 20–50 clusters).
+pub const MIN_CLUSTERS: u64 = 30;
+
+pub const FEW_CUSTOMERS_RULE: &str = "a group with triggers for fewer than 30 \
+     customers (the clustered intervals need many customers, not many triggers)";
+
+fn few_customers_warning(treated: u64, holdout: u64) -> Option<String> {
+    let (name, n) = [("treated group", treated), ("holdout", holdout)]
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .min_by_key(|&(_, n)| n)?;
+    (n < MIN_CLUSTERS).then(|| {
+        format!(
+            "few customers for the clustered intervals ({n} in the {name}, fewer \
+             than {MIN_CLUSTERS}): they are too narrow"
         )
     })
 }
@@ -696,7 +761,8 @@ impl Report {
             })?;
         }
         each_line(conversions, |line| {
-            tally.add_conversion(parse_record(line, "conversion")?)
+            let rec: ConversionRecord = parse_record(line, "conversion")?;
+            tally.add_conversion(rec.trigger)
         })?;
         Ok(Report::of(&tally))
     }
@@ -774,7 +840,8 @@ impl Report {
              relative uplift = rate_treated / rate_holdout - 1: {METHOD_RELATIVE}\n\
              clustered by customer: {METHOD_CLUSTERED}\n\
              small-sample warning: {SMALL_SAMPLE_RULE}\n\
-             clustering warning: {CLUSTER_RULE}"
+             clustering warning: {CLUSTER_RULE}\n\
+             few-customers warning: {FEW_CUSTOMERS_RULE}"
         );
         for row in self.by_type.iter().chain(std::iter::once(&self.total)) {
             s.push('\n');
@@ -878,6 +945,7 @@ struct JsonReport<'a> {
     methods: JsonMethods,
     small_sample_rule: &'static str,
     cluster_rule: &'static str,
+    few_customers_rule: &'static str,
     by_type: Vec<JsonRow<'a>>,
     total: JsonRow<'a>,
     unmatched_conversions: u64,
@@ -998,6 +1066,7 @@ impl Report {
             },
             small_sample_rule: SMALL_SAMPLE_RULE,
             cluster_rule: CLUSTER_RULE,
+            few_customers_rule: FEW_CUSTOMERS_RULE,
             by_type: self.by_type.iter().map(json_row).collect(),
             total: json_row(&self.total),
             unmatched_conversions: self.unmatched_conversions,
@@ -1266,7 +1335,7 @@ mod tests {
 
     #[test]
     fn a_bad_line_names_its_column() {
-        let e = parse_record(
+        let e = parse_record::<Record>(
             br#"{"trigger_id":"a","crm_id":"C1","type":"viewed_not_bought"}"#,
             "trigger",
         )
@@ -1277,5 +1346,47 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("(column"), "{e}");
+    }
+
+    #[test]
+    fn a_trigger_is_not_a_conversion() {
+        let trigger =
+            br#"{"trigger_id":"a","crm_id":"C1","type":"viewed_not_bought","group":"treated"}"#;
+        let e = parse_record::<ConversionRecord>(trigger, "conversion")
+            .err()
+            .unwrap();
+        assert!(e.contains("missing field `order_id`"), "{e}");
+        let conversion = br#"{"trigger_id":"a","crm_id":"C1","type":"viewed_not_bought","group":"treated","order_id":"O1","converted_at":"2026-11-22T10:00:00Z"}"#;
+        let rec = parse_record::<ConversionRecord>(conversion, "conversion").unwrap();
+        assert_eq!(rec.trigger.trigger_id, "a");
+    }
+
+    #[test]
+    fn a_rate_of_1_gives_the_relative_uplift_no_interval() {
+        for (x1, n1, x2, n2) in [(40, 40, 40, 40), (500, 1000, 40, 40), (40, 40, 20, 40)] {
+            let f = stats::katz_relative(x1, n1, x2, n2, Z95);
+            assert!(
+                f.value.is_some() && f.ci.is_none(),
+                "{x1}/{n1} {x2}/{n2}: {f:?}"
+            );
+            assert_eq!(f.note, Some("no interval: a rate of 1"));
+        }
+    }
+
+    #[test]
+    fn a_group_of_one_customer_gives_no_clustered_interval() {
+        // 32 holdout triggers of one customer, 8 converted.
+        let one = [(32, 8)];
+        let many = [(10, 3), (12, 2), (9, 4), (11, 1)];
+        let c = Clustered::of(&many, &one);
+        assert_eq!(c.design_effect[1], None);
+        for f in [&c.absolute, &c.relative] {
+            assert!(f.value.is_some() && f.ci.is_none(), "{f:?}");
+            assert_eq!(f.note, Some("no interval: a group of one customer"));
+        }
+        assert!(Clustered::of(&many, &many[..2]).absolute.ci.is_some());
+        let w = few_customers_warning(4, 1).unwrap();
+        assert!(w.contains("1 in the holdout"), "{w}");
+        assert_eq!(few_customers_warning(30, 30), None);
     }
 }
