@@ -746,6 +746,9 @@ pub struct Report {
     pub unmatched_conversions: u64,
     pub duplicate_triggers: u64,
     pub duplicate_conversions: u64,
+    /// Customers with triggers in both groups: membership changed during
+    /// the run (a new salt or percent), which contaminates the comparison.
+    pub customers_in_both: u64,
 }
 
 impl Report {
@@ -782,6 +785,7 @@ impl Report {
             unmatched_conversions: tally.unmatched_conversions,
             duplicate_triggers: tally.duplicate_triggers,
             duplicate_conversions: tally.duplicate_conversions,
+            customers_in_both: t.keys().filter(|c| h.contains_key(c)).count() as u64,
         }
     }
 
@@ -808,6 +812,15 @@ impl Report {
                 "{} duplicate conversion{} (a trigger converted again) counted once",
                 self.duplicate_conversions,
                 plural(self.duplicate_conversions)
+            ));
+        }
+        if self.customers_in_both > 0 {
+            w.push(format!(
+                "{} customer{} with triggers in both groups: the holdout changed during \
+                 the run (holdout.salt or holdout.percent), and the comparison is \
+                 contaminated",
+                self.customers_in_both,
+                plural(self.customers_in_both)
             ));
         }
         w
@@ -951,6 +964,7 @@ struct JsonReport<'a> {
     unmatched_conversions: u64,
     duplicate_triggers: u64,
     duplicate_conversions: u64,
+    customers_in_both: u64,
     warnings: Vec<String>,
 }
 
@@ -1072,6 +1086,7 @@ impl Report {
             unmatched_conversions: self.unmatched_conversions,
             duplicate_triggers: self.duplicate_triggers,
             duplicate_conversions: self.duplicate_conversions,
+            customers_in_both: self.customers_in_both,
             warnings: self.file_warnings(),
         };
         // Plain numbers, strings and options cannot fail to serialize.
@@ -1346,6 +1361,28 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("(column"), "{e}");
+    }
+
+    #[test]
+    fn a_customer_in_both_groups_is_counted_and_warned_about() {
+        let mut t = Tally::default();
+        let vnb = "viewed_not_bought";
+        let mut moved = record("h", vnb, "holdout");
+        moved.crm_id = "C-t".into();
+        t.add_trigger(record("t", vnb, "treated"), Arm::Treated)
+            .unwrap();
+        t.add_trigger(moved, Arm::Holdout).unwrap();
+        t.add_trigger(record("h2", vnb, "holdout"), Arm::Holdout)
+            .unwrap();
+        let report = Report::of(&t);
+        assert_eq!(report.customers_in_both, 1);
+        let warnings = report.file_warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("1 customer with triggers in both groups")),
+            "{warnings:?}"
+        );
     }
 
     #[test]
