@@ -73,6 +73,7 @@ pub struct DeliveryFailed<'a> {
 impl DeliveryFailed<'_> {
     pub fn emit(&self, metrics: &Metrics) {
         metrics.produce_errors.inc();
+        metrics.kafka_error(KafkaErrorKind::Delivery);
         if let Some(unlogged) = metrics.may_log(KafkaErrorKind::Delivery, LOG_EVERY) {
             warn!(topic = self.topic, error = %self.error, unlogged, "delivery failed");
         }
@@ -238,6 +239,23 @@ mod tests {
         assert_eq!(
             m.may_log(KafkaErrorKind::Transport, Duration::ZERO),
             Some(5)
+        );
+    }
+
+    #[test]
+    fn a_failed_delivery_counts_as_a_produce_error_and_a_kafka_error() {
+        let m = Metrics::new().unwrap();
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        DeliveryFailed {
+            topic: "pretext.triggers",
+            error: &e,
+        }
+        .emit(&m);
+        let text = m.render();
+        assert!(text.contains("pretext_produce_errors_total 1"), "{text}");
+        assert!(
+            text.contains("pretext_kafka_errors_total{kind=\"delivery\"} 1"),
+            "{text}"
         );
     }
 }

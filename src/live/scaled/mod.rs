@@ -67,7 +67,7 @@ pub fn run(config: Config, health: Health, stop: &Stop) -> Result<(), LiveError>
     health.queries.place(placement.clone());
     let _directory = Directory::start(&config, placement.clone())?;
     let group = Group::new(&config, health.assigned.clone(), health.metrics.clone())?;
-    let producer = ScaledProducer::new(&config)?;
+    let producer = ScaledProducer::new(&config, health.metrics.clone())?;
     health.state_open.store(true, Ordering::Release);
     let parts = Parts {
         group,

@@ -6,7 +6,7 @@
 //! acknowledged.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -19,8 +19,10 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::engine::wire::{RecordKind, RECORD_HEADER};
+use crate::metrics::Metrics;
 
 use super::super::changelog::enqueue;
+use super::super::events::DeliveryFailed;
 use super::super::producer_config;
 use super::super::LiveError;
 
@@ -32,10 +34,11 @@ const ABORT_ATTEMPTS: u32 = 3;
 
 /// Delivery reports: the first failure, and the offset after the last
 /// record delivered to each partition (the changelogs' checkpoints).
-#[derive(Default)]
+/// Every failure is counted, as a single instance's are.
 pub struct Reports {
     failed: Mutex<Option<(String, KafkaError)>>,
     next: Mutex<BTreeMap<(String, i32), i64>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientContext for Reports {
@@ -57,6 +60,11 @@ impl ProducerContext for Reports {
                 }
             }
             Err((e, m)) => {
+                DeliveryFailed {
+                    topic: m.topic(),
+                    error: e,
+                }
+                .emit(&self.metrics);
                 if let Ok(mut failed) = self.failed.lock() {
                     failed.get_or_insert_with(|| (m.topic().to_string(), e.clone()));
                 }
@@ -77,7 +85,7 @@ pub struct ScaledProducer {
 }
 
 impl ScaledProducer {
-    pub fn new(config: &Config) -> Result<ScaledProducer, LiveError> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<ScaledProducer, LiveError> {
         let mut cc = producer_config(config, &[("linger.ms", "5")]);
         cc.set("enable.idempotence", "true").set("acks", "all").set(
             "queue.buffering.max.messages",
@@ -87,12 +95,16 @@ impl ScaledProducer {
         if let Some(id) = &transactional_id {
             cc.set("transactional.id", id);
         }
-        let producer: BaseProducer<Reports> =
-            cc.create_with_context(Reports::default())
-                .map_err(|source| LiveError::Kafka {
-                    what: "create the producer",
-                    source,
-                })?;
+        let producer: BaseProducer<Reports> = cc
+            .create_with_context(Reports {
+                failed: Mutex::default(),
+                next: Mutex::default(),
+                metrics,
+            })
+            .map_err(|source| LiveError::Kafka {
+                what: "create the producer",
+                source,
+            })?;
         let p = ScaledProducer {
             producer,
             transactional_id,
