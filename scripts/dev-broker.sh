@@ -2,7 +2,7 @@
 # Starts a local Apache Kafka broker (scripts/kafka.sh: installed once from
 # Maven Central if missing) on 127.0.0.1:${PORT:-9092}, its controller on
 # ${CONTROLLER_PORT:-PORT+1}, data under ./tmp/kafka, in the background;
-# creates the contract's six topics (PARTITIONS each, default 3; an existing
+# creates the contract's eight topics (PARTITIONS each, default 3; an existing
 # topic is left as it is) and prints the bootstrap address.
 # Stop it with: kill "$(cat tmp/kafka/broker.pid)" (a clean shutdown; the
 # data stays, and the next start resumes it).
@@ -38,7 +38,7 @@ fi
 # One JVM per topic (the tool takes one), in parallel.
 pids=()
 for topic in pretext.web-events pretext.transactions pretext.promotions pretext.customers \
-  pretext.triggers pretext.dead-letter; do
+  pretext.triggers pretext.dead-letter pretext.holdout pretext.conversions; do
   java -cp "$cp" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" \
     --create --if-not-exists --topic "$topic" --partitions "${PARTITIONS:-3}" \
     --replication-factor 1 >/dev/null &

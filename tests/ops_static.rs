@@ -192,6 +192,48 @@ fn the_dashboard_and_alerts_use_only_exported_metrics() {
     }
 }
 
+/// A heading's anchor as GitHub makes it: lowercase, punctuation other
+/// than `-` and `_` dropped, each space a `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alert_runbook_link_lands_on_a_heading() {
+    let ops = read("docs/operations.md");
+    let anchors: BTreeSet<String> = ops
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|l| anchor(l.trim_start_matches('#')))
+        .collect();
+    let mut links = 0;
+    for file in [
+        read("helm/pretext/templates/prometheusrule.yaml"),
+        read("tests/data/alerts.test.yaml"),
+    ] {
+        let link = "docs/operations.md#";
+        for (at, _) in file.match_indices(link) {
+            let target: String = file[at + link.len()..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '"')
+                .collect();
+            assert!(anchors.contains(&target), "no heading for #{target}");
+            links += 1;
+        }
+    }
+    assert!(links >= 6, "{links} runbook links found");
+    assert_eq!(
+        anchor("PretextNotReady / PretextAbsent"),
+        "pretextnotready--pretextabsent"
+    );
+}
+
 #[test]
 fn the_asyncapi_document_names_every_topic_and_existing_schemas() {
     let text = read("docs/asyncapi.yaml");
