@@ -349,6 +349,8 @@ fn a_bad_line_is_named_by_file_and_line_and_exits_1() {
         err.contains(&format!("{name} line 3: not a conversion record")),
         "{err}"
     );
+    // The line is cut after `"type": `: faulted there, not at column 0.
+    assert!(err.contains("(column 28)"), "{err}");
     assert!(o.stdout.is_empty());
 
     // A trigger file given as the conversions: not every trigger converted.

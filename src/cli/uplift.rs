@@ -442,6 +442,12 @@ impl Tally {
             self.unmatched_conversions += 1;
             return Ok(());
         };
+        if self.customer_no.get(&rec.crm_id) != Some(&seen.customer) {
+            return Err(format!(
+                "a conversion for customer {}, but trigger {} was fired for another",
+                rec.crm_id, rec.trigger_id
+            ));
+        }
         if seen.kind != kind || seen.arm != arm {
             return Err(format!(
                 "a conversion of a {} {} trigger, but trigger {} is a {} {} trigger",
@@ -517,7 +523,11 @@ fn each_line(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        f(&line).map_err(|message| UpliftError::Record {
+        // Without its line end, a line cut short is faulted at its last
+        // column, not at column 0 of a line after it.
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        f(text).map_err(|message| UpliftError::Record {
             path: name.clone(),
             line: line_no,
             message,
@@ -1326,6 +1336,10 @@ mod tests {
             .is_err());
         t.add_conversion(record("a", vnb, "treated")).unwrap();
         t.add_conversion(record("a", vnb, "treated")).unwrap();
+        let mut other = record("a", vnb, "treated");
+        other.crm_id = "C-someone-else".into();
+        let e = t.add_conversion(other).unwrap_err();
+        assert!(e.contains("trigger a was fired for another"), "{e}");
         t.add_conversion(record("zz", vnb, "holdout")).unwrap();
         assert!(t.add_conversion(record("a", vnb, "holdout")).is_err());
         let c = &t.cells[TriggerKind::ViewedNotBought.index()][0];
